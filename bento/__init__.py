@@ -1,0 +1,1 @@
+"""The BentoML service and its build."""

@@ -1,0 +1,31 @@
+"""Model build: base models -> ONNX -> optimize -> quantize -> parity gate -> latency -> MLflow -> bento."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zenml import pipeline
+
+from steps.bento import build_bento
+from steps.models import load_base_models
+from steps.onnx import export_models, measure_latency, optimize_models, parity_gate, quantize_models
+from steps.registry import track_and_register
+
+
+@pipeline(enable_cache=True)
+def model_build(
+    build: dict[str, dict[str, Any]] | None = None,
+    roles: list[str] | None = None,
+    model_name: str = "slipway",
+    bento: bool = True,
+) -> None:
+    """Build, check, register and package the embedder and generator."""
+    base_models = load_base_models()
+    exported = export_models(base_models, build=build, roles=roles)
+    optimized = optimize_models(exported, build=build)
+    quantized = quantize_models(optimized, build=build)
+    gated = parity_gate(quantized)
+    measured = measure_latency(gated)
+    registered = track_and_register(measured, build=build, model_name=model_name)
+    if bento:
+        build_bento(registered)

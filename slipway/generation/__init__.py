@@ -1,0 +1,260 @@
+"""Text generation from an ONNX decoder with a KV cache.
+
+Two runtimes sit behind one protocol, chosen by the bundle's manifest:
+
+- ``genai``: onnxruntime-genai; its model builder exports Llama-family models with fused
+  attention and int8/int4 weights, and its generation loop runs in C++ (the default: it is
+  what ``bench/generate.py`` measured fastest).
+- ``optimum``: optimum's ``text-generation-with-past`` export run by ``ORTModelForCausalLM``
+  (any architecture optimum exports; the loop runs in Python).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding options; ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        """Whether decoding is deterministic."""
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Generation:
+    """A finished generation: the text, its token ids and why it stopped."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    finish_reason: str = "length"
+
+
+class TokenGenerator(Protocol):
+    """A decoder that yields new token ids for a prompt and scores next tokens."""
+
+    provider: str
+
+    def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]: ...
+
+    def next_token_logits(self, ids: Sequence[int], start: int) -> np.ndarray: ...
+
+
+class GenAIDecoder:
+    """onnxruntime-genai model: C++ generation loop with its own KV cache."""
+
+    def __init__(self, model_dir: Path, threads: int = 0, providers: list[str] | None = None):
+        import onnxruntime_genai as og
+
+        self._og = og
+        config = og.Config(str(model_dir))
+        threads = threads or len(os.sched_getaffinity(0))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        config.clear_providers()
+        use_cuda = providers is not None and "CUDAExecutionProvider" in providers
+        if use_cuda:
+            config.append_provider("cuda")
+        self.provider = "CUDAExecutionProvider" if use_cuda else "CPUExecutionProvider"
+        self.model = og.Model(config)
+        self.context_length = int(json.loads((model_dir / "genai_config.json").read_text())
+                                  ["model"]["context_length"])
+
+    def _generator(self, n_ids: int, sampling: Sampling, max_length: int) -> object:
+        og = self._og
+        params = og.GeneratorParams(self.model)
+        options: dict[str, object] = {"max_length": min(max_length, self.context_length)}
+        if sampling.ignore_eos:
+            options["min_length"] = options["max_length"]
+        if sampling.greedy:
+            options["do_sample"] = False
+        else:
+            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.seed is not None:
+                options["random_seed"] = sampling.seed
+        params.set_search_options(**options)
+        return og.Generator(self.model, params)
+
+    def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
+        """Yield new token ids until EOS or ``max_new_tokens``."""
+        gen = self._generator(len(prompt_ids), sampling, len(prompt_ids) + sampling.max_new_tokens)
+        gen.append_tokens(list(prompt_ids))
+        produced = 0
+        while not gen.is_done() and produced < sampling.max_new_tokens:
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
+            produced += 1
+            yield token
+
+    def next_token_logits(self, ids: Sequence[int], start: int) -> np.ndarray:
+        """Logits predicting ``ids[start:]`` (teacher-forced), shape ``(len(ids) - start, vocab)``."""
+        gen = self._generator(len(ids), Sampling(), len(ids) + 1)
+        gen.append_tokens(list(ids[:start]))
+        rows = [np.array(gen.get_logits())[0, -1]]
+        for token in ids[start:-1]:
+            gen.append_tokens([int(token)])
+            rows.append(np.array(gen.get_logits())[0, -1])
+        return np.stack(rows).astype(np.float32)
+
+
+class OptimumDecoder:
+    """optimum ``ORTModelForCausalLM`` over a ``text-generation-with-past`` export."""
+
+    def __init__(self, model_dir: Path, threads: int = 0, providers: list[str] | None = None):
+        import torch
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        from slipway.onnx.session import default_providers, session_options
+
+        self._torch = torch
+        chosen = default_providers(providers)
+        self.model = ORTModelForCausalLM.from_pretrained(
+            model_dir, session_options=session_options(threads), provider=chosen[0],
+            use_cache=True, local_files_only=True,
+        )
+        self.provider = chosen[0]
+
+    def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
+        """Yield new token ids (generated in one call, then streamed)."""
+        torch = self._torch
+        inputs = torch.tensor([list(prompt_ids)])
+        kwargs: dict[str, object] = {"max_new_tokens": sampling.max_new_tokens}
+        if sampling.ignore_eos:
+            kwargs["min_new_tokens"] = sampling.max_new_tokens
+        if sampling.greedy:
+            kwargs["do_sample"] = False
+        else:
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        with torch.inference_mode():
+            out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), **kwargs)
+        yield from (int(t) for t in out[0, len(prompt_ids):])
+
+    def next_token_logits(self, ids: Sequence[int], start: int) -> np.ndarray:
+        """Logits predicting ``ids[start:]`` from one teacher-forced forward pass."""
+        torch = self._torch
+        inputs = torch.tensor([list(ids)])
+        with torch.inference_mode():
+            logits = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits[0]
+        return logits[start - 1 : len(ids) - 1].float().numpy()
+
+
+class TextGenerator:
+    """Chat-templated generation with stop strings over any :class:`TokenGenerator`."""
+
+    def __init__(self, decoder: TokenGenerator, tokenizer: PreTrainedTokenizerBase):
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.provider = decoder.provider
+        self.eos_ids = _eos_ids(tokenizer)
+
+    def prompt_ids(self, prompt: str, chat: bool = True) -> list[int]:
+        """Token ids of a prompt, wrapped in the chat template when the model has one."""
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            return list(ids)
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def stream(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[str]:
+        """Yield text pieces as they are decoded; stops at EOS or a stop string."""
+        produced: list[int] = []
+        emitted = ""
+        for token in self.decoder.stream_ids(prompt_ids, sampling):
+            if token in self.eos_ids and not sampling.ignore_eos:
+                break
+            produced.append(token)
+            text = self.tokenizer.decode(produced, skip_special_tokens=True)
+            cut = _stop_index(text, sampling.stop)
+            if cut is not None:
+                if cut > len(emitted):
+                    yield text[len(emitted):cut]
+                return
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more tokens
+                continue
+            hold = _partial_stop_len(text, sampling.stop)
+            safe = len(text) - hold
+            if safe > len(emitted):
+                yield text[len(emitted):safe]
+                emitted = text[:safe]
+
+    def generate(self, prompt: str, sampling: Sampling, chat: bool = True) -> Generation:
+        """Generate a whole completion."""
+        ids = self.prompt_ids(prompt, chat)
+        produced: list[int] = []
+        finish = "length"
+        for token in self.decoder.stream_ids(ids, sampling):
+            if token in self.eos_ids and not sampling.ignore_eos:
+                finish = "stop"
+                break
+            produced.append(token)
+        text = self.tokenizer.decode(produced, skip_special_tokens=True)
+        cut = _stop_index(text, sampling.stop)
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+        return Generation(text=text, token_ids=produced, prompt_tokens=len(ids), finish_reason=finish)
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for token in ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return frozenset(ids)
+
+
+def _stop_index(text: str, stops: Sequence[str]) -> int | None:
+    found = [text.find(s) for s in stops if s and s in text]
+    return min(found) if found else None
+
+
+def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that starts some stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
+def load_generator(
+    model_dir: Path, runtime: str, threads: int = 0, providers: list[str] | None = None
+) -> TextGenerator:
+    """Open a generator directory with its runtime (``genai`` or ``optimum``)."""
+    decoder: TokenGenerator
+    if runtime == "genai":
+        decoder = GenAIDecoder(model_dir, threads, providers)
+    elif runtime == "optimum":
+        decoder = OptimumDecoder(model_dir, threads, providers)
+    else:
+        raise ValueError(f"Unknown generator runtime {runtime!r}; use 'genai' or 'optimum'.")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    logger.info("Generator %s loaded with %s on %s", model_dir.name, runtime, decoder.provider)
+    return TextGenerator(decoder, tokenizer)

@@ -1,0 +1,133 @@
+"""Parity and latency of a finished bundle against the original PyTorch models."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from slipway.embedding import OnnxEmbedder
+from slipway.generation import Sampling, load_generator
+from slipway.onnx.bundle import OnnxBundle
+from slipway.onnx.calibration import calibration_prompts, calibration_texts
+from slipway.onnx.latency import Timing, interleaved, latency_plot_png
+from slipway.onnx.parity import (
+    EmbedderParity,
+    GeneratorParity,
+    ParityThresholds,
+    as_report,
+    embedder_parity,
+    generator_parity,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _source(bundle: OnnxBundle, role: str) -> Path:
+    return Path(bundle.info(role)["source"][f"{role}_path"])
+
+
+def parity(
+    bundle: OnnxBundle,
+    thresholds: ParityThresholds,
+    data_dir: Path | None,
+    n_texts: int = 128,
+    n_prompts: int = 20,
+    max_new_tokens: int = 32,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Run the parity checks of every role, record the report in the bundle, return it."""
+    parts: dict[str, EmbedderParity | GeneratorParity] = {}
+    if "embedder" in bundle.roles:
+        texts = calibration_texts(data_dir, limit=n_texts)
+        logger.info("Embedder parity on %d texts", len(texts))
+        parts["embedder"] = embedder_parity(
+            bundle.role_dir("embedder"), _source(bundle, "embedder"), texts, threads
+        ).check(thresholds)
+    if "generator" in bundle.roles:
+        info = bundle.info("generator")
+        prompts = calibration_prompts(data_dir, limit=n_prompts)
+        logger.info("Generator parity on %d prompts, %d tokens", len(prompts), max_new_tokens)
+        generator = load_generator(bundle.role_dir("generator"), info["config"]["runtime"], threads)
+        parts["generator"] = generator_parity(
+            generator, _source(bundle, "generator"), prompts,
+            quantized=info.get("precision", "fp32") != "fp32",
+            max_new_tokens=max_new_tokens, threads=threads,
+        ).check(thresholds)
+    report = as_report(**parts)
+    bundle.record("parity", report)
+    return report
+
+
+def parity_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Headline parity figures as flat metrics."""
+    keys = ("min_cosine", "mean_cosine", "exact_match", "token_agreement", "mean_kl", "max_kl")
+    return {f"{role}_{k}": float(v) for role, part in report.items()
+            for k, v in part.items() if k in keys}
+
+
+def latency(
+    bundle: OnnxBundle,
+    data_dir: Path | None,
+    rounds: int = 5,
+    batch: int = 32,
+    new_tokens: int = 32,
+    threads: int = 0,
+    plot_path: Path | None = None,
+) -> dict[str, float]:
+    """Interleaved latency/throughput of each ONNX model against its PyTorch original."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    metrics: dict[str, float] = {}
+    timings: list[Timing] = []
+    if "embedder" in bundle.roles:
+        from sentence_transformers import SentenceTransformer
+
+        texts = calibration_texts(data_dir, limit=batch)
+        onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=threads, batch_size=batch)
+        ref = SentenceTransformer(str(_source(bundle, "embedder")), device="cpu", local_files_only=True)
+
+        def run_onnx() -> float:
+            onnx.embed(texts)
+            return len(texts)
+
+        def run_torch() -> float:
+            ref.encode(texts, batch_size=batch, show_progress_bar=False)
+            return len(texts)
+
+        a, b = interleaved(run_onnx, run_torch, rounds, names=("embed_onnx", "embed_torch"))
+        metrics.update(a.as_metrics() | b.as_metrics())
+        metrics["embed_speedup"] = a.throughput / b.throughput
+        timings += [a, b]
+    if "generator" in bundle.roles:
+        from transformers import AutoModelForCausalLM
+
+        info = bundle.info("generator")
+        gen = load_generator(bundle.role_dir("generator"), info["config"]["runtime"], threads)
+        model = AutoModelForCausalLM.from_pretrained(_source(bundle, "generator"), dtype=torch.float32,
+                                                     local_files_only=True).eval()
+        ids = gen.prompt_ids(calibration_prompts(data_dir, limit=1)[0])
+        sampling = Sampling(max_new_tokens=new_tokens, ignore_eos=True)
+
+        def gen_onnx() -> float:
+            return len(list(gen.decoder.stream_ids(ids, sampling)))
+
+        def gen_torch() -> float:
+            inputs = torch.tensor([ids])
+            with torch.inference_mode():
+                out = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+            return out.shape[1] - len(ids)
+
+        a, b = interleaved(gen_onnx, gen_torch, max(2, rounds // 2), names=("gen_onnx", "gen_torch"))
+        metrics.update(a.as_metrics() | b.as_metrics())
+        metrics["gen_speedup"] = a.throughput / b.throughput
+        timings += [a, b]
+    for role in bundle.roles:
+        metrics[f"{role}_size_mb"] = bundle.info(role).get("size_bytes", 0) / 2**20
+    if plot_path is not None and timings:
+        latency_plot_png(timings, str(plot_path), "ONNX vs PyTorch, per call")
+    bundle.record("latency", metrics)
+    return metrics

@@ -1,0 +1,213 @@
+"""Parity gate: does the final ONNX artifact still answer like the original PyTorch model?"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slipway.embedding import OnnxEmbedder, cosine_rows
+from slipway.generation import Sampling, TextGenerator
+
+logger = logging.getLogger(__name__)
+
+
+class ParityError(RuntimeError):
+    """A model failed its parity gate; the message is the readable report."""
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    """Gate bounds (config: ``steps.parity_gate.parameters``)."""
+
+    embed_min_cosine: float = 0.99
+    gen_min_exact_match: float = 0.95  # fp32 generator: whole greedy outputs identical
+    gen_quantized_min_token_agreement: float = 0.9  # int8/int4: teacher-forced top-1 agreement
+    gen_max_mean_kl: float = 0.05  # mean KL(torch || onnx) of next-token distributions
+
+
+@dataclass
+class EmbedderParity:
+    """Cosine similarity of ONNX embeddings to the PyTorch ones, text by text."""
+
+    n_texts: int
+    min_cosine: float
+    mean_cosine: float
+    worst_text: str
+    passed: bool = False
+
+    def check(self, thresholds: ParityThresholds) -> EmbedderParity:
+        """Set ``passed`` against the thresholds."""
+        self.passed = self.min_cosine >= thresholds.embed_min_cosine
+        return self
+
+
+@dataclass
+class GeneratorParity:
+    """Greedy agreement with the PyTorch model and next-token KL divergence."""
+
+    n_prompts: int
+    exact_match: float
+    token_agreement: float
+    mean_kl: float
+    max_kl: float
+    quantized: bool
+    mismatches: list[dict[str, str]] = field(default_factory=list)
+    passed: bool = False
+
+    def check(self, thresholds: ParityThresholds) -> GeneratorParity:
+        """Set ``passed`` against the thresholds for this artifact's precision."""
+        if self.quantized:
+            agreed = self.token_agreement >= thresholds.gen_quantized_min_token_agreement
+        else:
+            agreed = self.exact_match >= thresholds.gen_min_exact_match
+        self.passed = agreed and self.mean_kl <= thresholds.gen_max_mean_kl
+        return self
+
+
+def torch_embeddings(model_dir: Path, texts: Sequence[str], threads: int) -> np.ndarray:
+    """Reference embeddings from sentence-transformers on PyTorch fp32."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    return model.encode(list(texts), batch_size=32, show_progress_bar=False)
+
+
+def embedder_parity(
+    onnx_dir: Path, torch_dir: Path, texts: Sequence[str], threads: int = 0
+) -> EmbedderParity:
+    """Compare ONNX and PyTorch embeddings of ``texts``."""
+    onnx_vecs = OnnxEmbedder(onnx_dir, threads=threads).embed(texts)
+    ref = torch_embeddings(torch_dir, texts, threads)
+    ref = ref / np.clip(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12, None)
+    cos = cosine_rows(onnx_vecs, ref)
+    worst = int(np.argmin(cos))
+    return EmbedderParity(
+        n_texts=len(texts),
+        min_cosine=float(cos.min()),
+        mean_cosine=float(cos.mean()),
+        worst_text=texts[worst][:200],
+    )
+
+
+def generator_parity(
+    generator: TextGenerator,
+    torch_dir: Path,
+    prompts: Sequence[str],
+    quantized: bool,
+    max_new_tokens: int = 32,
+    threads: int = 0,
+) -> GeneratorParity:
+    """Greedy outputs and teacher-forced next-token distributions against PyTorch fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(torch_dir, dtype=torch.float32, local_files_only=True)
+    model.eval()
+    eos = sorted(generator.eos_ids)
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    exact, kls, agree, mismatches = 0, [], [], []
+    for prompt in prompts:
+        ids = generator.prompt_ids(prompt)
+        inputs = torch.tensor([ids])
+        with torch.inference_mode():
+            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0])
+        ref = [int(t) for t in out[0, len(ids):]]
+        ref_cut = _until_eos(ref, generator.eos_ids)
+        got = _until_eos(list(generator.decoder.stream_ids(ids, sampling)), generator.eos_ids)
+        if got == ref_cut:
+            exact += 1
+        elif len(mismatches) < 10:
+            decode = generator.tokenizer.decode
+            mismatches.append({"prompt": prompt, "torch": decode(ref_cut), "onnx": decode(got)})
+        full = ids + ref
+        with torch.inference_mode():
+            ref_logits = model(torch.tensor([full])).logits[0, len(ids) - 1 : len(full) - 1].numpy()
+        onnx_logits = generator.decoder.next_token_logits(full, len(ids))
+        kls += [kl_divergence(r, o) for r, o in zip(ref_logits, onnx_logits, strict=True)]
+        agree += list(ref_logits.argmax(-1) == onnx_logits.argmax(-1))
+    return GeneratorParity(
+        n_prompts=len(prompts),
+        exact_match=exact / max(len(prompts), 1),
+        token_agreement=float(np.mean(agree)) if agree else 0.0,
+        mean_kl=float(np.mean(kls)) if kls else 0.0,
+        max_kl=float(np.max(kls)) if kls else 0.0,
+        quantized=quantized,
+        mismatches=mismatches,
+    )
+
+
+def _until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
+    for i, token in enumerate(ids):
+        if token in eos:
+            return ids[:i]
+    return ids
+
+
+def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """KL(p || q) between the softmax distributions of two logit vectors."""
+    p = _log_softmax(p_logits.astype(np.float64))
+    q = _log_softmax(q_logits.astype(np.float64))
+    return float(np.sum(np.exp(p) * (p - q)))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def parity_report_html(report: dict[str, Any]) -> str:
+    """A small HTML page of the parity report, for the ZenML dashboard and MLflow."""
+    rows = []
+    for role, values in report.items():
+        if not isinstance(values, dict):
+            continue
+        status = "PASS" if values.get("passed") else "FAIL"
+        cells = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in values.items()
+            if k not in ("passed", "mismatches")
+        )
+        mismatches = "".join(
+            f"<li><b>{html.escape(m.get('prompt', ''))}</b><br>torch: {html.escape(m.get('torch', ''))}"
+            f"<br>onnx: {html.escape(m.get('onnx', ''))}</li>"
+            for m in values.get("mismatches", [])[:5]
+        )
+        rows.append(
+            f"<h3>{html.escape(role)}: {status}</h3><table border=1 cellpadding=4>{cells}</table>"
+            + (f"<p>First mismatches:</p><ul>{mismatches}</ul>" if mismatches else "")
+        )
+    return "<html><body><h2>Slipway parity report</h2>" + "".join(rows) + "</body></html>"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.5f}" if isinstance(value, float) else str(value)
+
+
+def as_report(**parts: EmbedderParity | GeneratorParity) -> dict[str, Any]:
+    """A JSON-able parity report keyed by role."""
+    return {role: asdict(part) for role, part in parts.items()}
+
+
+def raise_on_failure(report: dict[str, Any]) -> None:
+    """Fail with a readable report when any role did not pass."""
+    failed = [role for role, part in report.items() if isinstance(part, dict) and not part["passed"]]
+    if failed:
+        lines = [f"Parity gate failed for {', '.join(failed)}; nothing was registered."]
+        for role in failed:
+            details = {k: _fmt(v) for k, v in report[role].items() if k != "mismatches"}
+            lines.append(f"  {role}: {details}")
+        lines.append("Loosen the thresholds in the parity_gate step config or change the "
+                     "quantization (e.g. quantization: off) if this is expected.")
+        raise ParityError("\n".join(lines))

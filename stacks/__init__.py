@@ -1,0 +1,1 @@
+"""ZenML stack definitions and their idempotent registration."""

@@ -1,0 +1,1 @@
+"""Thin ZenML steps over the ``slipway`` core, one module per concern."""

@@ -1,0 +1,58 @@
+"""Shared fixtures. Every test runs offline in temporary ZenML, MLflow and BentoML homes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports zenml, mlflow or bentoml: private, throw-away homes.
+_HOME = Path(tempfile.mkdtemp(prefix="slipway-tests-"))
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "ZENML_CONFIG_PATH": str(_HOME / "zenml"),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "ZENML_LOGGING_VERBOSITY": "WARN",
+        "ZENML_ENABLE_RICH_TRACEBACK": "false",
+        "BENTOML_HOME": str(_HOME / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "SLIPWAY_HOME": str(_HOME / "slipway"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{_HOME / 'mlflow.db'}",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+import pytest  # noqa: E402
+
+from tests.tiny_models import make_tiny_embedder, make_tiny_generator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def home() -> Path:
+    """The session's temporary home for ZenML, MLflow, BentoML and Slipway."""
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised BERT sentence encoder with its own WordPiece tokenizer."""
+    return make_tiny_embedder(tmp_path_factory.mktemp("tiny-embedder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised Llama causal LM with its own BPE tokenizer and chat template."""
+    return make_tiny_generator(tmp_path_factory.mktemp("tiny-generator"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data sets; tests that need them skip when they are absent."""
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    return DATA
