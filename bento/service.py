@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
+from fastapi import FastAPI
 from pydantic import Field
 
 from slipway import __version__
@@ -26,7 +26,8 @@ from slipway.serving import resolve_bundle
 logger = logging.getLogger("slipway.service")
 LIMITS = ServeSettings()
 
-Text = Annotated[str, Field(min_length=1, max_length=LIMITS.max_chars)]
+# A text must hold a visible character (pattern is a search): blank input is a 400 naming it.
+Text = Annotated[str, Field(min_length=1, max_length=LIMITS.max_chars, pattern=r"\S")]
 Texts = Annotated[list[Text], Field(min_length=1, max_length=LIMITS.max_texts)]
 
 
@@ -54,9 +55,13 @@ class Embedder:
         return {"dimension": self.model.dimension, "provider": self.model.provider}
 
 
+info_app = FastAPI(title="Slipway read-only routes")
+
+
 @bentoml.service(name="slipway", workers=1, traffic={"timeout": 300})
+@bentoml.asgi_app(info_app, path="/v1")
 class Slipway:
-    """The API: ``/v1/embed``, ``/v1/generate``, ``/v1/models``."""
+    """The API: ``POST /v1/embed``, ``POST /v1/generate``, ``GET /v1/models``."""
 
     embedder = bentoml.depends(Embedder)
 
@@ -76,9 +81,6 @@ class Slipway:
     @bentoml.api(route="/v1/embed")
     async def embed(self, texts: Texts) -> dict[str, Any]:
         """Embed up to ``SLIPWAY_MAX_TEXTS`` texts; returns unit vectors in input order."""
-        if any(not t.strip() for t in texts):
-            bad = next(i for i, t in enumerate(texts) if not t.strip())
-            raise InvalidArgument(f"texts[{bad}] is blank; every text needs visible characters.")
         vectors = await self.embedder.to_async.embed_batch(texts)
         vectors = np.asarray(vectors)
         return {
@@ -99,8 +101,6 @@ class Slipway:
         seed: int | None = None,
     ) -> dict[str, Any]:
         """Complete a prompt (chat template applied); greedy when ``temperature`` is 0."""
-        if not prompt.strip():
-            raise InvalidArgument("prompt is blank; send some text to complete.")
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             stop=tuple(stop), seed=seed)
         out = self.generator.generate(prompt, sampling)
@@ -115,7 +115,7 @@ class Slipway:
             },
         }
 
-    @bentoml.api(route="/v1/models")
+    @info_app.get("/models")
     async def models(self) -> dict[str, Any]:
         """Served model versions, precisions and the active onnxruntime providers."""
         embedder = await self.embedder.to_async.describe()

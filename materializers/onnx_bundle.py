@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,10 +31,10 @@ class OnnxBundleMaterializer(BaseMaterializer):
         io_utils.copy_dir(str(data.root), os.path.join(self.uri, _FILES), overwrite=True)
 
     def load(self, data_type: type[Any]) -> OnnxBundle:
-        """Copy the bundle to a local temporary directory and open it."""
-        local = Path(tempfile.mkdtemp(prefix="slipway-bundle-"))
-        io_utils.copy_dir(os.path.join(self.uri, _FILES), str(local), overwrite=True)
-        return OnnxBundle.load(local)
+        """Copy the bundle to a local directory (removed after the step) and open it."""
+        with self.get_temporary_directory(delete_at_exit=False) as local:
+            io_utils.copy_dir(os.path.join(self.uri, _FILES), local, overwrite=True)
+            return OnnxBundle.load(Path(local))
 
     def extract_metadata(self, data: OnnxBundle) -> dict[str, MetadataType]:
         """Roles, size and the headline parity figures."""

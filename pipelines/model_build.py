@@ -18,9 +18,11 @@ def model_build(
     roles: list[str] | None = None,
     model_name: str = "slipway",
     bento: bool = True,
+    embedder_path: str | None = None,
+    generator_path: str | None = None,
 ) -> None:
     """Build, check, register and package the embedder and generator."""
-    base_models = load_base_models()
+    base_models = load_base_models(embedder_path=embedder_path, generator_path=generator_path)
     exported = export_models(base_models, build=build, roles=roles)
     optimized = optimize_models(exported, build=build)
     quantized = quantize_models(optimized, build=build)

@@ -10,6 +10,7 @@ from typing import Annotated
 import mlflow
 from mlflow import MlflowClient
 from zenml import get_step_context, log_metadata, step
+from zenml.exceptions import StepContextError
 
 from slipway.onnx.bundle import OnnxBundle
 from slipway.onnx.cpu import read_cpu_info
@@ -26,6 +27,13 @@ def _in_pipeline() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _has_model() -> bool:
+    try:
+        return get_step_context().model is not None
+    except (RuntimeError, StepContextError):
+        return False
 
 
 @step(experiment_tracker=True, enable_cache=False)
@@ -63,6 +71,6 @@ def track_and_register(
         "champion": str(version.champion).lower(),
         "tracking_uri": mlflow.get_tracking_uri(),
     }
-    if _in_pipeline() and get_step_context().model is not None:
+    if _has_model():
         log_metadata(metadata={"mlflow_model": result, **metrics}, infer_model=True)
     return result

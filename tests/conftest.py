@@ -13,6 +13,8 @@ os.environ.update(
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "ZENML_CONFIG_PATH": str(_HOME / "zenml"),
+        # A repository of the tests' own, so tests never touch the project's .zen.
+        "ZENML_REPOSITORY_PATH": str(_HOME / "repo"),
         "ZENML_ANALYTICS_OPT_IN": "false",
         "ZENML_LOGGING_VERBOSITY": "WARN",
         "ZENML_ENABLE_RICH_TRACEBACK": "false",

@@ -97,15 +97,23 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 def _fix_special_tokens(model: transformers.PreTrainedModel, tokenizer: object) -> None:
-    """Make generation stop on the chat end token and pad with a real token."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if getattr(tokenizer, "pad_token", None) is None and eos is not None:
+    """Take end-of-sequence and padding from the model config (GGUF tokenizers get them wrong).
+
+    The SmolLM2 GGUF's tokenizer names ``<|im_start|>`` as its EOS; the model's config rightly
+    says ``<|im_end|>``, the token that ends a chat turn.
+    """
+    eos_id = model.config.eos_token_id
+    if isinstance(eos_id, list):
+        eos_id = eos_id[0]
+    if eos_id is not None:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(int(eos_id))  # type: ignore[attr-defined]
+    if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token  # type: ignore[attr-defined]
-    gen = model.generation_config
-    if eos is not None:
-        gen.eos_token_id = eos
-        gen.pad_token_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
-        model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
+    pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
+    model.config.pad_token_id = pad_id
+    model.generation_config.pad_token_id = pad_id
+    if eos_id is not None:
+        model.generation_config.eos_token_id = int(eos_id)
 
 
 def generator_source(path: Path | None, cache_dir: Path) -> ModelSource:

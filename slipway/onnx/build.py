@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -162,14 +164,26 @@ def quantize(onnx_dir: Path, out_dir: Path, config: BuildConfig, cpu: CpuInfo) -
     logger.info("Quantizing %s to int8 for %s", onnx_dir, cpu.isa)
     _infer_shapes(onnx_dir / ONNX_FILE)
     quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=ONNX_FILE)
-    quantizer.quantize(
-        quantization_config=quantization_config(config, cpu),
-        save_dir=out_dir,
-        file_suffix=None,
-        use_external_data_format=_has_external_data(onnx_dir),
-    )
+    with _quiet_root_logger():  # onnxruntime's quantizer logs one INFO line per tensor
+        quantizer.quantize(
+            quantization_config=quantization_config(config, cpu),
+            save_dir=out_dir,
+            file_suffix=None,
+            use_external_data_format=_has_external_data(onnx_dir),
+        )
     copy_tokenizer_files(onnx_dir, out_dir)
     return out_dir
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _infer_shapes(model_path: Path) -> None:

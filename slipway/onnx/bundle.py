@@ -63,12 +63,15 @@ class OnnxBundle:
             raise BundleError(f"Unknown role {role!r}; expected one of {ROLES}.")
         return self.root / role
 
-    def add_model(self, role: str, model_dir: Path, info: dict[str, Any]) -> None:
-        """Copy a final model directory into the bundle and record how it was built."""
+    def add_model(self, role: str, model_dir: Path, info: dict[str, Any], move: bool = False) -> None:
+        """Copy (or move) a model directory into the bundle and record how it was built."""
         dst = self.role_dir(role)
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(model_dir, dst)
+        if move:
+            shutil.move(model_dir, dst)
+        else:
+            shutil.copytree(model_dir, dst)
         self.manifest["models"][role] = info
         self.save()
 

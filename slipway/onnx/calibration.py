@@ -19,7 +19,6 @@ BUILTIN_TEXTS: tuple[str, ...] = (
     "The committee approved the budget after a lengthy debate.",
     "Vector search finds the nearest neighbours of an embedding.",
     "She studied the migration patterns of Arctic terns for a decade.",
-    "",
     "Short.",
     "Émile Zola wrote about life in nineteenth-century France; naïve café owners appear too.",
     "def add(a, b):\n    return a + b",

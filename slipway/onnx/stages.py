@@ -6,7 +6,9 @@ a crashed stage never leaves a half-written bundle behind as its output.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +30,10 @@ DEFAULT_CONFIGS: dict[str, BuildConfig] = {
 
 
 def _fresh_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"slipway-{prefix}-"))
+    """A scratch directory removed when the process exits (after ZenML stored the outputs)."""
+    path = Path(tempfile.mkdtemp(prefix=f"slipway-{prefix}-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _next_bundle(previous: OnnxBundle | None, stage: str) -> OnnxBundle:
@@ -55,7 +60,7 @@ def export_stage(sources: dict[str, ModelSource], configs: dict[str, BuildConfig
             build.build_genai(source.path, work, config, build.genai_precision(config, final=False))
         else:
             build.export(source.path, work, config)
-        bundle.add_model(role, work, _info(config, source.as_params(), precision="fp32"))
+        bundle.add_model(role, work, _info(config, source.as_params(), precision="fp32"), move=True)
     return bundle
 
 
@@ -69,7 +74,7 @@ def optimize_stage(previous: OnnxBundle, configs: dict[str, BuildConfig]) -> Onn
             bundle.add_model(role, previous.role_dir(role), info)
             continue
         work = build.optimize(previous.role_dir(role), _fresh_dir(f"opt-{role}"), config)
-        bundle.add_model(role, work, {**info, "optimization": config.optimization})
+        bundle.add_model(role, work, {**info, "optimization": config.optimization}, move=True)
     return bundle
 
 
@@ -85,17 +90,18 @@ def quantize_stage(
         mode = config.resolved_quantization()
         if config.runtime == "genai":
             precision = build.genai_precision(config, final=True)
+            extra = {"precision": precision, "quantization": mode.value}
             if precision == info.get("precision"):
-                work = previous.role_dir(role)
+                bundle.add_model(role, previous.role_dir(role), {**info, **extra})
             else:
                 source = Path(info["source"][f"{role}_path"])
                 work = build.build_genai(source, _fresh_dir(f"q-{role}"), config, precision)
-            bundle.add_model(role, work, {**info, "precision": precision, "quantization": mode.value})
+                bundle.add_model(role, work, {**info, **extra}, move=True)
             continue
         work = build.quantize(previous.role_dir(role), _fresh_dir(f"q-{role}"), config, cpu)
         precision = "fp32" if mode is Quantization.OFF else mode.value
         extra = {"precision": precision, "quantization": mode.value, "isa": cpu.isa}
-        bundle.add_model(role, work, {**info, **extra})
+        bundle.add_model(role, work, {**info, **extra}, move=True)
     for role in bundle.roles:
         bundle.manifest["models"][role]["size_bytes"] = directory_size(bundle.role_dir(role))
     bundle.save()
