@@ -39,10 +39,10 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     texts = cranfield_texts()
-    onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=args.threads, batch_size=32)
+    onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=args.threads)
     st = SentenceTransformer(source, device="cpu", local_files_only=True)
     print(f"artifact: {info['precision']} {info.get('isa', '')} optimization={info.get('optimization')} "
-          f"provider={onnx.provider} | texts={len(texts)}")
+          f"provider={onnx.provider} batch={onnx.batch_size} | torch batch=32 | texts={len(texts)}")
     ours = onnx.embed(texts)
     ref = st.encode(texts, batch_size=32, show_progress_bar=False)
     cos = cosine_rows(ours, ref)

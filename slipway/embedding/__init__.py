@@ -65,14 +65,18 @@ def pool(hidden: np.ndarray, mask: np.ndarray, config: PoolingConfig) -> np.ndar
 
 
 class OnnxEmbedder:
-    """Embeds texts with an exported ONNX encoder; batches are length-sorted to cut padding."""
+    """Embeds texts with an exported ONNX encoder; batches are length-sorted to cut padding.
+
+    Small batches (8) suit dynamic int8: activations are quantized with one scale per batch,
+    so fewer texts per batch means tighter ranges (measured: higher min cosine, same speed).
+    """
 
     def __init__(
         self,
         model_dir: Path,
         providers: list[str] | None = None,
         threads: int = 0,
-        batch_size: int = 32,
+        batch_size: int = 8,
         model_file: str = "model.onnx",
     ) -> None:
         self.model_dir = Path(model_dir)

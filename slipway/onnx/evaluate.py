@@ -86,7 +86,7 @@ def latency(
         from sentence_transformers import SentenceTransformer
 
         texts = calibration_texts(data_dir, limit=batch)
-        onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=threads, batch_size=batch)
+        onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=threads)
         ref = SentenceTransformer(str(_source(bundle, "embedder")), device="cpu", local_files_only=True)
 
         def run_onnx() -> float:

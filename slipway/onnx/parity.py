@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from slipway.embedding import OnnxEmbedder, cosine_rows
 from slipway.generation import Sampling, TextGenerator
@@ -117,7 +118,7 @@ def generator_parity(
     eos = sorted(generator.eos_ids)
     sampling = Sampling(max_new_tokens=max_new_tokens)
     exact, kls, agree, mismatches = 0, [], [], []
-    for prompt in prompts:
+    for prompt in tqdm(prompts, desc="generator parity", unit="prompt"):
         ids = generator.prompt_ids(prompt)
         inputs = torch.tensor([ids])
         with torch.inference_mode():

@@ -129,7 +129,7 @@ def configs_from(overrides: dict[str, dict[str, Any]] | None) -> dict[str, Build
             from slipway.config import Target
 
             merged["target"] = Target(merged["target"])
-        for key in ("operators_to_quantize", "nodes_to_exclude"):
+        for key in ("operators_to_quantize", "nodes_to_exclude", "exclude_patterns"):
             merged[key] = tuple(merged[key])
         out[role] = BuildConfig(**merged)
         out[role].validate()
