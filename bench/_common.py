@@ -31,16 +31,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, help="A built bundle (default: build one with defaults).")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--quantization", help="Build with this quantization (int8, int4, off) "
+                   "instead of the default; ignored with --bundle.")
     return p
 
 
-def bundle_for(role: str, given: Path | None) -> OnnxBundle:
-    """The bundle to measure: the one given, or ``role`` built with the default configuration."""
+def bundle_for(role: str, given: Path | None, quantization: str | None = None) -> OnnxBundle:
+    """The bundle to measure: the one given, or ``role`` built (default config or ``quantization``)."""
     if given is not None:
         return OnnxBundle.load(given)
     cache = get_settings().cache_dir
     source = embedder_source() if role == "embedder" else generator_source(None, cache)
-    configs = stages.configs_from(None)
+    configs = stages.configs_from({role: {"quantization": quantization}} if quantization else None)
     bundle = stages.export_stage({role: source}, configs)
     bundle = stages.optimize_stage(bundle, configs)
     return stages.quantize_stage(bundle, configs)

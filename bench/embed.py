@@ -33,7 +33,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     print_machine(args.threads)
-    bundle = bundle_for("embedder", args.bundle)
+    bundle = bundle_for("embedder", args.bundle, args.quantization)
     info = bundle.info("embedder")
     source = info["source"]["embedder_path"]
     from sentence_transformers import SentenceTransformer

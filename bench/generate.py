@@ -29,7 +29,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     print_machine(args.threads)
-    bundle = bundle_for("generator", args.bundle)
+    bundle = bundle_for("generator", args.bundle, args.quantization)
     info = bundle.info("generator")
     gen = load_generator(bundle.role_dir("generator"), info["config"]["runtime"], args.threads)
     model = AutoModelForCausalLM.from_pretrained(info["source"]["generator_path"], dtype=torch.float32,

@@ -16,6 +16,7 @@ from slipway.onnx.bundle import OnnxBundle
 from slipway.onnx.cpu import read_cpu_info
 from slipway.onnx.evaluate import parity_metrics
 from slipway.onnx.parity import parity_report_html
+from slipway.onnx.session import default_providers
 from slipway.onnx.stages import build_params, configs_from
 from slipway.registry import BUNDLE_ARTIFACT_PATH, register_bundle
 from steps.onnx import BuildOverrides
@@ -45,7 +46,7 @@ def track_and_register(
     cpu = read_cpu_info()
     params = build_params(configs_from(build), cpu)
     params.update({f"{r}_source": bundle.info(r)["source"][f"{r}_path"] for r in bundle.roles})
-    params["provider"] = "CPUExecutionProvider"
+    params["provider"] = default_providers()[0]
     mlflow.log_params(params)
     metrics = parity_metrics(bundle.manifest.get("parity", {})) | bundle.manifest.get("latency", {})
     mlflow.log_metrics(metrics)
