@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -82,7 +82,7 @@ class GenAIDecoder:
         self.context_length = int(json.loads((model_dir / "genai_config.json").read_text())
                                   ["model"]["context_length"])
 
-    def _generator(self, n_ids: int, sampling: Sampling, max_length: int) -> object:
+    def _generator(self, n_ids: int, sampling: Sampling, max_length: int) -> Any:
         og = self._og
         params = og.GeneratorParams(self.model)
         options: dict[str, object] = {"max_length": min(max_length, self.context_length)}

@@ -111,9 +111,11 @@ def _fix_special_tokens(model: transformers.PreTrainedModel, tokenizer: object) 
         tokenizer.pad_token = tokenizer.eos_token  # type: ignore[attr-defined]
     pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
     model.config.pad_token_id = pad_id
-    model.generation_config.pad_token_id = pad_id
-    if eos_id is not None:
-        model.generation_config.eos_token_id = int(eos_id)
+    gen = model.generation_config
+    if gen is not None:
+        gen.pad_token_id = pad_id
+        if eos_id is not None:
+            gen.eos_token_id = int(eos_id)
 
 
 def generator_source(path: Path | None, cache_dir: Path) -> ModelSource:

@@ -117,7 +117,8 @@ def generator_parity(
     model.eval()
     eos = sorted(generator.eos_ids)
     sampling = Sampling(max_new_tokens=max_new_tokens)
-    exact, kls, agree, mismatches = 0, [], [], []
+    exact, kls, agree = 0, [], []
+    mismatches: list[dict[str, str]] = []
     for prompt in tqdm(prompts, desc="generator parity", unit="prompt"):
         ids = generator.prompt_ids(prompt)
         inputs = torch.tensor([ids])

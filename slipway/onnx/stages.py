@@ -10,7 +10,6 @@ import atexit
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +133,3 @@ def configs_from(overrides: dict[str, dict[str, Any]] | None) -> dict[str, Build
         out[role] = BuildConfig(**merged)
         out[role].validate()
     return out
-
-
-def each_role(bundle: OnnxBundle, fn: Callable[[str, Path, dict[str, Any]], Any],
-              roles: Sequence[str] | None = None) -> dict[str, Any]:
-    """Apply ``fn(role, dir, info)`` to each role present."""
-    return {role: fn(role, bundle.role_dir(role), bundle.info(role))
-            for role in (roles or bundle.roles)}

@@ -42,11 +42,10 @@ def zenml_stack() -> str:
 @pytest.fixture(scope="module")
 def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path) -> dict[str, str]:
     """Run the model_build pipeline end to end and return its registered_model output."""
+    from zenml import Model
     from zenml.client import Client
 
     from pipelines.model_build import model_build
-
-    from zenml import Model
 
     run = model_build.with_options(enable_cache=False, model=Model(name="slipway-e2e"))(
         build=BUILD, model_name="slipway-e2e", bento=True,
