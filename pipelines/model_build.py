@@ -26,7 +26,7 @@ def model_build(
     exported = export_models(base_models, build=build, roles=roles)
     optimized = optimize_models(exported, build=build)
     quantized = quantize_models(optimized, build=build)
-    gated = parity_gate(quantized)
+    gated = parity_gate(quantized, exported=exported)
     measured = measure_latency(gated)
     registered = track_and_register(measured, build=build, model_name=model_name)
     if bento:

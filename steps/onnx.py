@@ -50,6 +50,7 @@ def quantize_models(
 @step(cache_policy=SLIPWAY_CACHE, output_materializers=OnnxBundleMaterializer)
 def parity_gate(
     bundle: OnnxBundle,
+    exported: OnnxBundle | None = None,
     embed_min_cosine: float = 0.99,
     gen_min_exact_match: float = 0.95,
     gen_quantized_min_token_agreement: float = 0.9,
@@ -58,13 +59,13 @@ def parity_gate(
     n_prompts: int = 20,
     max_new_tokens: int = 32,
 ) -> Annotated[OnnxBundle, "gated_bundle"]:
-    """Compare the final models with their PyTorch originals; fail the run if they differ."""
+    """Compare the final models (and a quantized generator's fp32 export) with PyTorch."""
     thresholds = ParityThresholds(
         embed_min_cosine, gen_min_exact_match, gen_quantized_min_token_agreement, gen_max_mean_kl
     )
     settings = get_settings()
     report = evaluate.parity(bundle, thresholds, settings.data_dir, n_texts, n_prompts,
-                             max_new_tokens, settings.threads)
+                             max_new_tokens, settings.threads, exported=exported)
     raise_on_failure(report)
     return bundle
 

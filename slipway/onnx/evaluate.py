@@ -35,8 +35,13 @@ def parity(
     n_prompts: int = 20,
     max_new_tokens: int = 32,
     threads: int = 0,
+    exported: OnnxBundle | None = None,
 ) -> dict[str, Any]:
-    """Run the parity checks of every role, record the report in the bundle, return it."""
+    """Run the parity checks of every role, record the report in the bundle, return it.
+
+    With ``exported`` (the fp32 export) and a quantized final generator, the fp32 export is
+    checked too (``generator_fp32``: exact greedy match), besides the final one's bounds.
+    """
     parts: dict[str, EmbedderParity | GeneratorParity] = {}
     if "embedder" in bundle.roles:
         texts = calibration_texts(data_dir, limit=n_texts)
@@ -48,12 +53,16 @@ def parity(
         info = bundle.info("generator")
         prompts = calibration_prompts(data_dir, limit=n_prompts)
         logger.info("Generator parity on %d prompts, %d tokens", len(prompts), max_new_tokens)
-        generator = load_generator(bundle.role_dir("generator"), info["config"]["runtime"], threads)
-        parts["generator"] = generator_parity(
-            generator, _source(bundle, "generator"), prompts,
-            quantized=info.get("precision", "fp32") != "fp32",
-            max_new_tokens=max_new_tokens, threads=threads,
-        ).check(thresholds)
+        runtime = info["config"]["runtime"]
+        quantized = info.get("precision", "fp32") != "fp32"
+        candidates = {"generator": (load_generator(bundle.role_dir("generator"), runtime, threads),
+                                    quantized)}
+        if quantized and exported is not None and "generator" in exported.roles:
+            candidates["generator_fp32"] = (
+                load_generator(exported.role_dir("generator"), runtime, threads), False)
+        results = generator_parity(candidates, _source(bundle, "generator"), prompts,
+                                   max_new_tokens=max_new_tokens, threads=threads)
+        parts.update({label: result.check(thresholds) for label, result in results.items()})
     report = as_report(**parts)
     bundle.record("parity", report)
     return report

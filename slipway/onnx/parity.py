@@ -100,14 +100,17 @@ def embedder_parity(
 
 
 def generator_parity(
-    generator: TextGenerator,
+    candidates: dict[str, tuple[TextGenerator, bool]],
     torch_dir: Path,
     prompts: Sequence[str],
-    quantized: bool,
     max_new_tokens: int = 32,
     threads: int = 0,
-) -> GeneratorParity:
-    """Greedy outputs and teacher-forced next-token distributions against PyTorch fp32."""
+) -> dict[str, GeneratorParity]:
+    """Greedy outputs and teacher-forced next-token distributions against PyTorch fp32.
+
+    ``candidates`` maps a label to (generator, quantized); the PyTorch reference is computed
+    once per prompt and compared with every candidate.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -115,39 +118,43 @@ def generator_parity(
         torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(torch_dir, dtype=torch.float32, local_files_only=True)
     model.eval()
-    eos = sorted(generator.eos_ids)
+    first = next(iter(candidates.values()))[0]
+    eos = sorted(first.eos_ids)
     sampling = Sampling(max_new_tokens=max_new_tokens)
-    exact, kls, agree = 0, [], []
-    mismatches: list[dict[str, str]] = []
+    stats = {label: {"exact": 0, "kls": [], "agree": [], "mismatches": []} for label in candidates}
     for prompt in tqdm(prompts, desc="generator parity", unit="prompt"):
-        ids = generator.prompt_ids(prompt)
+        ids = first.prompt_ids(prompt)
         inputs = torch.tensor([ids])
         with torch.inference_mode():
             out = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0])
-        ref = [int(t) for t in out[0, len(ids):]]
-        ref_cut = _until_eos(ref, generator.eos_ids)
-        got = _until_eos(list(generator.decoder.stream_ids(ids, sampling)), generator.eos_ids)
-        if got == ref_cut:
-            exact += 1
-        elif len(mismatches) < 10:
-            decode = generator.tokenizer.decode
-            mismatches.append({"prompt": prompt, "torch": decode(ref_cut), "onnx": decode(got)})
-        full = ids + ref
-        with torch.inference_mode():
+            ref = [int(t) for t in out[0, len(ids):]]
+            full = ids + ref
             ref_logits = model(torch.tensor([full])).logits[0, len(ids) - 1 : len(full) - 1].numpy()
-        onnx_logits = generator.decoder.next_token_logits(full, len(ids))
-        kls += [kl_divergence(r, o) for r, o in zip(ref_logits, onnx_logits, strict=True)]
-        agree += list(ref_logits.argmax(-1) == onnx_logits.argmax(-1))
-    return GeneratorParity(
-        n_prompts=len(prompts),
-        exact_match=exact / max(len(prompts), 1),
-        token_agreement=float(np.mean(agree)) if agree else 0.0,
-        mean_kl=float(np.mean(kls)) if kls else 0.0,
-        max_kl=float(np.max(kls)) if kls else 0.0,
-        quantized=quantized,
-        mismatches=mismatches,
-    )
+        ref_cut = _until_eos(ref, first.eos_ids)
+        for label, (generator, _) in candidates.items():
+            st = stats[label]
+            got = _until_eos(list(generator.decoder.stream_ids(ids, sampling)), generator.eos_ids)
+            if got == ref_cut:
+                st["exact"] += 1
+            elif len(st["mismatches"]) < 10:
+                decode = generator.tokenizer.decode
+                st["mismatches"].append({"prompt": prompt, "torch": decode(ref_cut), "onnx": decode(got)})
+            onnx_logits = generator.decoder.next_token_logits(full, len(ids))
+            st["kls"] += [kl_divergence(r, o) for r, o in zip(ref_logits, onnx_logits, strict=True)]
+            st["agree"] += list(ref_logits.argmax(-1) == onnx_logits.argmax(-1))
+    return {
+        label: GeneratorParity(
+            n_prompts=len(prompts),
+            exact_match=st["exact"] / max(len(prompts), 1),
+            token_agreement=float(np.mean(st["agree"])) if st["agree"] else 0.0,
+            mean_kl=float(np.mean(st["kls"])) if st["kls"] else 0.0,
+            max_kl=float(np.max(st["kls"])) if st["kls"] else 0.0,
+            quantized=candidates[label][1],
+            mismatches=st["mismatches"],
+        )
+        for label, st in stats.items()
+    }
 
 
 def _until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:

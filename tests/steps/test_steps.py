@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -24,8 +24,12 @@ def base_models(tiny_embedder: Path, tiny_generator: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def quantized(base_models: dict[str, str]) -> OnnxBundle:
-    exported = export_models.entrypoint(base_models, build=BUILD)
+def exported(base_models: dict[str, str]) -> OnnxBundle:
+    return export_models.entrypoint(base_models, build=BUILD)
+
+
+@pytest.fixture(scope="module")
+def quantized(exported: OnnxBundle) -> OnnxBundle:
     assert exported.roles == ["embedder", "generator"]
     assert (exported.role_dir("embedder") / "model.onnx").is_file()
     assert (exported.role_dir("generator") / "genai_config.json").is_file()
@@ -50,11 +54,14 @@ def test_quantize_records_precision_and_isa(quantized: OnnxBundle) -> None:
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in graph.node)
 
 
-def test_parity_gate_passes_and_records_report(quantized: OnnxBundle) -> None:
-    gated = parity_gate.entrypoint(quantized, n_texts=16, n_prompts=4, max_new_tokens=8)
+def test_parity_gate_passes_and_records_report(quantized: OnnxBundle, exported: OnnxBundle) -> None:
+    gated = parity_gate.entrypoint(quantized, exported=exported, n_texts=16, n_prompts=4,
+                                   max_new_tokens=8)
     report = gated.manifest["parity"]
     assert report["embedder"]["passed"] and report["embedder"]["min_cosine"] > 0.99
-    assert report["generator"]["n_prompts"] == 4
+    assert report["generator"]["n_prompts"] == 4 and report["generator"]["quantized"]
+    # The fp32 export is held to exact greedy agreement with PyTorch.
+    assert report["generator_fp32"]["exact_match"] == 1.0 and not report["generator_fp32"]["quantized"]
 
 
 def test_parity_gate_fails_with_a_readable_report(quantized: OnnxBundle) -> None:
@@ -63,8 +70,21 @@ def test_parity_gate_fails_with_a_readable_report(quantized: OnnxBundle) -> None
                                max_new_tokens=4)
 
 
-def test_measure_and_register(quantized: OnnxBundle, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private MLflow store. A ZenML run earlier in the session leaves mlflow's process-wide
+    tracking URI and experiment set, so both are pointed here explicitly; the URI is restored."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.end_run()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("slipway-steps-test")
+    yield uri
+    mlflow.set_tracking_uri(previous)
+
+
+def test_measure_and_register(quantized: OnnxBundle, tmp_path: Path, mlflow_uri: str) -> None:
     gated = parity_gate.entrypoint(quantized, n_texts=8, n_prompts=2, max_new_tokens=4)
     measured = measure_latency.entrypoint(gated, rounds=2, batch=4, new_tokens=4)
     assert measured.manifest["latency"]["embed_speedup"] > 0
@@ -73,7 +93,7 @@ def test_measure_and_register(quantized: OnnxBundle, tmp_path: Path, monkeypatch
     finally:
         mlflow.end_run()
     assert first["champion"] == "true" and first["version"] == "1"
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=mlflow_uri)
     assert str(client.get_model_version_by_alias("steps-test", "champion").version) == "1"
     # A worse candidate is registered but does not take the alias.
     worse = OnnxBundle.load(measured.root)
