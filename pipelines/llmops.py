@@ -11,7 +11,7 @@ from typing import Any
 from zenml import pipeline
 
 from pipelines.model_build import model_build
-from steps.documents import preprocess_documents
+from steps.documents import chunk_corpus, preprocess_documents
 
 
 @pipeline(enable_cache=True)
@@ -20,6 +20,7 @@ def llmops_pipeline(
     model_name: str = "slipway",
     corpus: str | None = None,
 ) -> None:
-    """Preprocess the corpus, then build, check, register and package the models."""
-    preprocess_documents(corpus=corpus)
+    """Preprocess and chunk the corpus, then build, check, register and package the models."""
+    documents = preprocess_documents(corpus=corpus)
+    chunk_corpus(documents)
     model_build(build=build, model_name=model_name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -109,8 +110,9 @@ def models(
     champion = current_champion(client, name)
     table = Table("version", "champion", "created", "promotion")
     for mv in client.search_model_versions(f"name='{name}'"):
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
         table.add_row(str(mv.version), "yes" if str(mv.version) == champion else "",
-                      str(mv.creation_timestamp), mv.tags.get("promotion", ""))
+                      f"{created:%Y-%m-%d %H:%M:%S}Z", mv.tags.get("promotion", ""))
     Console().print(table)
 
 

@@ -58,3 +58,17 @@ def shared_data() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def zenml_stack() -> str:
+    """A temporary ZenML repository and global config, with the local stack registered."""
+    from zenml.client import Client
+
+    from stacks.register import register
+
+    repo = Path(os.environ["ZENML_REPOSITORY_PATH"])
+    if not (repo / ".zen").is_dir():
+        repo.mkdir(parents=True, exist_ok=True)
+        Client.initialize(root=repo)
+    return register(ROOT / "stacks" / "local.yaml")

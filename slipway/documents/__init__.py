@@ -1,18 +1,23 @@
-"""Documents: load a corpus, clean it, drop exact duplicates."""
+"""Documents: read a corpus from any supported source, clean it, drop exact duplicates."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import re
 import unicodedata
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from slipway.documents.readers import CsvColumns, Skipped, SourceFormat, read_source
+
+logger = logging.getLogger(__name__)
+
 PACKAGED_CORPUS = Path(__file__).parent / "data" / "corpus.jsonl"
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class Document(BaseModel):
@@ -30,13 +35,19 @@ class DocumentSet(BaseModel):
 
     source: str
     documents: list[Document]
-    skipped: dict[str, str] = Field(default_factory=dict)  # id or line -> reason
+    skipped: dict[str, str] = Field(default_factory=dict)  # file, line or id -> reason
     duplicates: int = 0
+
+    def summary(self) -> str:
+        """One line: documents kept, skipped and dropped as duplicates."""
+        return (f"{len(self.documents)} documents from {self.source}; "
+                f"{len(self.skipped)} skipped, {self.duplicates} exact duplicates dropped")
 
 
 def clean_text(text: str) -> str:
-    """Unicode NFKC, unified whitespace, at most one blank line in a row."""
+    """Unicode NFKC, no control characters, unified whitespace, at most one blank line in a row."""
     text = unicodedata.normalize("NFKC", text)
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
@@ -53,33 +64,37 @@ def default_corpus(data_dir: Path | None) -> Path:
     return PACKAGED_CORPUS
 
 
-def read_jsonl_corpus(path: Path, min_chars: int = 20) -> DocumentSet:
-    """Read a BEIR-style ``corpus.jsonl`` (``_id``/``id``, ``title``, ``text``)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Corpus {path} does not exist; pass corpus=<path to a .jsonl>.")
+def read_corpus(
+    path: Path,
+    fmt: SourceFormat = "auto",
+    min_chars: int = 20,
+    columns: CsvColumns | None = None,
+) -> DocumentSet:
+    """Read, clean and de-duplicate a corpus; skipped files and rows are reported by name."""
     docs: list[Document] = []
     skipped: dict[str, str] = {}
-    seen: set[str] = set()
+    seen_hashes: set[str] = set()
+    seen_ids: set[str] = set()
     duplicates = 0
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                skipped[f"line {number}"] = f"invalid JSON: {exc.msg}"
-                continue
-            doc_id = str(row.get("_id") or row.get("id") or f"line-{number}")
-            title, text = clean_text(str(row.get("title") or "")), clean_text(str(row.get("text") or ""))
-            if len(text) < min_chars:
-                skipped[doc_id] = f"text shorter than {min_chars} characters"
-                continue
-            digest = content_hash(title, text)
-            if digest in seen:
-                duplicates += 1
-                continue
-            seen.add(digest)
-            meta = {k: str(v) for k, v in (row.get("metadata") or {}).items()}
-            docs.append(Document(id=doc_id, title=title, text=text, content_hash=digest, metadata=meta))
+    for item in read_source(path, fmt, columns):
+        if isinstance(item, Skipped):
+            skipped[item.name] = item.reason
+            continue
+        title, text = clean_text(item.title), clean_text(item.text)
+        if len(text) < min_chars:
+            skipped[item.id] = f"text shorter than {min_chars} characters"
+            continue
+        if item.id in seen_ids:
+            skipped[item.id] = "duplicate id (the first one is kept)"
+            continue
+        digest = content_hash(title, text)
+        if digest in seen_hashes:
+            duplicates += 1
+            continue
+        seen_hashes.add(digest)
+        seen_ids.add(item.id)
+        docs.append(Document(id=item.id, title=title, text=text, content_hash=digest,
+                             metadata=item.metadata))
+    for name, reason in skipped.items():
+        logger.warning("Skipped %s: %s", name, reason)
     return DocumentSet(source=str(path), documents=docs, skipped=skipped, duplicates=duplicates)

@@ -26,20 +26,6 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def zenml_stack() -> str:
-    """A temporary ZenML repository and global config, with the local stack registered."""
-    from zenml.client import Client
-
-    from stacks.register import register
-
-    repo = Path(os.environ["ZENML_REPOSITORY_PATH"])
-    if not (repo / ".zen").is_dir():
-        repo.mkdir(parents=True, exist_ok=True)
-        Client.initialize(root=repo)
-    return register(ROOT / "stacks" / "local.yaml")
-
-
-@pytest.fixture(scope="module")
 def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path) -> dict[str, str]:
     """Run the model_build pipeline end to end and return its registered_model output."""
     from zenml import Model

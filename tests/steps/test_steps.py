@@ -106,3 +106,20 @@ def test_measure_and_register(quantized: OnnxBundle, tmp_path: Path, mlflow_uri:
     assert str(client.get_model_version_by_alias("steps-test", "champion").version) == "1"
     local = mlflow.artifacts.download_artifacts(artifact_uri=second["source"], dst_path=str(tmp_path / "dl"))
     assert OnnxBundle.load(Path(local)).roles == ["embedder", "generator"]
+
+
+def test_preprocess_and_chunk_steps(tmp_path: Path, tiny_embedder: Path) -> None:
+    from steps.documents import chunk_corpus, preprocess_documents
+
+    csv_path = tmp_path / "docs.csv"
+    csv_path.write_text("doc,body,kind\nd1,the quick brown fox jumps over the lazy dog,a\n"
+                        "d2,paris is the capital of france and a large city,b\n")
+    docs = preprocess_documents.entrypoint(
+        corpus=str(csv_path), csv_id_column="doc", csv_text_column="body",
+        csv_title_column=None, csv_metadata_columns=["kind"], min_chars=10)
+    assert [d.id for d in docs.documents] == ["d1", "d2"]
+    assert docs.documents[1].metadata == {"kind": "b"}
+    chunks = chunk_corpus.entrypoint(docs, chunk_tokens=8, overlap_tokens=2,
+                                     embedder_path=str(tiny_embedder))
+    assert {c.doc_id for c in chunks.chunks} == {"d1", "d2"}
+    assert all(c.n_tokens <= 8 for c in chunks.chunks) and len(chunks.chunks) > 2

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from slipway.config import Quantization, Target
-from slipway.documents import clean_text, read_jsonl_corpus
 from slipway.embedding import PoolingConfig, cosine_rows, pool
 from slipway.generation import _partial_stop_len, _stop_index
 from slipway.onnx.build import BuildConfig, BuildError, genai_precision
@@ -168,20 +167,3 @@ def test_calibration_sets_without_and_with_data(tmp_path: Path) -> None:
         "\n".join(json.dumps({"_id": str(i), "text": f"doc {i}"}) for i in range(50)))
     texts = calibration_texts(tmp_path, limit=40)
     assert len(texts) == 40 and any(t.startswith("doc ") for t in texts)
-
-
-def test_documents_clean_dedup_and_report(tmp_path: Path) -> None:
-    assert clean_text("  a\u00a0 b \n\n\n\n c ") == "a b\n\nc"
-    path = tmp_path / "corpus.jsonl"
-    rows = [
-        {"_id": "1", "title": "T", "text": "A long enough document text."},
-        {"_id": "2", "title": "T", "text": "A long enough   document text."},  # duplicate after cleaning
-        {"_id": "3", "text": "short"},
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken json\n")
-    docs = read_jsonl_corpus(path, min_chars=10)
-    assert [d.id for d in docs.documents] == ["1"]
-    assert docs.duplicates == 1
-    assert "3" in docs.skipped and any("invalid JSON" in r for r in docs.skipped.values())
-    with pytest.raises(FileNotFoundError, match="corpus="):
-        read_jsonl_corpus(tmp_path / "missing.jsonl")
