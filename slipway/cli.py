@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import UTC, datetime
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 

@@ -156,7 +156,8 @@ def read_jsonl(path: Path) -> Iterator[Item]:
                 yield Skipped(where, "no 'text' string")
                 continue
             doc_id = str(row.get("_id") or row.get("id") or where)
-            meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+            meta = row.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
             yield RawDocument(id=doc_id, title=str(row.get("title") or ""), text=text,
                               metadata={k: str(v) for k, v in meta.items()})
 

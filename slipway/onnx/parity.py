@@ -121,7 +121,7 @@ def generator_parity(
     first = next(iter(candidates.values()))[0]
     eos = sorted(first.eos_ids)
     sampling = Sampling(max_new_tokens=max_new_tokens)
-    stats = {label: {"exact": 0, "kls": [], "agree": [], "mismatches": []} for label in candidates}
+    stats = {label: _Tally() for label in candidates}
     for prompt in tqdm(prompts, desc="generator parity", unit="prompt"):
         ids = first.prompt_ids(prompt)
         inputs = torch.tensor([ids])
@@ -133,28 +133,36 @@ def generator_parity(
             ref_logits = model(torch.tensor([full])).logits[0, len(ids) - 1 : len(full) - 1].numpy()
         ref_cut = _until_eos(ref, first.eos_ids)
         for label, (generator, _) in candidates.items():
-            st = stats[label]
+            tally = stats[label]
             got = _until_eos(list(generator.decoder.stream_ids(ids, sampling)), generator.eos_ids)
             if got == ref_cut:
-                st["exact"] += 1
-            elif len(st["mismatches"]) < 10:
+                tally.exact += 1
+            elif len(tally.mismatches) < 10:
                 decode = generator.tokenizer.decode
-                st["mismatches"].append({"prompt": prompt, "torch": decode(ref_cut), "onnx": decode(got)})
+                tally.mismatches.append({"prompt": prompt, "torch": decode(ref_cut), "onnx": decode(got)})
             onnx_logits = generator.decoder.next_token_logits(full, len(ids))
-            st["kls"] += [kl_divergence(r, o) for r, o in zip(ref_logits, onnx_logits, strict=True)]
-            st["agree"] += list(ref_logits.argmax(-1) == onnx_logits.argmax(-1))
+            tally.kls += [kl_divergence(r, o) for r, o in zip(ref_logits, onnx_logits, strict=True)]
+            tally.agree += [bool(a) for a in ref_logits.argmax(-1) == onnx_logits.argmax(-1)]
     return {
         label: GeneratorParity(
             n_prompts=len(prompts),
-            exact_match=st["exact"] / max(len(prompts), 1),
-            token_agreement=float(np.mean(st["agree"])) if st["agree"] else 0.0,
-            mean_kl=float(np.mean(st["kls"])) if st["kls"] else 0.0,
-            max_kl=float(np.max(st["kls"])) if st["kls"] else 0.0,
+            exact_match=tally.exact / max(len(prompts), 1),
+            token_agreement=float(np.mean(tally.agree)) if tally.agree else 0.0,
+            mean_kl=float(np.mean(tally.kls)) if tally.kls else 0.0,
+            max_kl=float(np.max(tally.kls)) if tally.kls else 0.0,
             quantized=candidates[label][1],
-            mismatches=st["mismatches"],
+            mismatches=tally.mismatches,
         )
-        for label, st in stats.items()
+        for label, tally in stats.items()
     }
+
+
+@dataclass
+class _Tally:
+    exact: int = 0
+    kls: list[float] = field(default_factory=list)
+    agree: list[bool] = field(default_factory=list)
+    mismatches: list[dict[str, str]] = field(default_factory=list)
 
 
 def _until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
