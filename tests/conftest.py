@@ -72,3 +72,15 @@ def zenml_stack() -> str:
         repo.mkdir(parents=True, exist_ok=True)
         Client.initialize(root=repo)
     return register(ROOT / "stacks" / "local.yaml")
+
+
+@pytest.fixture(scope="session")
+def packaged_embedder() -> Path:
+    """The packaged all-MiniLM-L6-v2, built with the default configuration (ONNX, O2, int8)."""
+    from slipway.models import embedder_source
+    from slipway.onnx import stages
+
+    configs = stages.configs_from(None)
+    bundle = stages.export_stage({"embedder": embedder_source()}, configs)
+    bundle = stages.quantize_stage(stages.optimize_stage(bundle, configs), configs)
+    return bundle.role_dir("embedder")

@@ -1,0 +1,1 @@
+"""Retrieval: sparse (BM25) and dense indexes, rank fusion, and IR metrics."""
