@@ -64,7 +64,7 @@ def split_text(
     if chunk_tokens < 8 or not 0 <= overlap_tokens < chunk_tokens // 2:
         raise ValueError("chunk_tokens must be >= 8 and overlap_tokens in [0, chunk_tokens / 2).")
     encoding = tokenizer.encode(text, add_special_tokens=False)
-    offsets = [o for o in encoding.offsets]
+    offsets = list(encoding.offsets)
     n = len(offsets)
     if n == 0:
         return []

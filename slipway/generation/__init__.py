@@ -82,7 +82,7 @@ class GenAIDecoder:
         self.context_length = int(json.loads((model_dir / "genai_config.json").read_text())
                                   ["model"]["context_length"])
 
-    def _generator(self, n_ids: int, sampling: Sampling, max_length: int) -> Any:
+    def _generator(self, sampling: Sampling, max_length: int) -> Any:
         og = self._og
         params = og.GeneratorParams(self.model)
         options: dict[str, object] = {"max_length": min(max_length, self.context_length)}
@@ -99,7 +99,7 @@ class GenAIDecoder:
 
     def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
         """Yield new token ids until EOS or ``max_new_tokens``."""
-        gen = self._generator(len(prompt_ids), sampling, len(prompt_ids) + sampling.max_new_tokens)
+        gen = self._generator(sampling, len(prompt_ids) + sampling.max_new_tokens)
         gen.append_tokens(list(prompt_ids))
         produced = 0
         while not gen.is_done() and produced < sampling.max_new_tokens:
@@ -110,7 +110,7 @@ class GenAIDecoder:
 
     def next_token_logits(self, ids: Sequence[int], start: int) -> np.ndarray:
         """Logits predicting ``ids[start:]`` (teacher-forced), shape ``(len(ids) - start, vocab)``."""
-        gen = self._generator(len(ids), Sampling(), len(ids) + 1)
+        gen = self._generator(Sampling(), len(ids) + 1)
         gen.append_tokens(list(ids[:start]))
         rows = [np.array(gen.get_logits())[0, -1]]
         for token in ids[start:-1]:
