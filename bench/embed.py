@@ -35,7 +35,7 @@ def main() -> None:
     print_machine(args.threads)
     bundle = bundle_for("embedder", args.bundle, args.quantization)
     info = bundle.info("embedder")
-    source = info["source"]["embedder_path"]
+    source = str(bundle.source_path("embedder"))
     from sentence_transformers import SentenceTransformer
 
     texts = cranfield_texts()

@@ -31,12 +31,12 @@ def main() -> None:
     print_machine(args.threads)
     bundle = bundle_for("generator", args.bundle, args.quantization)
     info = bundle.info("generator")
-    gen = load_generator(bundle.role_dir("generator"), info["config"]["runtime"], args.threads)
-    model = AutoModelForCausalLM.from_pretrained(info["source"]["generator_path"], dtype=torch.float32,
+    gen = load_generator(bundle.role_dir("generator"), bundle.runtime("generator"), args.threads)
+    model = AutoModelForCausalLM.from_pretrained(bundle.source_path("generator"), dtype=torch.float32,
                                                  local_files_only=True).eval()
     prompts = [gen.prompt_ids(p) for p in BUILTIN_PROMPTS[: args.prompts]]
     sampling = Sampling(max_new_tokens=NEW_TOKENS, ignore_eos=True)
-    print(f"artifact: {info['config']['runtime']} {info['precision']} provider={gen.provider} | "
+    print(f"artifact: {bundle.runtime('generator')} {info['precision']} provider={gen.provider} | "
           f"prompts={len(prompts)} new_tokens={NEW_TOKENS}")
     outputs: dict[str, list[list[int]]] = {"onnx": [], "torch": []}
 

@@ -68,10 +68,9 @@ class Slipway:
     def __init__(self) -> None:
         served = resolve_bundle(LIMITS)
         self.served = served
-        info = served.bundle.info("generator")
         self.generator = load_generator(
             served.bundle.role_dir("generator"),
-            info["config"]["runtime"],
+            served.bundle.runtime("generator"),
             threads=get_settings().threads,
             providers=default_providers(LIMITS.providers),
         )

@@ -45,7 +45,7 @@ def track_and_register(
     run = mlflow.active_run() or mlflow.start_run()
     cpu = read_cpu_info()
     params = build_params(configs_from(build), cpu)
-    params.update({f"{r}_source": bundle.info(r)["source"][f"{r}_path"] for r in bundle.roles})
+    params.update({f"{r}_source": str(bundle.source_path(r)) for r in bundle.roles})
     params["provider"] = default_providers()[0]
     mlflow.log_params(params)
     metrics = parity_metrics(bundle.manifest.get("parity", {})) | bundle.manifest.get("latency", {})

@@ -149,15 +149,18 @@ def excluded_nodes(model_path: Path, config: BuildConfig) -> list[str]:
     return sorted(set(config.nodes_to_exclude) | set(matched))
 
 
-def quantization_config(config: BuildConfig, cpu: CpuInfo, exclude: list[str] | None = None) -> object:
-    """optimum's dynamic int8 configuration for this CPU's instruction set."""
+def quantization_config(config: BuildConfig, cpu: CpuInfo, exclude: list[str]) -> object:
+    """optimum's dynamic int8 configuration for this CPU's instruction set.
+
+    ``exclude``: the node names to keep in fp32, from :func:`excluded_nodes`.
+    """
     from optimum.onnxruntime import AutoQuantizationConfig
 
     common = {
         "is_static": False,
         "per_channel": config.per_channel,
         "operators_to_quantize": list(config.operators_to_quantize),
-        "nodes_to_exclude": exclude or list(config.nodes_to_exclude) or None,
+        "nodes_to_exclude": exclude or None,
     }
     isa = cpu.isa
     if isa in ("avx2", "avx512"):

@@ -87,6 +87,14 @@ class OnnxBundle:
         except KeyError as exc:
             raise BundleError(f"The bundle at {self.root} has no {role}.") from exc
 
+    def source_path(self, role: str) -> Path:
+        """The base model directory a role was built from."""
+        return Path(self.info(role)["source"][f"{role}_path"])
+
+    def runtime(self, role: str) -> str:
+        """The runtime that loads a role's model (``ort``, ``genai`` or ``optimum``)."""
+        return str(self.info(role)["config"]["runtime"])
+
     def record(self, key: str, value: Any) -> None:
         """Store a report (parity, latency, ...) in the manifest."""
         self.manifest[key] = value

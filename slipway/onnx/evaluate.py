@@ -23,10 +23,6 @@ from slipway.onnx.parity import (
 logger = logging.getLogger(__name__)
 
 
-def _source(bundle: OnnxBundle, role: str) -> Path:
-    return Path(bundle.info(role)["source"][f"{role}_path"])
-
-
 def parity(
     bundle: OnnxBundle,
     thresholds: ParityThresholds,
@@ -47,20 +43,20 @@ def parity(
         texts = calibration_texts(data_dir, limit=n_texts)
         logger.info("Embedder parity on %d texts", len(texts))
         parts["embedder"] = embedder_parity(
-            bundle.role_dir("embedder"), _source(bundle, "embedder"), texts, threads
+            bundle.role_dir("embedder"), bundle.source_path("embedder"), texts, threads
         ).check(thresholds)
     if "generator" in bundle.roles:
         info = bundle.info("generator")
         prompts = calibration_prompts(data_dir, limit=n_prompts)
         logger.info("Generator parity on %d prompts, %d tokens", len(prompts), max_new_tokens)
-        runtime = info["config"]["runtime"]
+        runtime = bundle.runtime("generator")
         quantized = info.get("precision", "fp32") != "fp32"
         candidates = {"generator": (load_generator(bundle.role_dir("generator"), runtime, threads),
                                     quantized)}
         if quantized and exported is not None and "generator" in exported.roles:
             candidates["generator_fp32"] = (
                 load_generator(exported.role_dir("generator"), runtime, threads), False)
-        results = generator_parity(candidates, _source(bundle, "generator"), prompts,
+        results = generator_parity(candidates, bundle.source_path("generator"), prompts,
                                    max_new_tokens=max_new_tokens, threads=threads)
         parts.update({label: result.check(thresholds) for label, result in results.items()})
     report = as_report(**parts)
@@ -96,7 +92,8 @@ def latency(
 
         texts = calibration_texts(data_dir, limit=batch)
         onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=threads)
-        ref = SentenceTransformer(str(_source(bundle, "embedder")), device="cpu", local_files_only=True)
+        ref = SentenceTransformer(str(bundle.source_path("embedder")), device="cpu",
+                                  local_files_only=True)
 
         def run_onnx() -> float:
             onnx.embed(texts)
@@ -113,9 +110,8 @@ def latency(
     if "generator" in bundle.roles:
         from transformers import AutoModelForCausalLM
 
-        info = bundle.info("generator")
-        gen = load_generator(bundle.role_dir("generator"), info["config"]["runtime"], threads)
-        model = AutoModelForCausalLM.from_pretrained(_source(bundle, "generator"), dtype=torch.float32,
+        gen = load_generator(bundle.role_dir("generator"), bundle.runtime("generator"), threads)
+        model = AutoModelForCausalLM.from_pretrained(bundle.source_path("generator"), dtype=torch.float32,
                                                      local_files_only=True).eval()
         ids = gen.prompt_ids(calibration_prompts(data_dir, limit=1)[0])
         sampling = Sampling(max_new_tokens=new_tokens, ignore_eos=True)

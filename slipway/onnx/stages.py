@@ -93,8 +93,8 @@ def quantize_stage(
             if precision == info.get("precision"):
                 bundle.add_model(role, previous.role_dir(role), {**info, **extra})
             else:
-                source = Path(info["source"][f"{role}_path"])
-                work = build.build_genai(source, _fresh_dir(f"q-{role}"), config, precision)
+                work = build.build_genai(previous.source_path(role), _fresh_dir(f"q-{role}"),
+                                         config, precision)
                 bundle.add_model(role, work, {**info, **extra}, move=True)
             continue
         work = build.quantize(previous.role_dir(role), _fresh_dir(f"q-{role}"), config, cpu)
