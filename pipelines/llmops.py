@@ -1,7 +1,6 @@
-"""The main job: documents and models in, a registered model and a bento out.
+"""The main job: documents and models in; a registered model, a bento and a published index out.
 
-Later flows (index refresh, knowledge-graph update) consume ``documents`` and the registered
-model; they slot in here as further sub-pipelines.
+The knowledge-graph update (next) consumes the same ``documents`` and slots in here too.
 """
 
 from __future__ import annotations
@@ -10,8 +9,9 @@ from typing import Any
 
 from zenml import pipeline
 
+from pipelines.index_refresh import refresh_and_publish
 from pipelines.model_build import model_build
-from steps.documents import chunk_corpus, preprocess_documents
+from steps.documents import chunk_corpus, corpus_fingerprint, preprocess_documents
 
 
 @pipeline(enable_cache=True)
@@ -19,8 +19,12 @@ def llmops_pipeline(
     build: dict[str, dict[str, Any]] | None = None,
     model_name: str = "slipway",
     corpus: str | None = None,
+    index: dict[str, Any] | None = None,
 ) -> None:
-    """Preprocess and chunk the corpus, then build, check, register and package the models."""
-    documents = preprocess_documents(corpus=corpus)
-    chunk_corpus(documents)
+    """Preprocess and chunk the corpus; build, check, register and package the models; then
+    refresh and publish the index with the newly registered champion embedder."""
+    documents = preprocess_documents(corpus=corpus, source_fingerprint=corpus_fingerprint(corpus))
+    chunks = chunk_corpus(documents)
     model_build(build=build, model_name=model_name)
+    refresh_and_publish(documents, chunks, {"model_name": model_name, **(index or {})},
+                        after="track_and_register")

@@ -9,8 +9,9 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +64,34 @@ class ServeSettings(BaseSettings):
     max_new_tokens: int = Field(default=512, ge=1, description="Upper bound for generation.")
     providers: list[str] | None = Field(
         default=None, description="onnxruntime providers; default: CUDA when present, else CPU."
+    )
+
+
+class IndexSettings(BaseSettings):
+    """Where indexes live and which vector store holds their dense half."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
+
+    index_root: Path | None = Field(
+        default=None, description="Directory of index versions and pointers; default: <home>/indexes."
+    )
+    vector_store: Literal["lancedb", "pinecone"] = Field(
+        default="lancedb", description="Dense store: LanceDB on disk, or Pinecone serverless."
+    )
+    pinecone_api_key: SecretStr | None = Field(default=None, description="Pinecone API key.")
+    pinecone_index: str | None = Field(default=None, description="Pinecone index name.")
+    pinecone_host: str | None = Field(
+        default=None, description="Pinecone index host (skips the control-plane lookup)."
+    )
+    index_retain: int = Field(
+        default=3, ge=1, description="Published index versions kept for rollback; older ones are deleted."
+    )
+    quality_margin: float = Field(
+        default=0.01, ge=0.0,
+        description="Largest drop of hybrid nDCG@10 below the published version that may publish.",
+    )
+    reranker_path: Path | None = Field(
+        default=None, description="Local cross-encoder directory; no re-ranking when unset."
     )
 
 

@@ -35,8 +35,9 @@ def tracking_uri() -> str:
     return uri
 
 
-def resolve_bundle(serve: ServeSettings | None = None) -> ServedBundle:
-    """The bundle to serve: a local directory, or a registry version downloaded once."""
+def resolve_bundle(serve: ServeSettings | None = None, uri: str | None = None) -> ServedBundle:
+    """The bundle to serve: a local directory, or a registry version downloaded once from the
+    registry at ``uri`` (default: :func:`tracking_uri`)."""
     from slipway.registry import download_bundle
 
     serve = serve or ServeSettings()
@@ -51,7 +52,7 @@ def resolve_bundle(serve: ServeSettings | None = None) -> ServedBundle:
             return ServedBundle(OnnxBundle.load(target), name, serve.model_version)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
-        version, local = download_bundle(tracking_uri(), name, serve.model_version, tmp)
+        version, local = download_bundle(uri or tracking_uri(), name, serve.model_version, tmp)
         target = cache / f"{name}-v{version}"
         if not (target / "manifest.json").is_file():
             shutil.rmtree(target, ignore_errors=True)

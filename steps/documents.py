@@ -9,7 +9,7 @@ from zenml import step
 
 from materializers.documents import TextSetMaterializer
 from slipway.config import ModelSettings, get_settings
-from slipway.documents import DocumentSet, default_corpus, read_corpus
+from slipway.documents import DocumentSet, default_corpus, read_corpus, source_fingerprint
 from slipway.documents.chunking import ChunkSet, chunk_documents, load_tokenizer
 from slipway.documents.readers import CsvColumns, SourceFormat
 from slipway.models import embedder_source
@@ -25,12 +25,21 @@ def preprocess_documents(
     csv_text_column: str = "text",
     csv_title_column: str | None = "title",
     csv_metadata_columns: list[str] | None = None,
+    source_fingerprint: str | None = None,
 ) -> Annotated[DocumentSet, "documents"]:
-    """Cleaned, de-duplicated documents from ``corpus`` (default: shared XQuAD passages)."""
+    """Cleaned, de-duplicated documents from ``corpus`` (default: shared XQuAD passages).
+
+    ``source_fingerprint`` (see :func:`corpus_fingerprint`) is only part of the cache key: an
+    edited corpus at the same path is read again, an unchanged one comes from the cache."""
     path = Path(corpus) if corpus else default_corpus(get_settings().data_dir)
     columns = CsvColumns(csv_id_column, csv_text_column, csv_title_column,
                          tuple(csv_metadata_columns or ()))
     return read_corpus(path, source_format, min_chars, columns)
+
+
+def corpus_fingerprint(corpus: str | None) -> str:
+    """The fingerprint of the corpus a run will read (files, sizes, modification times)."""
+    return source_fingerprint(Path(corpus) if corpus else default_corpus(get_settings().data_dir))
 
 
 @step(cache_policy=SLIPWAY_CACHE, output_materializers=TextSetMaterializer)

@@ -84,3 +84,12 @@ def packaged_embedder() -> Path:
     bundle = stages.export_stage({"embedder": embedder_source()}, configs)
     bundle = stages.quantize_stage(stages.optimize_stage(bundle, configs), configs)
     return bundle.role_dir("embedder")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_embedder(tiny_embedder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny embedder exported to ONNX (a model directory OnnxEmbedder opens)."""
+    from slipway.onnx.build import BuildConfig, export
+
+    return export(tiny_embedder, tmp_path_factory.mktemp("tiny-onnx"),
+                  BuildConfig(task="feature-extraction"))

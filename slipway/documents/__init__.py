@@ -64,6 +64,19 @@ def default_corpus(data_dir: Path | None) -> Path:
     return PACKAGED_CORPUS
 
 
+def source_fingerprint(path: Path) -> str:
+    """A cheap fingerprint of a source (every file's path, size and modification time): a
+    cache key that changes whenever a file is added, removed or edited."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        if file.exists():
+            stat = file.stat()
+            digest.update(f"{file}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def read_corpus(
     path: Path,
     fmt: SourceFormat = "auto",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,6 +119,19 @@ class OnnxEmbedder:
             feeds["token_type_ids"] = np.zeros_like(ids)
         hidden = self.session.run(None, feeds)[0]
         return pool(hidden, mask, self.pooling)
+
+
+def model_fingerprint(model_dir: Path, model_file: str = "model.onnx") -> str:
+    """SHA-256 of an embedder's graph, tokenizer and pooling: same fingerprint, same vectors."""
+    digest = hashlib.sha256()
+    for name in (model_file, "tokenizer.json", "1_Pooling/config.json", "modules.json"):
+        path = Path(model_dir) / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,15 +1,16 @@
-"""Hybrid search: dense and sparse retrieval run concurrently, then fused."""
+"""Hybrid search: dense and sparse retrieval run concurrently, are fused, then maybe re-ranked."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from slipway.embedding import Embedder
-from slipway.retrieval.dense import VectorStore
+from slipway.retrieval.dense import DenseReader, Filters
 from slipway.retrieval.fusion import Hit, reciprocal_rank_fusion, weighted_fusion
+from slipway.retrieval.rerank import Reranker, rerank
 from slipway.retrieval.sparse import SparseIndex
 
 
@@ -22,38 +23,51 @@ class FusionConfig:
     dense_weight: float = 1.0
     sparse_weight: float = 1.0
     candidates: int = 100  # per retriever, before fusion
+    rerank_top: int = 20  # fused hits the re-ranker re-orders, when there is one
 
 
 class HybridSearcher:
     """Dense + sparse search over the same chunk ids."""
 
-    def __init__(self, embedder: Embedder, dense: VectorStore, sparse: SparseIndex,
-                 fusion: FusionConfig | None = None) -> None:
+    def __init__(self, embedder: Embedder, dense: DenseReader, sparse: SparseIndex,
+                 fusion: FusionConfig | None = None, reranker: Reranker | None = None,
+                 text_of: Callable[[str], str] | None = None) -> None:
+        if reranker is not None and text_of is None:
+            raise ValueError("A re-ranker needs the chunk texts (text_of).")
         self.embedder = embedder
         self.dense = dense
         self.sparse = sparse
         self.fusion = fusion or FusionConfig()
+        self.reranker = reranker
+        self.text_of = text_of
 
-    def dense_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def dense_search(self, queries: Sequence[str], k: int,
+                     filters: Filters | None = None) -> list[list[Hit]]:
         """Nearest chunks by embedding."""
-        return self.dense.search(self.embedder.embed(list(queries)), k)
+        return self.dense.search(self.embedder.embed(list(queries)), k, filters)
 
-    def sparse_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def sparse_search(self, queries: Sequence[str], k: int,
+                      filters: Filters | None = None) -> list[list[Hit]]:
         """Best chunks by BM25."""
-        return self.sparse.search(queries, k)
+        return self.sparse.search(queries, k, filters)
 
-    async def search_async(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        """Both retrievers at once (threads: onnxruntime and bm25s release the GIL), then fusion."""
+    async def search_async(self, queries: Sequence[str], k: int = 10,
+                           filters: Filters | None = None) -> list[list[Hit]]:
+        """Both retrievers at once (threads: onnxruntime, Lance and bm25s release the GIL)."""
         n = max(k, self.fusion.candidates)
         dense, sparse = await asyncio.gather(
-            asyncio.to_thread(self.dense_search, queries, n),
-            asyncio.to_thread(self.sparse_search, queries, n),
+            asyncio.to_thread(self.dense_search, queries, n, filters),
+            asyncio.to_thread(self.sparse_search, queries, n, filters),
         )
-        return [self.fuse(d, s)[:k] for d, s in zip(dense, sparse, strict=True)]
+        fused = [self.fuse(d, s) for d, s in zip(dense, sparse, strict=True)]
+        if self.reranker is not None:
+            fused = await asyncio.to_thread(self._rerank, queries, fused)
+        return [hits[:k] for hits in fused]
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        """Synchronous wrapper of :meth:`search_async` for batch evaluation."""
-        return asyncio.run(self.search_async(queries, k))
+    def search(self, queries: Sequence[str], k: int = 10,
+               filters: Filters | None = None) -> list[list[Hit]]:
+        """Synchronous wrapper of :meth:`search_async` (batch evaluation, scripts)."""
+        return asyncio.run(self.search_async(queries, k, filters))
 
     def fuse(self, dense: Sequence[Hit], sparse: Sequence[Hit]) -> list[Hit]:
         """One ranking from the two, per the fusion config."""
@@ -61,3 +75,9 @@ class HybridSearcher:
         if self.fusion.method == "weighted":
             return weighted_fusion([dense, sparse], weights)
         return reciprocal_rank_fusion([dense, sparse], k=self.fusion.rrf_k, weights=weights)
+
+    def _rerank(self, queries: Sequence[str], fused: list[list[Hit]]) -> list[list[Hit]]:
+        assert self.reranker is not None and self.text_of is not None
+        top = self.fusion.rerank_top
+        return [rerank(self.reranker, q, hits, [self.text_of(c) for c, _ in hits[:top]], top)
+                for q, hits in zip(queries, fused, strict=True)]

@@ -48,6 +48,9 @@ def test_sparse_index_round_trip(tmp_path: Path) -> None:
     index = SparseIndex.build(ids, texts)
     assert index.search(["flat plate boundary"], k=2)[0][0][0] == "d1"
     assert index.search(["zzzz unknown"], k=2) == [[]]
+    filtered = SparseIndex.build(ids, texts, metadata=[{"a": "x"}, {"a": "y"}, {"a": "x"}])
+    assert sorted(h[0] for h in filtered.search(["flow plate heat"], 3, {"a": "x"})[0]) == ["d1", "d3"]
+    assert filtered.search(["flow"], 3, {"a": "nothing"}) == [[]]
     index.save(tmp_path / "bm25")
     again = SparseIndex.load(tmp_path / "bm25")
     assert again.search(["heat transfer"], k=1)[0][0][0] == "d2"
@@ -55,17 +58,27 @@ def test_sparse_index_round_trip(tmp_path: Path) -> None:
         SparseIndex.build(["a"], [])
 
 
-def test_lancedb_store_upsert_delete_search(tmp_path: Path) -> None:
+def test_lancedb_store_versions(tmp_path: Path) -> None:
     store = LanceDBStore(tmp_path / "lance")
-    assert store.search(np.ones((1, 4), dtype=np.float32)) == [[]]
     vectors = np.eye(4, dtype=np.float32)
-    store.upsert(["d1#0", "d1#1", "d2#0", "o'brien#0"], vectors)
-    assert store.count() == 4
-    hits = store.search(vectors[:1], k=2)[0]
+    meta = [{"doc_id": "d1"}, {"doc_id": "d1"}, {"doc_id": "d2"}, {"doc_id": "o'brien"}]
+    store.stage("v1", None, 4)
+    store.add("v1", ["d1#0", "d1#1", "d2#0", "o'brien#0"], vectors, meta)
+    assert store.commit("v1") == "v1"
+    hits = store.reader("v1").search(vectors[:1], k=2)[0]
     assert hits[0][0] == "d1#0" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
-    store.upsert(["d1#0"], np.array([[0, 0, 0, 1]], dtype=np.float32))  # replace, not duplicate
-    assert store.count() == 4
-    assert store.search(vectors[3:], k=2)[0][0][0] in {"d1#0", "o'brien#0"}
-    store.delete(["d1#0", "o'brien#0"])  # quotes in ids are escaped, not executed
-    assert store.count() == 2
-    assert LanceDBStore(tmp_path / "lance").count() == 2  # persisted
+    store.stage("v2", "v1", 4)
+    store.delete("v2", ["d1#0", "o'brien#0"])  # quotes in ids are escaped, not executed
+    store.add("v2", ["d3#0"], vectors[3:], [{"doc_id": "d3"}])
+    store.commit("v2")
+    again = LanceDBStore(tmp_path / "lance")  # persisted; each version reads as committed
+    assert again.reader("v1").count() == 4
+    assert again.reader("v2").ids() == {"d1#1", "d2#0", "d3#0"}
+    store.stage("v3", "v2", 4)
+    store.add("v3", ["junk#0"], vectors[:1], [{}])  # an unfinished attempt ...
+    store.stage("v3", "v2", 4)  # ... is discarded when the version is staged again
+    store.commit("v3")
+    assert again.reader("v3").ids() == {"d1#1", "d2#0", "d3#0"}
+    store.gc(["v3"])
+    with pytest.raises(LookupError, match="no version 'v1'"):
+        again.reader("v1")

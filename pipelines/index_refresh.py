@@ -1,0 +1,38 @@
+"""Index refresh: documents -> chunks -> new index version (incremental) -> evaluate -> publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zenml import pipeline
+
+from steps.documents import chunk_corpus, corpus_fingerprint, preprocess_documents
+from steps.index import evaluate_index_version, publish_index_version, refresh_index_version
+
+
+def refresh_and_publish(documents: Any, chunks: Any, index: dict[str, Any] | None,
+                        after: str | None = None) -> None:
+    """Wire the three index steps (shared by this pipeline and the main job)."""
+    index = dict(index or {})
+    eval_dir = index.pop("eval_dir", None)
+    publish = {k: index.pop(k) for k in ("margin", "retain") if k in index}
+    version = refresh_index_version(documents, chunks, after=after, **index)
+    metrics = evaluate_index_version(version, eval_dir=eval_dir)
+    publish_index_version(version, metrics, **publish)
+
+
+@pipeline(enable_cache=True)
+def index_refresh(
+    corpus: str | None = None,
+    source_format: str = "auto",
+    chunk_tokens: int = 200,
+    overlap_tokens: int = 32,
+    index: dict[str, Any] | None = None,
+) -> None:
+    """Keep the published index of ``corpus`` up to date; ``index`` holds the refresh, evaluation
+    and publish parameters (index_name, model_name, model_version, bundle_dir, write_batch,
+    eval_dir, margin, retain)."""
+    documents = preprocess_documents(corpus=corpus, source_format=source_format,
+                                     source_fingerprint=corpus_fingerprint(corpus))
+    chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
+    refresh_and_publish(documents, chunks, index)

@@ -1,0 +1,28 @@
+"""The vector store an index uses, chosen by configuration (``SLIPWAY_VECTOR_STORE``)."""
+
+from __future__ import annotations
+
+from slipway.config import IndexSettings, get_settings
+from slipway.retrieval.dense import LanceDBStore, VectorStore
+from slipway.retrieval.index import IndexDir
+
+
+def index_dir(name: str, settings: IndexSettings | None = None) -> IndexDir:
+    """The named index under ``SLIPWAY_INDEX_ROOT`` (default ``<home>/indexes``)."""
+    settings = settings or IndexSettings()
+    return IndexDir(settings.index_root or get_settings().home / "indexes", name)
+
+
+def vector_store(index: IndexDir, settings: IndexSettings | None = None) -> VectorStore:
+    """LanceDB inside the index directory, or Pinecone (one namespace per index version)."""
+    settings = settings or IndexSettings()
+    if settings.vector_store == "lancedb":
+        return LanceDBStore(index.lance_dir)
+    from slipway.retrieval.pinecone import PineconeStore
+
+    if settings.pinecone_api_key is None:
+        raise RuntimeError("SLIPWAY_VECTOR_STORE=pinecone needs SLIPWAY_PINECONE_API_KEY "
+                           "(or a ZenML secret exported to the environment).")
+    return PineconeStore(api_key=settings.pinecone_api_key.get_secret_value(),
+                         index_name=settings.pinecone_index, host=settings.pinecone_host,
+                         namespace_prefix=f"{index.name}.")  # "." never occurs in a name

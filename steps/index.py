@@ -1,0 +1,103 @@
+"""Steps: refresh the index (write a new version), evaluate it, publish it behind the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import mlflow
+from zenml import step
+
+from slipway.config import IndexSettings, ServeSettings, get_settings
+from slipway.documents import DocumentSet
+from slipway.documents.chunking import ChunkSet
+from slipway.embedding import OnnxEmbedder, model_fingerprint
+from slipway.embedding.cache import EmbeddingCache
+from slipway.onnx.bundle import OnnxBundle
+from slipway.retrieval.evaluation import (
+    JudgedQueries,
+    evaluate_searcher,
+    flat_metrics,
+    publish_gated,
+    record_metrics,
+)
+from slipway.retrieval.hybrid import HybridSearcher
+from slipway.retrieval.index import IndexVersion, OpenIndex, document_hashes, refresh_index
+from slipway.retrieval.stores import index_dir, vector_store
+from slipway.serving import resolve_bundle
+
+Metrics = dict[str, dict[str, float]]
+
+
+def _embedder_dir(model_name: str, model_version: str | None, bundle_dir: str | None) -> tuple[Path, str]:
+    if bundle_dir:
+        return OnnxBundle.load(Path(bundle_dir)).role_dir("embedder"), f"bundle {bundle_dir}"
+    served = resolve_bundle(ServeSettings(model_version=model_version, bundle_dir=None),
+                            uri=mlflow.get_tracking_uri())
+    return served.bundle.role_dir("embedder"), f"{model_name} v{served.version}"
+
+
+def _log(metrics: dict[str, float]) -> None:
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics)
+
+
+@step(enable_cache=False, experiment_tracker=True)
+def refresh_index_version(
+    documents: DocumentSet,
+    chunks: ChunkSet,
+    index_name: str = "default",
+    model_name: str = "slipway",
+    model_version: str | None = None,
+    bundle_dir: str | None = None,
+    write_batch: int = 512,
+) -> Annotated[IndexVersion, "index_version"]:
+    """Embed new and changed chunks with the registry's champion embedder into a new version."""
+    embedder_dir, label = _embedder_dir(model_name, model_version, bundle_dir)
+    index = index_dir(index_name)
+    cache = EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite")
+    try:
+        version = refresh_index(
+            index, vector_store(index), chunks.chunks, document_hashes(documents.documents),
+            OnnxEmbedder(embedder_dir, threads=get_settings().threads),
+            model_fingerprint(embedder_dir), cache, embedder_label=label,
+            embedder_dir=str(embedder_dir), write_batch=write_batch,
+            store_name=IndexSettings().vector_store)
+    finally:
+        cache.close()
+    stats = version.stats
+    _log({f"index_{k}": float(v) for k, v in stats.model_dump().items() if k != "reason"})
+    return version
+
+
+@step(enable_cache=False, experiment_tracker=True)
+def evaluate_index_version(
+    index_version: IndexVersion, eval_dir: str | None = None, split: str = "test"
+) -> Annotated[Metrics, "retrieval_metrics"]:
+    """nDCG@10 and Recall@10/100 of dense, sparse and hybrid search, logged to MLflow."""
+    index = index_dir(index_version.name)
+    if not index_version.changed:
+        return index.manifest(index_version.version).metrics
+    if not eval_dir:
+        return {}
+    opened = OpenIndex(index, index_version.version, vector_store(index))
+    searcher = HybridSearcher(OnnxEmbedder(Path(index_version.embedder_dir)), opened.dense,
+                              opened.sparse)
+    metrics = evaluate_searcher(searcher, JudgedQueries.from_beir(Path(eval_dir), split),
+                                opened.doc_of)
+    record_metrics(index, index_version.version, metrics)
+    _log(flat_metrics(metrics))
+    return metrics
+
+
+@step(enable_cache=False)
+def publish_index_version(
+    index_version: IndexVersion, retrieval_metrics: Metrics,
+    margin: float | None = None, retain: int | None = None,
+) -> Annotated[str, "published_index_version"]:
+    """Move the published pointer to the new version if it passes the quality gate."""
+    settings = IndexSettings()
+    index = index_dir(index_version.name)
+    return publish_gated(index, vector_store(index), index_version.version,
+                         settings.quality_margin if margin is None else margin,
+                         settings.index_retain if retain is None else retain)
