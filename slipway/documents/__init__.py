@@ -15,6 +15,7 @@ from slipway.documents.readers import CsvColumns, Skipped, SourceFormat, read_so
 logger = logging.getLogger(__name__)
 
 PACKAGED_CORPUS = Path(__file__).parent / "data" / "corpus.jsonl"
+LOGGED_SKIPS = 20
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -108,6 +109,9 @@ def read_corpus(
         seen_ids.add(item.id)
         docs.append(Document(id=item.id, title=title, text=text, content_hash=digest,
                              metadata=item.metadata))
-    for name, reason in skipped.items():
+    for name, reason in list(skipped.items())[:LOGGED_SKIPS]:
         logger.warning("Skipped %s: %s", name, reason)
+    if len(skipped) > LOGGED_SKIPS:
+        logger.warning("... and %d more skipped (all are listed in the DocumentSet's `skipped`)",
+                       len(skipped) - LOGGED_SKIPS)
     return DocumentSet(source=str(path), documents=docs, skipped=skipped, duplicates=duplicates)

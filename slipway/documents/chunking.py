@@ -63,8 +63,16 @@ def split_text(
     chunk is the only exception, and is cut at a token)."""
     if chunk_tokens < 8 or not 0 <= overlap_tokens < chunk_tokens // 2:
         raise ValueError("chunk_tokens must be >= 8 and overlap_tokens in [0, chunk_tokens / 2).")
-    encoding = tokenizer.encode(text, add_special_tokens=False)
-    offsets = list(encoding.offsets)
+    return split_encoded(text, tokenizer.encode(text, add_special_tokens=False).offsets,
+                         chunk_tokens, overlap_tokens)
+
+
+def split_encoded(text: str, offsets: list[tuple[int, int]], chunk_tokens: int,
+                  overlap_tokens: int) -> list[tuple[str, int]]:
+    """:func:`split_text` on a text already tokenized (its token character offsets)."""
+    if chunk_tokens < 8 or not 0 <= overlap_tokens < chunk_tokens // 2:
+        raise ValueError("chunk_tokens must be >= 8 and overlap_tokens in [0, chunk_tokens / 2).")
+    offsets = list(offsets)
     n = len(offsets)
     if n == 0:
         return []
@@ -95,14 +103,23 @@ def chunk_documents(
 ) -> ChunkSet:
     """Chunks of every document, with ids ``<doc id>#<position>``."""
     chunks: list[Chunk] = []
-    for doc in documents:
-        for position, (text, n_tokens) in enumerate(
-            split_text(doc.text, tokenizer, chunk_tokens, overlap_tokens)
-        ):
-            chunks.append(Chunk(
-                id=f"{doc.id}#{position}", doc_id=doc.id, position=position, text=text,
-                n_tokens=n_tokens, title=doc.title, metadata=doc.metadata,
-                content_hash=hashlib.sha256(text.encode()).hexdigest(),
-            ))
+    docs = list(documents)
+    for start in range(0, len(docs), 512):  # batched: the tokenizer runs on every core
+        block = docs[start : start + 512]
+        encodings = tokenizer.encode_batch([d.text for d in block], add_special_tokens=False)
+        for doc, encoding in zip(block, encodings, strict=True):
+            chunks.extend(_chunks_of(doc, split_encoded(doc.text, encoding.offsets, chunk_tokens,
+                                                        overlap_tokens)))
     return ChunkSet(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
                     tokenizer=tokenizer_name, chunks=chunks)
+
+
+def _chunks_of(doc: Document, pieces: list[tuple[str, int]]) -> list[Chunk]:
+    chunks = []
+    for position, (text, n_tokens) in enumerate(pieces):
+        chunks.append(Chunk(
+            id=f"{doc.id}#{position}", doc_id=doc.id, position=position, text=text,
+            n_tokens=n_tokens, title=doc.title, metadata=doc.metadata,
+            content_hash=hashlib.sha256(text.encode()).hexdigest(),
+        ))
+    return chunks

@@ -7,12 +7,13 @@ an unreadable file or row is reported by name with the reason, and reading goes 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 SourceFormat = Literal["auto", "directory", "jsonl", "csv", "beir"]
 TEXT_SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown",
@@ -58,14 +59,23 @@ def detect_format(path: Path) -> SourceFormat:
     """The format of ``path`` from its shape and suffix."""
     if path.is_dir():
         return "beir" if (path / "corpus.jsonl").is_file() else "directory"
-    if path.suffix == ".jsonl":
+    suffix = path.name.removesuffix(".gz").rsplit(".", 1)[-1]
+    if suffix == "jsonl":
         return "jsonl"
-    if path.suffix == ".csv":
+    if suffix == "csv":
         return "csv"
     raise SourceError(
-        f"Cannot tell the format of {path}: use a directory, a .jsonl, a .csv or a BEIR "
+        f"Cannot tell the format of {path}: use a directory, a .jsonl, a .csv (optionally "
+        ".gz) or a BEIR "
         "directory (with corpus.jsonl), or set the format explicitly."
     )
+
+
+def open_text(path: Path) -> TextIO:
+    """A text file, decompressed on the fly when its name ends in ``.gz``."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return path.open(encoding="utf-8", errors="replace", newline="")
 
 
 def read_source(path: Path, fmt: SourceFormat = "auto", columns: CsvColumns | None = None
@@ -165,7 +175,7 @@ def read_jsonl(path: Path) -> Iterator[Item]:
 def read_csv(path: Path, columns: CsvColumns) -> Iterator[Item]:
     """CSV with configurable id, text, title and metadata columns."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in (columns.id, columns.text, *columns.metadata) if c not in header]

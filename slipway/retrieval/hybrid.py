@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,10 @@ class FusionConfig:
     sparse_weight: float = 1.0
     candidates: int = 100  # per retriever, before fusion
     rerank_top: int = 20  # fused hits the re-ranker re-orders, when there is one
+
+
+# Shared worker threads: the sparse half of every search, and async callers' searches.
+_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="slipway-search")
 
 
 class HybridSearcher:
@@ -53,21 +58,22 @@ class HybridSearcher:
 
     async def search_async(self, queries: Sequence[str], k: int = 10,
                            filters: Filters | None = None) -> list[list[Hit]]:
-        """Both retrievers at once (threads: onnxruntime, Lance and bm25s release the GIL)."""
-        n = max(k, self.fusion.candidates)
-        dense, sparse = await asyncio.gather(
-            asyncio.to_thread(self.dense_search, queries, n, filters),
-            asyncio.to_thread(self.sparse_search, queries, n, filters),
-        )
-        fused = [self.fuse(d, s) for d, s in zip(dense, sparse, strict=True)]
-        if self.reranker is not None:
-            fused = await asyncio.to_thread(self._rerank, queries, fused)
-        return [hits[:k] for hits in fused]
+        """:meth:`search` for an event loop (the service): it runs in the searcher's pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_POOL, self.search, queries, k, filters)
 
     def search(self, queries: Sequence[str], k: int = 10,
                filters: Filters | None = None) -> list[list[Hit]]:
-        """Synchronous wrapper of :meth:`search_async` (batch evaluation, scripts)."""
-        return asyncio.run(self.search_async(queries, k, filters))
+        """Dense and sparse at once (onnxruntime, Lance and bm25s release the GIL), fused,
+        then re-ranked when a re-ranker is set; many queries per call."""
+        n = max(k, self.fusion.candidates)
+        sparse_future = _POOL.submit(self.sparse_search, queries, n, filters)
+        dense = self.dense_search(queries, n, filters)
+        sparse = sparse_future.result()
+        fused = [self.fuse(d, s) for d, s in zip(dense, sparse, strict=True)]
+        if self.reranker is not None:
+            fused = self._rerank(queries, fused)
+        return [hits[:k] for hits in fused]
 
     def fuse(self, dense: Sequence[Hit], sparse: Sequence[Hit]) -> list[Hit]:
         """One ranking from the two, per the fusion config."""
