@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -114,6 +115,128 @@ def models(
         table.add_row(str(mv.version), "yes" if str(mv.version) == champion else "",
                       f"{created:%Y-%m-%d %H:%M:%S}Z", mv.tags.get("promotion", ""))
     Console().print(table)
+
+
+index_app = typer.Typer(help="Inspect and manage published index versions.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+IndexName = Annotated[str, typer.Option("--name", help="Index name.")]
+
+
+@index_app.command("status")
+def index_status(name: IndexName = "default") -> None:
+    """The published version, the retained history, and every version on disk."""
+    from rich.table import Table
+
+    from slipway.retrieval.stores import index_dir
+
+    index = index_dir(name)
+    pointer = index.pointer()
+    if pointer is None:
+        fail(f"Index {name!r} at {index.root} has no published version; run the index_refresh "
+             "pipeline first.")
+    table = Table("version", "state", "created", "documents", "chunks", "embedded", "hybrid nDCG@10")
+    for version in reversed(index.all_versions()):
+        if not index.complete(version):
+            table.add_row(version, "unfinished", "", "", "", "", "")
+            continue
+        m = index.manifest(version)
+        state = ("published" if version == pointer.version
+                 else "retained" if version in pointer.history else "not published")
+        ndcg = m.metrics.get("hybrid", {}).get("ndcg@10")
+        table.add_row(version, state, m.created, str(m.stats.documents), str(m.stats.chunks),
+                      str(m.stats.embedded), f"{ndcg:.4f}" if ndcg is not None else "")
+    Console().print(table)
+
+
+@index_app.command("rollback")
+def index_rollback(
+    name: IndexName = "default",
+    to: Annotated[str | None, typer.Option(help="Version to publish; default: the previous one.")] = None,
+) -> None:
+    """Publish a retained earlier version again (readers switch atomically)."""
+    from slipway.retrieval.stores import index_dir, vector_store
+
+    index = index_dir(name)
+    pointer = index.pointer()
+    if pointer is None or (to is None and len(pointer.history) < 2):
+        fail(f"Index {name!r} has no earlier published version to roll back to.")
+    target = to or pointer.history[1]  # type: ignore[union-attr]
+    if not index.complete(target):
+        fail(f"Index {name!r} has no complete version {target!r}; see `slipway index status`.")
+    vector_store(index).reader(index.manifest(target).handle)  # still readable?
+    index.publish(target)
+    console.print(f"Index {name!r}: {target} is published.")
+
+
+@index_app.command("search")
+def index_search(
+    query: Annotated[list[str], typer.Argument(help="One or more queries.")],
+    name: IndexName = "default",
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Results per query.")] = 5,
+    where: Annotated[list[str] | None, typer.Option(
+        "--filter", help="Metadata filter key=value (repeat; same key twice = either value).")] = None,
+) -> None:
+    """Hybrid search over the published version, with the embedder that built it."""
+    from slipway.embedding import OnnxEmbedder, model_fingerprint
+    from slipway.retrieval.stores import index_dir, published_searcher
+
+    index = index_dir(name)
+    version = index.published()
+    if version is None:
+        fail(f"Index {name!r} has no published version; run the index_refresh pipeline first.")
+    manifest = index.manifest(version)  # type: ignore[arg-type]
+    model_dir = Path(manifest.embedder_dir)
+    if not (model_dir / "model.onnx").is_file() or model_fingerprint(model_dir) != manifest.embedder:
+        fail(f"The embedder that built {name!r} {version} is not at {model_dir} any more; run the "
+             "index_refresh pipeline again on this machine.")
+    filters: dict[str, list[str]] = {}
+    for item in where or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--filter {item!r}: use key=value.")
+        filters.setdefault(key, []).append(value)
+    opened, searcher = published_searcher(name, OnnxEmbedder(model_dir))
+    for q, hits in zip(query, searcher.search(query, k, filters or None), strict=True):
+        print(f"# {q}")
+        for hit in opened.hydrate(hits):
+            snippet = " ".join(hit.text.split())[:100]
+            print(f"{hit.score:.4f}  {hit.id}  {hit.title[:40]!r}  {snippet}")
+
+
+def cron_line(cron: str, config: Path) -> str:
+    """A crontab entry that runs the index refresh with ``config`` from this checkout."""
+    if len(cron.split()) != 5:
+        raise ValueError(f"{cron!r} is not a 5-field cron expression (e.g. '0 * * * *').")
+    zenml = Path(sys.executable).parent / "zenml"
+    log = ROOT / ".slipway" / "logs" / "index_refresh.log"
+    return (f"{cron} cd {ROOT} && mkdir -p {log.parent} && {zenml} pipeline run "
+            f"pipelines.index_refresh.index_refresh -c {config} >> {log} 2>&1")
+
+
+@app.command()
+def schedule(
+    cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 * * * *' (hourly).")],
+    config: Annotated[Path, typer.Option(help="Run configuration.")] = Path("configs/index_refresh.yaml"),
+    install: Annotated[bool, typer.Option(help="Add the entry to this user's crontab.")] = False,
+) -> None:
+    """Schedule the index refresh on an orchestrator without schedules (the local one): print a
+    crontab entry, or install it. Kubernetes stacks use configs/index_refresh_schedule.yaml."""
+    if not (ROOT / config).is_file() and not config.is_file():
+        fail(f"No run configuration at {config}.")
+    try:
+        line = cron_line(cron, (ROOT / config).resolve() if not config.is_absolute() else config)
+    except ValueError as exc:
+        fail(str(exc))
+    if not install:
+        print(line)
+        return
+    if shutil.which("crontab") is None:
+        fail("No `crontab` on this machine (install cron, e.g. `apt-get install cron`), or add "
+             "the printed line to your scheduler.")
+    current = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
+    kept = [entry for entry in current.splitlines() if "pipelines.index_refresh" not in entry]
+    subprocess.run(["crontab", "-"], input="\n".join([*kept, line]) + "\n", text=True, check=True)
+    console.print("Installed: " + line)
 
 
 @app.command()

@@ -35,13 +35,15 @@ def tracking_uri() -> str:
     return uri
 
 
-def resolve_bundle(serve: ServeSettings | None = None, uri: str | None = None) -> ServedBundle:
-    """The bundle to serve: a local directory, or a registry version downloaded once from the
-    registry at ``uri`` (default: :func:`tracking_uri`)."""
+def resolve_bundle(serve: ServeSettings | None = None, uri: str | None = None,
+                   name: str | None = None) -> ServedBundle:
+    """The bundle to serve: a local directory, or a version of registered model ``name``
+    (default: ``SLIPWAY_REGISTERED_MODEL_NAME``) downloaded once from the registry at ``uri``
+    (default: :func:`tracking_uri`)."""
     from slipway.registry import download_bundle
 
     serve = serve or ServeSettings()
-    name = ModelSettings().registered_model_name
+    name = name or ModelSettings().registered_model_name
     if serve.bundle_dir is not None:
         return ServedBundle(OnnxBundle.load(serve.bundle_dir), name, "local")
     cache = get_settings().cache_dir / "bundles"

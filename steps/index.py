@@ -33,7 +33,7 @@ def _embedder_dir(model_name: str, model_version: str | None, bundle_dir: str | 
     if bundle_dir:
         return OnnxBundle.load(Path(bundle_dir)).role_dir("embedder"), f"bundle {bundle_dir}"
     served = resolve_bundle(ServeSettings(model_version=model_version, bundle_dir=None),
-                            uri=mlflow.get_tracking_uri())
+                            uri=mlflow.get_tracking_uri(), name=model_name)
     return served.bundle.role_dir("embedder"), f"{model_name} v{served.version}"
 
 

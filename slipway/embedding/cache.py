@@ -48,7 +48,7 @@ class EmbeddingCache:
             part = list(hashes[start : start + 500])
             marks = ",".join("?" * len(part))
             rows = self._db.execute(
-                f"SELECT content_hash, vector FROM embeddings WHERE model_version = ? "  # noqa: S608 - only '?' marks are interpolated
+                f"SELECT content_hash, vector FROM embeddings WHERE model_version = ? "
                 f"AND content_hash IN ({marks})", [model_version, *part])
             found.update({h: np.frombuffer(v, dtype=np.float32) for h, v in rows})
         return found

@@ -268,7 +268,7 @@ def build_genai(model_dir: Path, out_dir: Path, config: BuildConfig, precision: 
         "--extra_options", "shared_embeddings=false",
     ]
     logger.info("Building %s generator with onnxruntime-genai: %s", precision, " ".join(cmd[2:]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_offline_env())
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_offline_env())
     shutil.rmtree(cache, ignore_errors=True)
     if proc.returncode != 0 or not (out_dir / "genai_config.json").is_file():
         tail = (proc.stderr or proc.stdout)[-2000:]

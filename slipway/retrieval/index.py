@@ -79,6 +79,7 @@ class Manifest(BaseModel):
     created: str
     embedder: str  # fingerprint of the embedding model: the cache key's first half
     embedder_label: str = ""
+    embedder_dir: str = ""  # where that embedder was on the machine that wrote the version
     dimension: int
     store: str
     handle: str
@@ -342,7 +343,7 @@ def refresh_index(
     stats.seconds = round(time.perf_counter() - started, 3)
     manifest = Manifest(name=index.name, version=version, base=base_name, created=_now(),
                         embedder=embedder_fingerprint, embedder_label=embedder_label,
-                        dimension=embedder.dimension, store=store_name, handle=handle,
+                        embedder_dir=embedder_dir, dimension=embedder.dimension, store=store_name, handle=handle,
                         documents=plan.documents, stats=stats)
     write_manifest(index, manifest)
     logger.info("Index %s %s complete: %d documents, %d chunks, %d embedded, %d cache hits, %.1fs",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from slipway.config import IndexSettings, get_settings
+from slipway.embedding import Embedder
 from slipway.retrieval.dense import LanceDBStore, VectorStore
-from slipway.retrieval.index import IndexDir
+from slipway.retrieval.hybrid import FusionConfig, HybridSearcher
+from slipway.retrieval.index import IndexDir, OpenIndex, open_published
+from slipway.retrieval.rerank import CrossEncoderReranker
 
 
 def index_dir(name: str, settings: IndexSettings | None = None) -> IndexDir:
@@ -26,3 +29,16 @@ def vector_store(index: IndexDir, settings: IndexSettings | None = None) -> Vect
     return PineconeStore(api_key=settings.pinecone_api_key.get_secret_value(),
                          index_name=settings.pinecone_index, host=settings.pinecone_host,
                          namespace_prefix=f"{index.name}.")  # "." never occurs in a name
+
+
+def published_searcher(name: str, embedder: Embedder, settings: IndexSettings | None = None,
+                       fusion: FusionConfig | None = None) -> tuple[OpenIndex, HybridSearcher]:
+    """The published version of index ``name`` and a hybrid searcher over it, re-ranking with
+    ``SLIPWAY_RERANKER_PATH`` when set. The embedder must be the one that built the index."""
+    settings = settings or IndexSettings()
+    index = index_dir(name, settings)
+    opened = open_published(index, vector_store(index, settings))
+    reranker = (CrossEncoderReranker(settings.reranker_path)
+                if settings.reranker_path is not None else None)
+    return opened, HybridSearcher(embedder, opened.dense, opened.sparse, fusion, reranker,
+                                  text_of=opened.text_of)

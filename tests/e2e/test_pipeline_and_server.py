@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = {"generator": {"quantization": "int8"}}
+XQUAD = ROOT.parent / "shared" / "data" / "xquad_en" / "beir"  # used after shared_data checked it
 
 
 def _free_port() -> int:
@@ -26,19 +27,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path) -> dict[str, str]:
-    """Run the model_build pipeline end to end and return its registered_model output."""
+def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
+               shared_data: Path) -> dict[str, str]:
+    """Run the main job end to end (documents, model build, index refresh) and return the
+    model_build's registered_model output."""
     from zenml import Model
     from zenml.client import Client
 
-    from pipelines.model_build import model_build
+    from pipelines.llmops import llmops_pipeline
 
-    run = model_build.with_options(enable_cache=False, model=Model(name="slipway-e2e"))(
-        build=BUILD, model_name="slipway-e2e", bento=True,
+    run = llmops_pipeline.with_options(enable_cache=False, model=Model(name="slipway-e2e"))(
+        build=BUILD, model_name="slipway-e2e", bento=True, corpus=str(XQUAD),
+        index={"index_name": "e2e", "eval_dir": str(XQUAD)},
         embedder_path=str(tiny_embedder), generator_path=str(tiny_generator),
     )
     run = Client().get_pipeline_run(run.id)
     assert run.status == "completed"
+    assert run.steps["publish_index_version"].outputs["published_index_version"][0].load() == "v000001"
     out = run.steps["track_and_register"].outputs["registered_model"][0].load()
     bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
     assert bento_tag.startswith(f"slipway:v{out['version']}-")
@@ -58,6 +63,42 @@ def test_pipeline_registered_a_champion_and_tracked_it(registered: dict[str, str
     assert "embedder_min_cosine" in run.data.metrics and "gen_speedup" in run.data.metrics
     files = {f.path for f in client.list_artifacts(mv.run_id, "reports")}
     assert {"reports/parity_report.html", "reports/latency.png"} <= files
+
+
+def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    import json
+
+    import mlflow
+    from zenml.client import Client
+
+    from pipelines.index_refresh import index_refresh
+    from slipway.retrieval.stores import index_dir
+
+    index = index_dir("e2e")
+    assert index.published() == "v000001"  # published by the main job
+    rows = [json.loads(line) for line in (XQUAD / "corpus.jsonl").open()]
+    rows[0]["text"] += " An added sentence."
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows[1:2] + rows[0:1] + rows[3:]))
+    params = {"index_name": "e2e", "model_name": "slipway-e2e", "eval_dir": str(XQUAD),
+              "margin": 0.05}
+    run = Client().get_pipeline_run(index_refresh(corpus=str(corpus), index=params).id)
+    stats = run.steps["refresh_index_version"].outputs["index_version"][0].load().stats
+    assert (stats.changed_docs, stats.removed_docs, stats.new_docs) == (1, 1, 0)
+    assert stats.embedded <= 3 and index.published() == "v000002"
+    metrics = run.steps["evaluate_index_version"].outputs["retrieval_metrics"][0].load()
+    assert set(metrics) == {"dense", "sparse", "hybrid"}
+
+    again = Client().get_pipeline_run(index_refresh(corpus=str(corpus), index=params).id)
+    assert again.steps["preprocess_documents"].status == "cached"
+    assert not again.steps["refresh_index_version"].outputs["index_version"][0].load().changed
+    assert index.published() == "v000002"
+
+    mlflow.set_tracking_uri(Client().active_stack.experiment_tracker.get_tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["index_refresh"])
+    assert runs["metrics.hybrid_ndcg_at_10"].notna().any()
+    assert runs["metrics.index_embedded"].notna().any()
 
 
 def test_bundle_artifact_round_trips_through_the_materializer(zenml_stack: str, tmp_path: Path) -> None:

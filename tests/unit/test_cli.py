@@ -30,3 +30,52 @@ def test_serve_without_a_registered_model_says_what_to_do(tmp_path: Path) -> Non
     out = run_cli("serve", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}")
     assert out.returncode == 1
     assert "run the model_build pipeline first" in out.stderr.replace("\n", " ")
+
+
+def test_schedule_prints_a_cron_entry_and_rejects_a_bad_expression() -> None:
+    out = run_cli("schedule", "--cron", "15 3 * * *")
+    assert out.returncode == 0
+    assert out.stdout.startswith("15 3 * * * cd ")
+    assert "pipelines.index_refresh.index_refresh -c" in out.stdout
+    bad = run_cli("schedule", "--cron", "every hour")
+    assert bad.returncode == 1 and "5-field cron" in bad.stderr
+
+
+def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path) -> None:
+    import os
+
+    from tests.unit.test_index import Refresher, make_docs
+
+    refresher = Refresher(tmp_path / "indexes", tiny_onnx_embedder, name="default")
+    v1 = refresher.refresh(make_docs(8))
+    refresher.publish(v1)
+    v2 = refresher.refresh(make_docs(9))
+    refresher.publish(v2)
+    env = {**os.environ, "SLIPWAY_INDEX_ROOT": str(tmp_path / "indexes")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True,
+                              text=True, timeout=120, env=env)
+
+    found = cli("index", "search", "paris ocean", "--k", "3", "--filter", "lang=en")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith("# paris ocean") and len(found.stdout.splitlines()) == 4
+    assert cli("index", "search", "x", "--filter", "novalue").returncode == 1
+    status = cli("index", "status")
+    assert status.returncode == 0 and "published" in status.stdout and v1.version in status.stdout
+    assert cli("index", "rollback").returncode == 0
+    assert refresher.index.published() == v1.version
+    missing = cli("index", "rollback", "--to", "v000099")
+    assert missing.returncode == 1 and "no complete version" in missing.stderr
+    assert cli("index", "status", "--name", "other").returncode == 1
+
+
+def test_run_configurations_validate_against_zenml() -> None:
+    import yaml
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    root = Path(__file__).resolve().parents[2]
+    for path in [root / "zenml.yaml", *sorted((root / "configs").glob("*.yaml"))]:
+        config = PipelineRunConfiguration.model_validate(yaml.safe_load(path.read_text()))
+        if path.name.endswith("_schedule.yaml"):
+            assert config.schedule is not None and config.schedule.cron_expression

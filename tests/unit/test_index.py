@@ -12,8 +12,13 @@ from slipway.documents.chunking import chunk_documents, load_tokenizer
 from slipway.embedding import OnnxEmbedder, model_fingerprint
 from slipway.embedding.cache import EmbeddingCache
 from slipway.retrieval.dense import LanceDBStore, lance_where, matches
-from slipway.retrieval.evaluation import QualityGateError, publish_gated, quality_gate, record_metrics
-from slipway.retrieval.hybrid import HybridSearcher
+from slipway.retrieval.evaluation import (
+    QualityGateError,
+    publish_gated,
+    quality_gate,
+    record_metrics,
+)
+from slipway.retrieval.hybrid import FusionConfig, HybridSearcher
 from slipway.retrieval.index import (
     IndexDir,
     IndexVersion,
@@ -41,8 +46,8 @@ def make_docs(n: int, seed: int = 0, prefix: str = "d") -> list[Document]:
 class Refresher:
     """Runs refreshes of one index with the tiny embedder, counting embedded texts."""
 
-    def __init__(self, root: Path, model_dir: Path) -> None:
-        self.index = IndexDir(root, "test")
+    def __init__(self, root: Path, model_dir: Path, name: str = "test") -> None:
+        self.index = IndexDir(root, name)
         self.store = LanceDBStore(self.index.lance_dir)
         self.embedder = OnnxEmbedder(model_dir, threads=1)
         self.tokenizer = load_tokenizer(model_dir)
@@ -55,7 +60,7 @@ class Refresher:
     def refresh(self, docs: list[Document], fingerprint: str | None = None) -> IndexVersion:
         return refresh_index(self.index, self.store, self.chunks(docs), document_hashes(docs),
                              self.embedder, fingerprint or self.fingerprint, self.cache,
-                             write_batch=16)
+                             embedder_dir=str(self.embedder.model_dir), write_batch=16)
 
     def publish(self, version: IndexVersion, retain: int = 3) -> str:
         return publish_gated(self.index, self.store, version.version, margin=0.01, retain=retain)
@@ -196,3 +201,35 @@ def test_refresh_through_pinecone_namespaces(tiny_onnx_embedder: Path, tmp_path:
         searcher = HybridSearcher(refresher.embedder, opened.dense, opened.sparse)
         assert searcher.search(["paris"], 3, {"lang": "en"})[0]
         assert sorted(standin.state.namespaces) == ["test.v000002"]
+
+
+def test_cross_encoder_reranker_reorders_the_top_hits(tiny_embedder: Path, refresher: Refresher,
+                                                      tmp_path: Path) -> None:
+    """A real (tiny, random) cross-encoder built from a config: the re-ranked head is in the
+    order of its own scores, the tail keeps the fused order."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from slipway.retrieval.rerank import CrossEncoderReranker
+
+    path = tmp_path / "cross-encoder"
+    config = BertConfig.from_pretrained(tiny_embedder, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_embedder).save_pretrained(path)
+    reranker = CrossEncoderReranker(path)
+    docs = make_docs(30)
+    refresher.publish(refresher.refresh(docs))
+    opened = open_published(refresher.index, refresher.store)
+    plain = HybridSearcher(refresher.embedder, opened.dense, opened.sparse)
+    reranked = HybridSearcher(refresher.embedder, opened.dense, opened.sparse,
+                              fusion=FusionConfig(rerank_top=5), reranker=reranker,
+                              text_of=opened.text_of)
+    query = "paris capital ocean"
+    before, after = plain.search([query], 12)[0], reranked.search([query], 12)[0]
+    head = [c for c, _ in before[:5]]
+    scores = reranker.score(query, [opened.text_of(c) for c in head])
+    assert [c for c, _ in after[:5]] == [c for _, c in sorted(zip(scores, head), key=lambda p: -p[0])]
+    assert after[5:] == before[5:]
+    with pytest.raises(FileNotFoundError, match="SLIPWAY_RERANKER_PATH"):
+        CrossEncoderReranker(tmp_path / "missing")
+    with pytest.raises(ValueError, match="text_of"):
+        HybridSearcher(refresher.embedder, opened.dense, opened.sparse, reranker=reranker)
