@@ -27,12 +27,15 @@ def index_refresh(
     source_format: str = "auto",
     chunk_tokens: int = 200,
     overlap_tokens: int = 32,
+    embedder_path: str | None = None,
     index: dict[str, Any] | None = None,
 ) -> None:
     """Keep the published index of ``corpus`` up to date; ``index`` holds the refresh, evaluation
     and publish parameters (index_name, model_name, model_version, bundle_dir, write_batch,
-    eval_dir, margin, retain)."""
+    eval_dir, margin, retain); ``embedder_path`` is the model directory whose tokenizer cuts
+    the chunks (default: the packaged embedder; it must be the registered embedder's source)."""
     documents = preprocess_documents(corpus=corpus, source_format=source_format,
                                      source_fingerprint=corpus_fingerprint(corpus))
-    chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
+    chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
+                          embedder_path=embedder_path)
     refresh_and_publish(documents, chunks, index)

@@ -20,6 +20,8 @@ def llmops_pipeline(
     model_name: str = "slipway",
     corpus: str | None = None,
     index: dict[str, Any] | None = None,
+    chunk_tokens: int = 200,
+    overlap_tokens: int = 32,
     bento: bool = True,
     embedder_path: str | None = None,
     generator_path: str | None = None,
@@ -27,7 +29,8 @@ def llmops_pipeline(
     """Preprocess and chunk the corpus; build, check, register and package the models; then
     refresh and publish the index with the newly registered champion embedder."""
     documents = preprocess_documents(corpus=corpus, source_fingerprint=corpus_fingerprint(corpus))
-    chunks = chunk_corpus(documents, embedder_path=embedder_path)
+    chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
+                          embedder_path=embedder_path)
     model_build(build=build, model_name=model_name, bento=bento, embedder_path=embedder_path,
                 generator_path=generator_path)
     refresh_and_publish(documents, chunks, {"model_name": model_name, **(index or {})},

@@ -22,7 +22,13 @@ from slipway.retrieval.evaluation import (
     record_metrics,
 )
 from slipway.retrieval.hybrid import HybridSearcher
-from slipway.retrieval.index import IndexVersion, OpenIndex, document_hashes, refresh_index
+from slipway.retrieval.index import (
+    IndexVersion,
+    OpenIndex,
+    check_chunk_tokenizer,
+    document_hashes,
+    refresh_index,
+)
 from slipway.retrieval.stores import index_dir, vector_store
 from slipway.serving import resolve_bundle
 
@@ -54,13 +60,14 @@ def refresh_index_version(
 ) -> Annotated[IndexVersion, "index_version"]:
     """Embed new and changed chunks with the registry's champion embedder into a new version."""
     embedder_dir, label = _embedder_dir(model_name, model_version, bundle_dir)
+    embedder = OnnxEmbedder(embedder_dir, threads=get_settings().threads)
+    check_chunk_tokenizer(chunks.chunks, embedder.tokenizer, embedder.pooling.max_length - 2)
     index = index_dir(index_name)
     cache = EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite")
     try:
         version = refresh_index(
             index, vector_store(index), chunks.chunks, document_hashes(documents.documents),
-            OnnxEmbedder(embedder_dir, threads=get_settings().threads),
-            model_fingerprint(embedder_dir), cache, embedder_label=label,
+            embedder, model_fingerprint(embedder_dir), cache, embedder_label=label,
             embedder_dir=str(embedder_dir), write_batch=write_batch,
             store_name=IndexSettings().vector_store)
     finally:

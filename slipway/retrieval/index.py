@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
+from tokenizers import Tokenizer
 
 from slipway.documents import Document
 from slipway.documents.chunking import Chunk
@@ -261,6 +262,31 @@ def plan_refresh(chunks: Sequence[Chunk], doc_hashes: Mapping[str, str], base: M
         delete = []  # the staged version starts empty
     stats.written_chunks, stats.deleted_chunks = len(write), len(delete)
     return RefreshPlan(write=write, delete=delete, documents=documents, stats=stats)
+
+
+def check_chunk_tokenizer(chunks: Sequence[Chunk], tokenizer: Tokenizer, max_tokens: int,
+                          sample: int = 50) -> None:
+    """Chunks must fit the embedder's window and be cut with its own tokenizer (else their
+    sizes are wrong and long ones are truncated): fail clearly otherwise."""
+    longest = max((c.n_tokens for c in chunks), default=0)
+    if longest > max_tokens:
+        raise ValueError(
+            f"Chunks have up to {longest} tokens but the embedder reads at most {max_tokens}: "
+            f"set chunk_tokens to {max_tokens} or less.")
+    picked = list(chunks[:: max(1, len(chunks) // sample)])[:sample]
+    if not picked:
+        return
+    counter = Tokenizer.from_str(tokenizer.to_str())
+    counter.no_truncation()
+    counts = [len(e.ids) for e in counter.encode_batch([c.text for c in picked],
+                                                       add_special_tokens=False)]
+    differ = sum(1 for c, n in zip(picked, counts, strict=True) if n != c.n_tokens)
+    if differ > len(picked) // 2:
+        raise ValueError(
+            f"{differ} of {len(picked)} sampled chunks have another token count under the "
+            "embedder's tokenizer: they were cut with a different tokenizer. Chunk with the "
+            "embedder's own model directory (chunk_corpus's embedder_path) or embed with the "
+            "model they were cut for.")
 
 
 def _batches(chunks: Sequence[Chunk], size: int) -> Iterator[list[Chunk]]:

@@ -38,7 +38,7 @@ def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
 
     run = llmops_pipeline.with_options(enable_cache=False, model=Model(name="slipway-e2e"))(
         build=BUILD, model_name="slipway-e2e", bento=True, corpus=str(XQUAD),
-        index={"index_name": "e2e", "eval_dir": str(XQUAD)},
+        index={"index_name": "e2e", "eval_dir": str(XQUAD)}, chunk_tokens=48, overlap_tokens=8,
         embedder_path=str(tiny_embedder), generator_path=str(tiny_generator),
     )
     run = Client().get_pipeline_run(run.id)
@@ -66,6 +66,7 @@ def test_pipeline_registered_a_champion_and_tracked_it(registered: dict[str, str
 
 
 def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str, str],
+                                                          tiny_embedder: Path,
                                                           tmp_path: Path) -> None:
     import json
 
@@ -83,14 +84,19 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str,
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows[1:2] + rows[0:1] + rows[3:]))
     params = {"index_name": "e2e", "model_name": "slipway-e2e", "eval_dir": str(XQUAD),
               "margin": 0.05}
-    run = Client().get_pipeline_run(index_refresh(corpus=str(corpus), index=params).id)
+    refresh = index_refresh.with_options(enable_cache=True)
+    with pytest.raises(RuntimeError, match="refresh_index_version"):
+        refresh(corpus=str(corpus), index=params, chunk_tokens=48, overlap_tokens=8)  # MiniLM cuts
+    assert index.published() == "v000001"
+    tiny = {"embedder_path": str(tiny_embedder), "chunk_tokens": 48, "overlap_tokens": 8}
+    run = Client().get_pipeline_run(refresh(corpus=str(corpus), index=params, **tiny).id)
     stats = run.steps["refresh_index_version"].outputs["index_version"][0].load().stats
     assert (stats.changed_docs, stats.removed_docs, stats.new_docs) == (1, 1, 0)
     assert stats.embedded <= 3 and index.published() == "v000002"
     metrics = run.steps["evaluate_index_version"].outputs["retrieval_metrics"][0].load()
     assert set(metrics) == {"dense", "sparse", "hybrid"}
 
-    again = Client().get_pipeline_run(index_refresh(corpus=str(corpus), index=params).id)
+    again = Client().get_pipeline_run(refresh(corpus=str(corpus), index=params, **tiny).id)
     assert again.steps["preprocess_documents"].status == "cached"
     assert not again.steps["refresh_index_version"].outputs["index_version"][0].load().changed
     assert index.published() == "v000002"
