@@ -148,7 +148,7 @@ def _read_pdf(path: Path) -> tuple[str, str]:
 
 def read_jsonl(path: Path) -> Iterator[Item]:
     """JSON Lines with ``_id``/``id``, ``text`` and optional ``title`` and ``metadata``."""
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,9 +110,14 @@ class IndexVersion(BaseModel):
     embedder_dir: str = ""  # the ONNX embedder that wrote it (queries must use the same)
 
 
-def chunk_text(chunk: Chunk) -> str:
+def indexed_text(title: str, text: str) -> str:
     """What is embedded and indexed for a chunk: its document title, then its text."""
-    return f"{chunk.title}\n{chunk.text}" if chunk.title else chunk.text
+    return f"{title}\n{text}" if title else text
+
+
+def chunk_text(chunk: Chunk) -> str:
+    """:func:`indexed_text` of a chunk."""
+    return indexed_text(chunk.title, chunk.text)
 
 
 def chunk_metadata(chunk: Chunk) -> dict[str, str]:
@@ -425,7 +430,7 @@ class OpenIndex:
     def text_of(self, chunk_id: str) -> str:
         """The indexed text of a chunk (title and text)."""
         row = self._rows[chunk_id]
-        return f"{row['title']}\n{row['text']}" if row["title"] else row["text"]
+        return indexed_text(row["title"], row["text"])
 
     def hydrate(self, hits: Sequence[Hit]) -> list[ChunkHit]:
         """Search hits with their chunk text and metadata."""
@@ -447,8 +452,7 @@ def open_published(index: IndexDir, store: VectorStore, version: str | None = No
     return OpenIndex(index, version, store)
 
 
-def collect_garbage(index: IndexDir, store: VectorStore, retain: int,
-                    on_drop: Callable[[str], None] | None = None) -> list[str]:
+def collect_garbage(index: IndexDir, store: VectorStore, retain: int) -> list[str]:
     """Keep the last ``retain`` published versions (the pointer's history); delete the rest."""
     pointer = index.pointer()
     if pointer is None:
@@ -457,17 +461,13 @@ def collect_garbage(index: IndexDir, store: VectorStore, retain: int,
     if pointer.history[retain:]:
         _write_atomic(index.path / POINTER, pointer.model_copy(update={"history": keep})
                       .model_dump_json(indent=1))
-    newest = index.all_versions()[-1] if index.all_versions() else None
+    versions = index.all_versions()
+    newest = versions[-1] if versions else None  # may be a refused candidate, kept to inspect
     live = [v for v in [*keep, newest] if v is not None and index.complete(v)]
     store.gc([index.manifest(v).handle for v in live])
-    dropped = []
-    for version in index.all_versions():
-        if version in keep or version == newest:  # the newest may be a refused candidate to inspect
-            continue
+    dropped = [v for v in versions if v not in keep and v != newest]
+    for version in dropped:
         shutil.rmtree(index.version_dir(version), ignore_errors=True)
-        dropped.append(version)
-        if on_drop:
-            on_drop(version)
     if dropped:
         logger.info("Index %s: removed versions %s (retaining %s)", index.name, dropped, keep)
     return dropped

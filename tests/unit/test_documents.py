@@ -145,3 +145,17 @@ def test_split_text_edge_cases(tokenizer) -> None:
         split_text("a b", tokenizer, 4, 0)
     with pytest.raises(ValueError, match="overlap"):
         split_text("a b", tokenizer, 16, 8)
+
+
+def test_gzipped_jsonl_and_csv_are_read_as_streams(tmp_path: Path) -> None:
+    import gzip
+
+    from slipway.documents.readers import CsvColumns
+
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt", encoding="utf-8") as out:
+        out.write('{"_id": "a", "text": "a compressed document about the ocean"}\n')
+    assert [d.id for d in read_corpus(tmp_path / "c.jsonl.gz").documents] == ["a"]
+    with gzip.open(tmp_path / "m.csv.gz", "wt", encoding="utf-8", newline="") as out:
+        out.write("Message ID,Message\n7,a compressed e-mail about the meeting\n")
+    docs = read_corpus(tmp_path / "m.csv.gz", columns=CsvColumns("Message ID", "Message", None))
+    assert [d.id for d in docs.documents] == ["7"]

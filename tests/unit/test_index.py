@@ -76,7 +76,6 @@ def test_plan_counts_new_changed_removed_unchanged(refresher: Refresher) -> None
     chunks = refresher.chunks(docs)
     first = plan_refresh(chunks, document_hashes(docs), None, "m1", "v000001", carries_over=True)
     assert first.stats.full_rebuild and first.stats.new_docs == 6 and not first.delete
-    refresher.index.versions.mkdir(parents=True)
     edited = [*docs[:4], docs[4].model_copy(update={"text": docs[4].text + " extra words"})]
     edited += make_docs(1, seed=9, prefix="new")
     base = type("Base", (), {})  # only the fields plan_refresh reads
