@@ -1,7 +1,6 @@
-"""The main job: documents and models in; a registered model, a bento and a published index out.
-
-The knowledge-graph update (next) consumes the same ``documents`` and slots in here too.
-"""
+"""The main job: documents and models in; a registered model, a bento, a published index and
+an up-to-date knowledge graph out. The index refresh and the graph update share the documents
+and chunks (so chunk ids join across the two)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from typing import Any
 from zenml import pipeline
 
 from pipelines.index_refresh import refresh_and_publish
+from pipelines.kg_update import update_and_embed
 from pipelines.model_build import model_build
 from steps.documents import chunk_corpus, corpus_fingerprint, preprocess_documents
 
@@ -20,6 +20,7 @@ def llmops_pipeline(
     model_name: str = "slipway",
     corpus: str | None = None,
     index: dict[str, Any] | None = None,
+    kg: dict[str, Any] | None = None,
     chunk_tokens: int = 200,
     overlap_tokens: int = 32,
     bento: bool = True,
@@ -27,7 +28,8 @@ def llmops_pipeline(
     generator_path: str | None = None,
 ) -> None:
     """Preprocess and chunk the corpus; build, check, register and package the models; then
-    refresh and publish the index with the newly registered champion embedder."""
+    refresh and publish the index and update the knowledge graph with the newly registered
+    champion embedder. ``kg: {enabled: false}`` leaves the graph out."""
     documents = preprocess_documents(corpus=corpus, source_fingerprint=corpus_fingerprint(corpus))
     chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
                           embedder_path=embedder_path)
@@ -35,3 +37,7 @@ def llmops_pipeline(
                 generator_path=generator_path)
     refresh_and_publish(documents, chunks, {"model_name": model_name, **(index or {})},
                         after="track_and_register")
+    kg = dict(kg or {})
+    if kg.pop("enabled", True):
+        update_and_embed(documents, chunks, {"model_name": model_name, **kg},
+                         after="track_and_register")

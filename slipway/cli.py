@@ -6,12 +6,16 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+if typing.TYPE_CHECKING:
+    from slipway.config import GraphSettings
 
 app = typer.Typer(
     name="slipway",
@@ -203,28 +207,167 @@ def index_search(
             print(f"{hit.score:.4f}  {hit.id}  {hit.title[:40]!r}  {snippet}")
 
 
-def cron_line(cron: str, config: Path) -> str:
-    """A crontab entry that runs the index refresh with ``config`` from this checkout."""
+graph_app = typer.Typer(
+    help="Start, stop and inspect the embedded graph server (ArcadeDB over Bolt).",
+    no_args_is_help=True,
+)
+app.add_typer(graph_app, name="graph")
+NOT_RUNNING = 3  # exit status of `slipway graph status` when no server runs
+
+
+def _graph_settings() -> GraphSettings:
+    """The graph settings from the environment, or a one-line reason they are invalid."""
+    from pydantic import ValidationError
+
+    from slipway.config import GraphSettings
+
+    try:
+        return GraphSettings()
+    except ValidationError as exc:
+        fail("; ".join(str(error["msg"]) for error in exc.errors()))
+    raise AssertionError("unreachable")
+
+
+@graph_app.command("start")
+def graph_start() -> None:
+    """Start the embedded graph server (or find the running one) and print its Bolt URI."""
+    from slipway.graph.server import GraphServerError, start_server
+
+    settings = _graph_settings()
+    if settings.neo4j_uri:
+        console.print(f"SLIPWAY_NEO4J_URI is set: Slipway uses the external server at "
+                      f"{settings.neo4j_uri}; there is no embedded server to start.")
+        return
+    try:
+        info = start_server(settings)
+    except GraphServerError as exc:
+        fail(str(exc))
+    print(info.uri)
+    console.print(f"Graph server running: pid {info.pid}, database {info.database!r}, user "
+                  f"{info.user!r} (password in {info.directory / 'credentials.json'}), log "
+                  f"{info.log}. Stop it with `slipway graph stop`.")
+
+
+@graph_app.command("status")
+def graph_status() -> None:
+    """Whether the graph server runs: exit 0 when it does, 3 when it does not."""
+    from slipway.graph.server import graph_directory, running_server
+
+    settings = _graph_settings()
+    if settings.neo4j_uri:
+        _external_graph_status(settings)
+        return
+    info = running_server(settings)
+    if info is None:
+        print(f"not running (directory {graph_directory(settings)})")
+        raise typer.Exit(code=NOT_RUNNING)
+    print(f"running: pid {info.pid}, {info.uri}, database {info.database!r}, "
+          f"directory {info.directory}")
+
+
+def _external_graph_status(settings: GraphSettings) -> None:
+    """Check that the server at SLIPWAY_NEO4J_URI answers a query; exit 3 when it does not."""
+    from neo4j import GraphDatabase
+    from neo4j.exceptions import DriverError, Neo4jError
+
+    uri = str(settings.neo4j_uri)
+    password = settings.neo4j_password.get_secret_value() if settings.neo4j_password else ""
+    try:
+        with (
+            GraphDatabase.driver(uri, auth=(settings.neo4j_user, password),
+                                 connection_timeout=5.0) as driver,
+            driver.session(database=settings.neo4j_database) as session,
+        ):
+            session.run("RETURN 1 AS ok").consume()
+    except (DriverError, Neo4jError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        print(f"not reachable: external server {uri} (SLIPWAY_NEO4J_URI): {reason}")
+        raise typer.Exit(code=NOT_RUNNING) from None
+    print(f"running: external server {uri} (SLIPWAY_NEO4J_URI) answers")
+
+
+@graph_app.command("stop")
+def graph_stop(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait before killing it.")] = 30.0,
+) -> None:
+    """Stop the embedded graph server (SIGTERM, then SIGKILL after --timeout)."""
+    from slipway.graph.server import graph_directory, running_server, stop_server
+
+    settings = _graph_settings()
+    if settings.neo4j_uri:
+        console.print(f"SLIPWAY_NEO4J_URI is set: Slipway uses the external server at "
+                      f"{settings.neo4j_uri}; there is no embedded server to stop.")
+        return
+    directory = graph_directory(settings)
+    info = running_server(settings)
+    if stop_server(settings, timeout=timeout):
+        pid = f" (pid {info.pid})" if info is not None else ""
+        console.print(f"Stopped the graph server{pid} at {directory}.")
+    else:
+        console.print(f"No graph server was running at {directory}.")
+
+
+@graph_app.command("entity")
+def graph_entity(
+    name: Annotated[str, typer.Argument(help="An entity id (TYPE:name) or a name.")],
+    neighbours: Annotated[int, typer.Option(help="Co-occurring entities to list.")] = 10,
+) -> None:
+    """Show an entity of the knowledge graph (aliases, mentions) and its strongest neighbours."""
+    from slipway.graph import GraphQueries, connect
+
+    try:
+        graph = connect(_graph_settings())
+    except (RuntimeError, ValueError) as exc:
+        fail(str(exc))
+    with graph:
+        queries = GraphQueries(graph, nlp=None)
+        found = queries.find(name)
+        if not found:
+            fail(f"No entity named {name!r} in the graph (ids look like PERSON:jeff skilling).")
+        for entity in found:
+            print(f"{entity.id}  ({entity.type}, {entity.mentions} mentions; "
+                  f"aliases: {', '.join(entity.aliases)})")
+            for n in queries.neighbours(entity.id, neighbours):
+                print(f"  {n.weight:6d}  {n.entity.id}")
+
+
+SCHEDULABLE = {
+    "index_refresh": "pipelines.index_refresh.index_refresh",
+    "kg_update": "pipelines.kg_update.kg_update",
+    "model_build": "pipelines.model_build.model_build",
+}
+
+
+def cron_line(cron: str, config: Path, pipeline: str = "index_refresh") -> str:
+    """A crontab entry that runs ``pipeline`` with ``config`` from this checkout."""
     if len(cron.split()) != 5:
         raise ValueError(f"{cron!r} is not a 5-field cron expression (e.g. '0 * * * *').")
+    if pipeline not in SCHEDULABLE:
+        raise ValueError(f"Unknown pipeline {pipeline!r}; choose one of {', '.join(SCHEDULABLE)}.")
     zenml = Path(sys.executable).parent / "zenml"
-    log = ROOT / ".slipway" / "logs" / "index_refresh.log"
+    log = ROOT / ".slipway" / "logs" / f"{pipeline}.log"
     return (f"{cron} cd {ROOT} && mkdir -p {log.parent} && {zenml} pipeline run "
-            f"pipelines.index_refresh.index_refresh -c {config} >> {log} 2>&1")
+            f"{SCHEDULABLE[pipeline]} -c {config} >> {log} 2>&1")
 
 
 @app.command()
 def schedule(
     cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 * * * *' (hourly).")],
-    config: Annotated[Path, typer.Option(help="Run configuration.")] = Path("configs/index_refresh.yaml"),
+    pipeline: Annotated[str, typer.Option(
+        help="index_refresh | kg_update | model_build.")] = "index_refresh",
+    config: Annotated[Path | None, typer.Option(
+        help="Run configuration; default: configs/<pipeline>.yaml.")] = None,
     install: Annotated[bool, typer.Option(help="Add the entry to this user's crontab.")] = False,
 ) -> None:
-    """Schedule the index refresh on an orchestrator without schedules (the local one): print a
-    crontab entry, or install it. Kubernetes stacks use configs/index_refresh_schedule.yaml."""
+    """Schedule a pipeline on an orchestrator without schedules (the local one): print a
+    crontab entry, or install it (replacing that pipeline's earlier entry). Kubernetes stacks
+    use ZenML schedules instead (configs/*_schedule.yaml)."""
+    config = config or Path("configs") / f"{pipeline}.yaml"
     if not (ROOT / config).is_file() and not config.is_file():
         fail(f"No run configuration at {config}.")
     try:
-        line = cron_line(cron, (ROOT / config).resolve() if not config.is_absolute() else config)
+        line = cron_line(cron, (ROOT / config).resolve() if not config.is_absolute() else config,
+                         pipeline)
     except ValueError as exc:
         fail(str(exc))
     if not install:
@@ -234,7 +377,7 @@ def schedule(
         fail("No `crontab` on this machine (install cron, e.g. `apt-get install cron`), or add "
              "the printed line to your scheduler.")
     current = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
-    kept = [entry for entry in current.splitlines() if "pipelines.index_refresh" not in entry]
+    kept = [entry for entry in current.splitlines() if SCHEDULABLE[pipeline] not in entry]
     subprocess.run(["crontab", "-"], input="\n".join([*kept, line]) + "\n", text=True, check=True)
     console.print("Installed: " + line)
 

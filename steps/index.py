@@ -8,12 +8,11 @@ from typing import Annotated
 import mlflow
 from zenml import step
 
-from slipway.config import IndexSettings, ServeSettings, get_settings
+from slipway.config import IndexSettings, get_settings
 from slipway.documents import DocumentSet
 from slipway.documents.chunking import ChunkSet
 from slipway.embedding import OnnxEmbedder, model_fingerprint
 from slipway.embedding.cache import EmbeddingCache
-from slipway.onnx.bundle import OnnxBundle
 from slipway.retrieval.evaluation import (
     JudgedQueries,
     evaluate_searcher,
@@ -30,17 +29,9 @@ from slipway.retrieval.index import (
     refresh_index,
 )
 from slipway.retrieval.stores import index_dir, vector_store
-from slipway.serving import resolve_bundle
+from steps.common import champion_embedder_dir
 
 Metrics = dict[str, dict[str, float]]
-
-
-def _embedder_dir(model_name: str, model_version: str | None, bundle_dir: str | None) -> tuple[Path, str]:
-    if bundle_dir:
-        return OnnxBundle.load(Path(bundle_dir)).role_dir("embedder"), f"bundle {bundle_dir}"
-    served = resolve_bundle(ServeSettings(model_version=model_version, bundle_dir=None),
-                            uri=mlflow.get_tracking_uri(), name=model_name)
-    return served.bundle.role_dir("embedder"), f"{model_name} v{served.version}"
 
 
 def _log(metrics: dict[str, float]) -> None:
@@ -59,7 +50,7 @@ def refresh_index_version(
     write_batch: int = 512,
 ) -> Annotated[IndexVersion, "index_version"]:
     """Embed new and changed chunks with the registry's champion embedder into a new version."""
-    embedder_dir, label = _embedder_dir(model_name, model_version, bundle_dir)
+    embedder_dir, label = champion_embedder_dir(model_name, model_version, bundle_dir)
     embedder = OnnxEmbedder(embedder_dir, threads=get_settings().threads)
     check_chunk_tokenizer(chunks.chunks, embedder.tokenizer, embedder.pooling.max_length - 2)
     index = index_dir(index_name)

@@ -93,3 +93,33 @@ def tiny_onnx_embedder(tiny_embedder: Path, tmp_path_factory: pytest.TempPathFac
 
     return export(tiny_embedder, tmp_path_factory.mktemp("tiny-onnx"),
                   BuildConfig(task="feature-extraction"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_embedded_graph_server():  # type: ignore[no-untyped-def]
+    """Whatever started the session home's embedded graph server (a test, a pipeline step),
+    it stops when the session ends: no JVM outlives the tests."""
+    yield
+    from slipway.graph.server import stop_server
+
+    stop_server()
+
+
+@pytest.fixture(scope="session")
+def graph_server():  # type: ignore[no-untyped-def]
+    """The embedded ArcadeDB Bolt server of the session's Slipway home (what ``connect()``
+    starts by default)."""
+    from slipway.graph.server import start_server
+
+    return start_server()
+
+
+@pytest.fixture
+def graph(graph_server):  # type: ignore[no-untyped-def]
+    """An empty graph on the session's server."""
+    from slipway.graph import connect
+
+    store = connect()
+    store.clear()
+    yield store
+    store.close()

@@ -45,7 +45,8 @@ def metadata_tags(metadata: Mapping[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in sorted(metadata.items())]
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
+    """A Lance SQL string literal (single quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -53,7 +54,7 @@ def lance_where(filters: Filters | None) -> str | None:
     """A LanceDB SQL predicate for ``filters`` over the ``tags`` column (values quoted)."""
     clauses = []
     for key, values in filter_values(filters).items():
-        tags = ", ".join(_sql_string(f"{key}={v}") for v in values)
+        tags = ", ".join(sql_string(f"{key}={v}") for v in values)
         clauses.append(f"array_has_any(tags, make_array({tags}))")
     return " AND ".join(clauses) or None
 
@@ -189,7 +190,7 @@ class LanceDBStore:
         table = self._staged()
         for start in range(0, len(ids), 1000):
             part = ids[start : start + 1000]
-            table.delete(f"id IN ({', '.join(_sql_string(i) for i in part)})")
+            table.delete(f"id IN ({', '.join(sql_string(i) for i in part)})")
 
     def commit(self, version: str) -> str:
         """Compact the written fragments, build or update the ANN index, tag the result."""

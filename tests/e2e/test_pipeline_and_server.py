@@ -47,6 +47,10 @@ def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
     out = run.steps["track_and_register"].outputs["registered_model"][0].load()
     bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
     assert bento_tag.startswith(f"slipway:v{out['version']}-")
+    graph_stats = run.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
+    assert graph_stats.new > 200 and graph_stats.counts["Entity"] > 100
+    gnn = run.steps["train_graph_embeddings"].outputs["gnn_metrics"][0].load()
+    assert gnn["trained"] == 1.0 and gnn["link_auc"] > gnn["random_auc"]
     linked = Client().get_model_version("slipway-e2e", run.model_version.name)
     assert linked.run_metadata["mlflow_model"]["version"] == out["version"]
     return out
@@ -105,6 +109,54 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str,
     runs = mlflow.search_runs(experiment_names=["index_refresh"])
     assert runs["metrics.hybrid_ndcg_at_10"].notna().any()
     assert runs["metrics.index_embedded"].notna().any()
+
+
+def test_kg_update_pipeline_is_incremental_shares_chunk_ids_and_is_tracked(
+        registered: dict[str, str], tiny_embedder: Path, tmp_path: Path) -> None:
+    import json
+
+    import mlflow
+    from zenml.client import Client
+
+    from pipelines.kg_update import kg_update
+    from slipway.graph import connect
+    from slipway.retrieval.index import open_published
+    from slipway.retrieval.stores import index_dir, vector_store
+
+    rows = [json.loads(line) for line in (XQUAD / "corpus.jsonl").open()]
+    rows[0]["text"] += " Angela Merkel met Barack Obama in Berlin."
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows[1:2] + rows[0:1] + rows[3:]))
+    params = {"corpus": str(corpus), "embedder_path": str(tiny_embedder), "chunk_tokens": 48,
+              "overlap_tokens": 8,
+              "kg": {"model_name": "slipway-e2e", "gnn": {"epochs": 40, "hidden": 64, "out": 32}}}
+    update = kg_update.with_options(enable_cache=True)
+    run = Client().get_pipeline_run(update(**params).id)
+    stats = run.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
+    assert (stats.new, stats.changed, stats.removed) == (0, 1, 1)  # the main job built the rest
+    gnn = run.steps["train_graph_embeddings"].outputs["gnn_metrics"][0].load()
+    assert gnn["trained"] == 1.0 and gnn["link_auc"] > gnn["random_auc"]
+    with connect() as graph:
+        assert graph.entity("PERSON:angela merkel") is not None
+        graph_chunks = {r["id"] for r in graph.read("MATCH (c:Chunk) RETURN c.id AS id")}
+    index = index_dir("e2e")  # refreshed by the index test above (its own edit of doc 0)
+    indexed = open_published(index, vector_store(index)).dense.ids()
+    edited = rows[0]["_id"] + "#"
+    assert {c for c in graph_chunks if not c.startswith(edited)} == {
+        c for c in indexed if not c.startswith(edited)}
+
+    again = Client().get_pipeline_run(update(**params).id)
+    assert again.steps["preprocess_documents"].status == "cached"
+    stats = again.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
+    assert stats.unchanged == len(rows) - 1 and stats.chunks_processed == 0
+    assert again.steps["train_graph_embeddings"].outputs["gnn_metrics"][0].load() == gnn
+
+    mlflow.set_tracking_uri(Client().active_stack.experiment_tracker.get_tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["kg_update"])
+    trained = runs[runs["metrics.link_auc"].notna()]
+    assert len(trained) == 1 and runs["metrics.kg_changed"].notna().any()
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(trained.iloc[0].run_id, "gnn")}
+    assert "gnn/loss_curve.png" in artifacts
 
 
 def test_bundle_artifact_round_trips_through_the_materializer(zenml_stack: str, tmp_path: Path) -> None:

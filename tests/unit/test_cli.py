@@ -39,6 +39,11 @@ def test_schedule_prints_a_cron_entry_and_rejects_a_bad_expression() -> None:
     assert "pipelines.index_refresh.index_refresh -c" in out.stdout
     bad = run_cli("schedule", "--cron", "every hour")
     assert bad.returncode == 1 and "5-field cron" in bad.stderr
+    kg = run_cli("schedule", "--cron", "0 4 * * *", "--pipeline", "kg_update")
+    assert kg.returncode == 0 and "pipelines.kg_update.kg_update -c" in kg.stdout
+    assert "configs/kg_update.yaml" in kg.stdout
+    unknown = run_cli("schedule", "--cron", "0 4 * * *", "--pipeline", "nope")
+    assert unknown.returncode == 1
 
 
 def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path) -> None:

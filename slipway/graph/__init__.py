@@ -1,0 +1,135 @@
+"""Knowledge graph: extraction, linking, the graph store and its embedded server, GNNs.
+
+``connect()`` reaches the graph: the Neo4j server of ``SLIPWAY_NEO4J_URI`` when set, else the
+embedded ArcadeDB Bolt server (started on first use). ``GraphQueries`` answers what the service
+and the retriever ask: the entities of a text, an entity's neighbours, and the chunks a query's
+entities and their neighbours lead to (graph expansion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slipway.config import GraphSettings
+from slipway.graph.extraction import entity_key, extract_mentions
+from slipway.graph.store import EntityRow, Neighbour, Neo4jGraph
+
+
+@dataclass(frozen=True)
+class GraphConnection:
+    """Where the graph lives and how to log in."""
+
+    uri: str
+    user: str
+    password: str
+    database: str | None
+    embedded: bool
+
+
+def connection(settings: GraphSettings | None = None) -> GraphConnection:
+    """The configured Neo4j server, or the embedded server (started when it is not running)."""
+    settings = settings or GraphSettings()
+    if settings.neo4j_uri:
+        if settings.neo4j_password is None:
+            raise RuntimeError("SLIPWAY_NEO4J_URI is set but SLIPWAY_NEO4J_PASSWORD is not; set "
+                               "it (or name a ZenML secret in SLIPWAY_NEO4J_SECRET).")
+        return GraphConnection(settings.neo4j_uri, settings.neo4j_user,
+                               settings.neo4j_password.get_secret_value(),
+                               settings.neo4j_database, embedded=False)
+    from slipway.graph.server import start_server
+
+    info = start_server(settings)
+    return GraphConnection(info.uri, info.user, info.password, info.database, embedded=True)
+
+
+def connect(settings: GraphSettings | None = None) -> Neo4jGraph:
+    """A graph store on the configured server; connectivity is checked before returning."""
+    from neo4j import GraphDatabase
+    from neo4j.exceptions import AuthError, ServiceUnavailable
+
+    target = connection(settings)
+    driver = GraphDatabase.driver(target.uri, auth=(target.user, target.password))
+    try:
+        driver.verify_connectivity()
+    except AuthError as exc:
+        driver.close()
+        raise RuntimeError(f"The graph server at {target.uri} refused user {target.user!r}: "
+                           "check SLIPWAY_NEO4J_USER and SLIPWAY_NEO4J_PASSWORD.") from exc
+    except (ServiceUnavailable, OSError) as exc:
+        driver.close()
+        raise RuntimeError(f"No graph server answers at {target.uri}: check SLIPWAY_NEO4J_URI "
+                           f"(or unset it to use the embedded server). ({exc})") from exc
+    return Neo4jGraph(driver, target.database)
+
+
+@dataclass(frozen=True)
+class FoundEntity:
+    """An entity found in a text and its graph record."""
+
+    surface: str
+    entity: EntityRow
+
+
+class GraphQueries:
+    """Graph reads for retrieval and the API: entities of a text, neighbours, expansion."""
+
+    def __init__(self, graph: Neo4jGraph, nlp: Any, neighbours: int = 5,
+                 neighbour_weight: float = 0.5) -> None:
+        self.graph = graph
+        self.nlp = nlp
+        self.neighbour_count = neighbours
+        self.neighbour_weight = neighbour_weight
+
+    def entities_of(self, text: str) -> list[FoundEntity]:
+        """The graph's entities named in ``text`` (NER, then the same normalisation as linking;
+        a name the graph holds under several types resolves to the NER label's type first)."""
+        mentions = extract_mentions(self.nlp, [("query", text)])
+        if not mentions:
+            return []
+        keyed = [(m, entity_key(m.surface, m.type)) for m in mentions]
+        rows = self.graph.entities_by_key({key for _, key in keyed})
+        found: list[FoundEntity] = []
+        seen: set[str] = set()
+        for mention, key in keyed:
+            candidates = [r for r in rows if r.id.split(":", 1)[1] == key]
+            candidates.sort(key=lambda r: (r.type != mention.type, -r.mentions))
+            if candidates and candidates[0].id not in seen:
+                seen.add(candidates[0].id)
+                found.append(FoundEntity(mention.surface, candidates[0]))
+        return found
+
+    def find(self, name: str) -> list[EntityRow]:
+        """Entities by id (``TYPE:name``) or by name under any type, most mentioned first."""
+        exact = self.graph.entity(name)
+        if exact is not None:
+            return [exact]
+        keys = {entity_key(name, kind) for kind in ("PERSON", "ORG", "PLACE", "OTHER")}
+        return self.graph.entities_by_key(keys)
+
+    def neighbours(self, entity_id: str, limit: int = 10) -> list[Neighbour]:
+        """The entities that co-occur most with ``entity_id``, with their chunk counts."""
+        return self.graph.neighbours(entity_id, limit)
+
+    def expansion_weights(self, text: str) -> dict[str, float]:
+        """Entities in the text (weight 1) and their strongest neighbours (weight scaled by
+        co-occurrence relative to the strongest, times ``neighbour_weight``)."""
+        weights: dict[str, float] = {}
+        for found in self.entities_of(text):
+            weights[found.entity.id] = 1.0
+            related = self.graph.neighbours(found.entity.id, self.neighbour_count)
+            top = max((n.weight for n in related), default=1)
+            for n in related:
+                share = self.neighbour_weight * n.weight / top
+                weights[n.entity.id] = max(weights.get(n.entity.id, 0.0), share)
+        return weights
+
+    def expand(self, text: str, k: int = 100) -> list[tuple[str, float]]:
+        """Chunks reached from the query's entities and their neighbours, best first."""
+        weights = self.expansion_weights(text)
+        return self.graph.chunks_mentioning(weights, k) if weights else []
+
+    def expand_many(self, texts: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+        """:meth:`expand` for several queries (the hybrid searcher's third ranking)."""
+        return [self.expand(text, k) for text in texts]
