@@ -7,9 +7,11 @@ with the best validation AUC is kept, and the final embeddings come from that en
 the full graph. The test AUC is reported beside two baselines on exactly the same test pairs:
 the cosine similarity of the raw input features, and random scores.
 
-Message passing uses a sparse CSR adjacency (``torch.sparse.mm``), several times faster and far
-lighter on memory than gather/scatter over an edge list on CPU: about 0.5 s per epoch for 50k
-nodes and 500k edges on two cores.
+Full-batch on CPU: message passing is a sparse CSR product (``torch.sparse.mm``), about five
+times faster and far lighter on memory than gather/scatter over an edge list, and the first
+layer's aggregation of the constant input features is computed once per graph. On two cores an
+epoch of a 50k-node, 500k-edge graph with 384-d features takes about 1 s (SAGE) or 0.8 s (GCN),
+validation included. Seeded runs are bit-for-bit reproducible on one machine and thread count.
 """
 
 from __future__ import annotations
@@ -335,10 +337,11 @@ def _cosine(features: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
-def _unit_rows(features: np.ndarray) -> torch.Tensor:
-    """Features with unit-length rows (zero rows stay zero) as a tensor."""
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return torch.from_numpy(features / np.maximum(norms, 1e-12, dtype=np.float32))
+def _standardise(features: np.ndarray) -> torch.Tensor:
+    """Columns centred and scaled to unit variance (constant columns become zero)."""
+    centred = features - features.mean(axis=0, dtype=np.float64)
+    scale = centred.std(axis=0)
+    return torch.from_numpy((centred / np.where(scale > 1e-8, scale, 1.0)).astype(np.float32))
 
 
 def _evaluate(encoder: _Encoder, x: torch.Tensor, graph: _Graph,
@@ -395,9 +398,11 @@ def train_link_predictor(features: np.ndarray, edges: np.ndarray, weights: np.nd
     rng = np.random.default_rng(config.seed)
     split = _split(edges, n, config, rng)
     random_auc = _auc(split.test_labels, rng.random(len(split.test)))
-    # Unit rows: the encoder's start no longer depends on the features' scale (raw vectors of
-    # norm ~6 blow the first logits up and stall SAGE for dozens of epochs); cosine is unchanged.
-    x = _unit_rows(features)
+    # Standardised columns: the scale the layers' initialisation assumes, whatever the features'
+    # own (unit sentence vectors give near-zero first logits, a saddle of the dot-product
+    # decoder that weight decay holds GCN in), and without the common direction such vectors
+    # share. The cosine baseline still sees the raw features.
+    x = _standardise(features)
     train_weights = None if weights is None else weights[split.train_index]
     train_graph = _graph(split.train, train_weights, x, config.model)
     with torch.random.fork_rng(devices=[]):  # seeded dropout and init, global RNG untouched

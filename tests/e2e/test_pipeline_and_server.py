@@ -48,7 +48,9 @@ def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
     bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
     assert bento_tag.startswith(f"slipway:v{out['version']}-")
     graph_stats = run.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
-    assert graph_stats.new > 200 and graph_stats.counts["Entity"] > 100
+    # earlier tests of the session may have left other chunkings of these passages in the graph
+    assert graph_stats.new + graph_stats.changed + graph_stats.unchanged == 240
+    assert graph_stats.counts["Document"] == 240 and graph_stats.counts["Entity"] > 100
     gnn = run.steps["train_graph_embeddings"].outputs["gnn_metrics"][0].load()
     assert gnn["trained"] == 1.0 and gnn["link_auc"] > gnn["random_auc"]
     linked = Client().get_model_version("slipway-e2e", run.model_version.name)

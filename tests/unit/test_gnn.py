@@ -157,6 +157,15 @@ def test_loss_figure_is_standalone(sage: GnnResult) -> None:
 def test_log_to_mlflow(sage: GnnResult, tmp_path: Path) -> None:
     log_to_mlflow(sage)  # no active run: nothing happens
     assert mlflow.active_run() is None
+    previous = mlflow.get_tracking_uri()  # other tests may have pointed MLflow elsewhere
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        _check_logged(sage, tmp_path)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _check_logged(sage: GnnResult, tmp_path: Path) -> None:
     name = f"gnn-{uuid.uuid4().hex[:8]}"
     experiment = mlflow.create_experiment(name, artifact_location=tmp_path.as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
