@@ -179,6 +179,9 @@ def index_search(
     k: Annotated[int, typer.Option(min=1, max=1000, help="Results per query.")] = 5,
     where: Annotated[list[str] | None, typer.Option(
         "--filter", help="Metadata filter key=value (repeat; same key twice = either value).")] = None,
+    graph: Annotated[bool, typer.Option(
+        "--graph", help="Also fuse knowledge-graph expansion (query entities -> neighbours -> "
+                        "chunks).")] = False,
 ) -> None:
     """Hybrid search over the published version, with the embedder that built it."""
     from slipway.embedding import OnnxEmbedder, model_fingerprint
@@ -199,7 +202,17 @@ def index_search(
         if not sep or not key:
             fail(f"--filter {item!r}: use key=value.")
         filters.setdefault(key, []).append(value)
-    opened, searcher = published_searcher(name, OnnxEmbedder(model_dir))
+    expander = None
+    if graph:
+        from slipway.graph import GraphQueries, connect
+        from slipway.graph.extraction import load_nlp
+
+        settings = _graph_settings()
+        try:
+            expander = GraphQueries(connect(settings), load_nlp(settings.ner_model)).expand_many
+        except RuntimeError as exc:
+            fail(str(exc))
+    opened, searcher = published_searcher(name, OnnxEmbedder(model_dir), expander=expander)
     for q, hits in zip(query, searcher.search(query, k, filters or None), strict=True):
         print(f"# {q}")
         for hit in opened.hydrate(hits):

@@ -26,10 +26,10 @@ SCHEMA = (
 MERGE_ENTITIES = """
 UNWIND $rows AS row
 MERGE (e:Entity {id: row.id})
-ON CREATE SET e.name = row.name, e.type = row.type, e.key = row.key, e.aliases = [],
-              e.mentions = 0
-SET e.mentions = e.mentions + row.n,
-    e.aliases = e.aliases + [a IN row.aliases WHERE NOT a IN e.aliases]
+ON CREATE SET e.name = row.name, e.type = row.type, e.key = row.key, e.aliases = row.aliases,
+              e.mentions = row.n
+ON MATCH SET e.mentions = e.mentions + row.n,
+             e.aliases = e.aliases + [a IN row.aliases WHERE NOT a IN e.aliases]
 """
 READ_CONTEXTS = """
 MATCH (e:Entity) WHERE e.id IN $ids AND e.context IS NOT NULL
@@ -58,8 +58,8 @@ UNWIND $rows AS row
 MATCH (a:Entity {id: row.a})
 MATCH (b:Entity {id: row.b})
 MERGE (a)-[r:CO_OCCURS]->(b)
-ON CREATE SET r.weight = 0
-SET r.weight = r.weight + row.w
+ON CREATE SET r.weight = row.w
+ON MATCH SET r.weight = r.weight + row.w
 """
 READ_DOCUMENT_MENTIONS = """
 MATCH (d:Document) WHERE d.id IN $ids

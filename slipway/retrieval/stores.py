@@ -5,7 +5,7 @@ from __future__ import annotations
 from slipway.config import IndexSettings, get_settings
 from slipway.embedding import Embedder
 from slipway.retrieval.dense import LanceDBStore, VectorStore
-from slipway.retrieval.hybrid import FusionConfig, HybridSearcher
+from slipway.retrieval.hybrid import Expander, FusionConfig, HybridSearcher
 from slipway.retrieval.index import IndexDir, OpenIndex, open_published
 from slipway.retrieval.rerank import CrossEncoderReranker
 
@@ -32,13 +32,15 @@ def vector_store(index: IndexDir, settings: IndexSettings | None = None) -> Vect
 
 
 def published_searcher(name: str, embedder: Embedder, settings: IndexSettings | None = None,
-                       fusion: FusionConfig | None = None) -> tuple[OpenIndex, HybridSearcher]:
+                       fusion: FusionConfig | None = None, expander: Expander | None = None
+                       ) -> tuple[OpenIndex, HybridSearcher]:
     """The published version of index ``name`` and a hybrid searcher over it, re-ranking with
-    ``SLIPWAY_RERANKER_PATH`` when set. The embedder must be the one that built the index."""
+    ``SLIPWAY_RERANKER_PATH`` when set and fusing ``expander``'s graph expansion when given
+    (e.g. ``GraphQueries.expand_many``). The embedder must be the one that built the index."""
     settings = settings or IndexSettings()
     index = index_dir(name, settings)
     opened = open_published(index, vector_store(index, settings))
     reranker = (CrossEncoderReranker(settings.reranker_path)
                 if settings.reranker_path is not None else None)
     return opened, HybridSearcher(embedder, opened.dense, opened.sparse, fusion, reranker,
-                                  text_of=opened.text_of)
+                                  text_of=opened.text_of, expander=expander)

@@ -46,7 +46,8 @@ def test_schedule_prints_a_cron_entry_and_rejects_a_bad_expression() -> None:
     assert unknown.returncode == 1
 
 
-def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path) -> None:
+def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path,
+                                   graph_server) -> None:  # type: ignore[no-untyped-def]
     import os
 
     from tests.unit.test_index import Refresher, make_docs
@@ -66,6 +67,13 @@ def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path) -> 
     assert found.returncode == 0, found.stderr
     assert found.stdout.startswith("# paris ocean") and len(found.stdout.splitlines()) == 4
     assert cli("index", "search", "x", "--filter", "novalue").returncode == 1
+    graphed = cli("index", "search", "Paris ocean", "--k", "3", "--graph")  # session graph
+    assert graphed.returncode == 0, graphed.stderr
+    assert len(graphed.stdout.splitlines()) == 4
+    env["SLIPWAY_NEO4J_URI"], env["SLIPWAY_NEO4J_PASSWORD"] = "bolt://127.0.0.1:9", "x"
+    unreachable = cli("index", "search", "x", "--graph")
+    assert unreachable.returncode == 1 and "SLIPWAY_NEO4J_URI" in unreachable.stderr
+    del env["SLIPWAY_NEO4J_URI"], env["SLIPWAY_NEO4J_PASSWORD"]
     status = cli("index", "status")
     assert status.returncode == 0 and "published" in status.stdout and v1.version in status.stdout
     assert cli("index", "rollback").returncode == 0
