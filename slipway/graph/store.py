@@ -11,6 +11,8 @@ from typing import Any, Self
 
 import numpy as np
 from neo4j import Driver, ManagedTransaction
+from neo4j.exceptions import ConstraintError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from slipway.graph.linking import StoredContext, cooccurrence_pairs
 
@@ -23,13 +25,36 @@ SCHEMA = (
     "CREATE INDEX entity_key IF NOT EXISTS FOR (e:Entity) ON (e.key)",
 )
 
-MERGE_ENTITIES = """
+# Entities: which of a batch exist is read through the id index first; new ones are created in
+# bulk, existing ones updated. A pair with an endpoint created in the same transaction cannot
+# have an edge yet, so it is created outright (pairs of two new entities in the same statement
+# that creates them, without index lookups); only pairs of existing entities need MERGE (on
+# ArcadeDB the edge-existence check of MERGE is most of the cost of a relation write). A writer
+# racing on the same new entity hits the uniqueness constraint and its transaction is re-run.
+EXISTING_ENTITIES = """
+UNWIND $ids AS id
+MATCH (e:Entity {id: id})
+RETURN e.id AS id
+"""
+CREATE_ENTITIES = """
 UNWIND $rows AS row
-MERGE (e:Entity {id: row.id})
-ON CREATE SET e.name = row.name, e.type = row.type, e.key = row.key, e.aliases = row.aliases,
-              e.mentions = row.n
-ON MATCH SET e.mentions = e.mentions + row.n,
-             e.aliases = e.aliases + [a IN row.aliases WHERE NOT a IN e.aliases]
+CREATE (:Entity {id: row.id, name: row.name, type: row.type, key: row.key,
+                 aliases: row.aliases, mentions: row.n})
+"""
+CREATE_ENTITIES_AND_PAIRS = """
+UNWIND $rows AS row
+CREATE (e:Entity {id: row.id, name: row.name, type: row.type, key: row.key,
+                  aliases: row.aliases, mentions: row.n})
+WITH collect(e) AS created
+UNWIND $pairs AS pair
+WITH created[pair.a] AS a, created[pair.b] AS b, pair
+CREATE (a)-[:CO_OCCURS {weight: pair.w}]->(b)
+"""
+UPDATE_ENTITIES = """
+UNWIND $rows AS row
+MATCH (e:Entity {id: row.id})
+SET e.mentions = e.mentions + row.n,
+    e.aliases = e.aliases + [a IN row.aliases WHERE NOT a IN e.aliases]
 """
 READ_CONTEXTS = """
 MATCH (e:Entity) WHERE e.id IN $ids AND e.context IS NOT NULL
@@ -52,6 +77,12 @@ UNWIND $rows AS row
 MATCH (c:Chunk {id: row.chunk})
 MATCH (e:Entity {id: row.entity})
 CREATE (c)-[:MENTIONS {count: row.n}]->(e)
+"""
+CREATE_COOCCURRENCE = """
+UNWIND $rows AS row
+MATCH (a:Entity {id: row.a})
+MATCH (b:Entity {id: row.b})
+CREATE (a)-[:CO_OCCURS {weight: row.w}]->(b)
 """
 ADD_COOCCURRENCE = """
 UNWIND $rows AS row
@@ -197,7 +228,11 @@ class Neo4jGraph:
     def add_documents(self, docs: Sequence[DocumentWrite], entities: Sequence[dict[str, Any]],
                       contexts: Mapping[str, tuple[np.ndarray, int]], max_pair_entities: int) -> None:
         """Write documents with their chunks, mentions and co-occurrences in one transaction."""
-        self.write(lambda tx: _add(tx, docs, entities, contexts, max_pair_entities))
+        for attempt in Retrying(retry=retry_if_exception_type(ConstraintError),
+                                stop=stop_after_attempt(3), wait=wait_random(0.05, 0.5),
+                                reraise=True):
+            with attempt:
+                self.write(lambda tx: _add(tx, docs, entities, contexts, max_pair_entities))
 
     # -- reads ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -241,9 +276,11 @@ class Neo4jGraph:
         position = {eid: i for i, eid in enumerate(ids)}
         edges = self.read("MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) "
                            "RETURN a.id AS a, b.id AS b, r.weight AS w")
-        pairs = np.array([[position[r["a"]], position[r["b"]]] for r in edges], dtype=np.int64)
+        pairs = np.array([[position[r["a"]], position[r["b"]]] for r in edges],
+                         dtype=np.int64).reshape(-1, 2)
         weights = np.array([float(r["w"]) for r in edges], dtype=np.float32)
-        return ids, [row["name"] for row in nodes], pairs.reshape(-1, 2), weights
+        order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # storage order varies; training must not
+        return ids, [row["name"] for row in nodes], pairs[order], weights[order]
 
     def set_embeddings(self, ids: Sequence[str], vectors: np.ndarray, batch: int = 2000) -> None:
         """Write graph embeddings to the entities' ``embedding`` property, batch by batch."""
@@ -277,7 +314,10 @@ def _remove(tx: ManagedTransaction, ids: list[str], max_pair_entities: int) -> N
 
 def _add(tx: ManagedTransaction, docs: Sequence[DocumentWrite], entities: Sequence[dict[str, Any]],
          contexts: Mapping[str, tuple[np.ndarray, int]], max_pair_entities: int) -> None:
-    tx.run(MERGE_ENTITIES, rows=list(entities)).consume()
+    chunk_entities = {cid: counts for d in docs for cid, counts in d.mentions.items()}
+    pairs = cooccurrence_pairs(chunk_entities, max_pair_entities)
+    write_entities_and_pairs(tx, entities,
+                             [{"a": a, "b": b, "w": w} for (a, b), w in pairs.items()])
     if contexts:
         stored = {r["id"]: (np.asarray(r["context"], np.float32), int(r["count"]))
                   for r in tx.run(READ_CONTEXTS, ids=sorted(contexts))}
@@ -292,10 +332,31 @@ def _add(tx: ManagedTransaction, docs: Sequence[DocumentWrite], entities: Sequen
         {"id": d.id, "hash": d.hash, "title": d.title,
          "chunks": [{"id": cid, "position": pos} for cid, pos in d.chunks]} for d in docs
     ]).consume()
-    chunk_entities = {cid: counts for d in docs for cid, counts in d.mentions.items()}
     tx.run(CREATE_MENTIONS, rows=[{"chunk": cid, "entity": eid, "n": n}
                                   for cid, counts in chunk_entities.items()
                                   for eid, n in counts.items()]).consume()
-    pairs = cooccurrence_pairs(chunk_entities, max_pair_entities)
-    tx.run(ADD_COOCCURRENCE, rows=[{"a": a, "b": b, "w": w}
-                                   for (a, b), w in pairs.items()]).consume()
+
+
+def write_entities_and_pairs(tx: ManagedTransaction, rows: Sequence[Mapping[str, Any]],
+                             pairs: Sequence[Mapping[str, Any]]) -> None:
+    """Add entity rows (id, name, type, key, aliases, n) and co-occurrence rows (a, b, w; each
+    pair once): new entities are created, existing ones get the mentions and aliases added;
+    a pair is created outright when an endpoint is new here, merged otherwise."""
+    existing = {record["id"] for record in tx.run(
+        EXISTING_ENTITIES, ids=[row["id"] for row in rows])}
+    new_rows = [row for row in rows if row["id"] not in existing]
+    new = {row["id"]: i for i, row in enumerate(new_rows)}
+    both_new = [{"a": new[p["a"]], "b": new[p["b"]], "w": p["w"]} for p in pairs
+                if p["a"] in new and p["b"] in new]
+    if both_new:
+        tx.run(CREATE_ENTITIES_AND_PAIRS, rows=new_rows, pairs=both_new).consume()
+    elif new_rows:
+        tx.run(CREATE_ENTITIES, rows=new_rows).consume()
+    if existing:
+        tx.run(UPDATE_ENTITIES, rows=[row for row in rows if row["id"] in existing]).consume()
+    one_new = [p for p in pairs if (p["a"] in new) != (p["b"] in new)]
+    known = [p for p in pairs if p["a"] not in new and p["b"] not in new]
+    if one_new:
+        tx.run(CREATE_COOCCURRENCE, rows=one_new).consume()
+    if known:
+        tx.run(ADD_COOCCURRENCE, rows=known).consume()
