@@ -344,6 +344,92 @@ def graph_entity(
                 print(f"  {n.weight:6d}  {n.entity.id}")
 
 
+keys_app = typer.Typer(help="Create, list, revoke and rotate API keys (stored hashed).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store():  # type: ignore[no-untyped-def]
+    from slipway.api.keys import FileKeyStore
+    from slipway.config import ApiSettings, get_settings
+
+    return FileKeyStore(ApiSettings().api_keys_file or get_settings().home / "api_keys.json")
+
+
+def _duration(text: str | None):  # type: ignore[no-untyped-def]
+    from slipway.api.keys import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    scope: Annotated[list[str], typer.Option(
+        help="embed | generate | search | admin (repeat for several).")],
+    expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d or 12h.")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+) -> None:
+    """Create a key and print it once (only its SHA-256 digest is stored)."""
+    from slipway.api.keys import Scope, create_key
+
+    try:
+        scopes = [Scope(s) for s in scope]
+    except ValueError:
+        fail(f"Unknown scope in {scope}: use embed, generate, search or admin.")
+    token, record = create_key(_key_store(), name, scopes, _duration(expires_in), rpm, tpm)
+    console.print(f"Created key {record.id} ({', '.join(record.scopes)}); store it now, it is "
+                  "not shown again:")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key: id, name, scopes, status and expiry (never the secret)."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    for r in _key_store().all():
+        expires = r.expires_at.isoformat(timespec="seconds") if r.expires_at else "never"
+        print(f"{r.id}  {r.status(now):8s}  {r.name}  [{','.join(r.scopes)}]  expires {expires}"
+              + (f"  rotated to {r.rotated_to}" if r.rotated_to else ""))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (see `list`).")]) -> None:
+    """Revoke a key at once."""
+    from slipway.api.keys import revoke
+
+    try:
+        revoke(_key_store(), key_id)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    console.print(f"Revoked key {key_id}.")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key id (see `list`).")],
+    overlap: Annotated[str, typer.Option(help="How long the old key keeps working.")] = "24h",
+) -> None:
+    """Replace a key: print the new one; the old one works for --overlap more, then expires."""
+    from slipway.api.keys import rotate
+
+    try:
+        token, record = rotate(_key_store(), key_id, _duration(overlap))
+    except (KeyError, ValueError) as exc:
+        fail(str(exc.args[0]))
+    console.print(f"New key {record.id} replaces {key_id} (which expires in {overlap}); store "
+                  "it now, it is not shown again:")
+    print(token)
+
+
 SCHEDULABLE = {
     "index_refresh": "pipelines.index_refresh.index_refresh",
     "kg_update": "pipelines.kg_update.kg_update",

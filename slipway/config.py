@@ -147,6 +147,16 @@ class GraphSettings(BaseSettings):
         return value
 
 
+class ApiSettings(BaseSettings):
+    """API management: where API keys are kept."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
+
+    api_keys_file: Path | None = Field(
+        default=None, description="JSON file of hashed API keys; default: <home>/api_keys.json."
+    )
+
+
 class Settings(BaseSettings):
     """Process-wide settings: directories, tracking and threads."""
 

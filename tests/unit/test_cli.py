@@ -92,3 +92,36 @@ def test_run_configurations_validate_against_zenml() -> None:
         config = PipelineRunConfiguration.model_validate(yaml.safe_load(path.read_text()))
         if path.name.endswith("_schedule.yaml"):
             assert config.schedule is not None and config.schedule.cron_expression
+
+
+def test_keys_create_list_rotate_revoke(tmp_path: Path) -> None:
+    import os
+
+    from slipway.api.keys import FileKeyStore, verify
+
+    env = {**os.environ, "SLIPWAY_API_KEYS_FILE": str(tmp_path / "keys.json")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    made = cli("create", "--name", "ci", "--scope", "embed", "--scope", "search",
+               "--expires-in", "30d")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    store = FileKeyStore(tmp_path / "keys.json")
+    record = verify(store, token)
+    assert token not in (tmp_path / "keys.json").read_text()
+    listed = cli("list")
+    assert record.id in listed.stdout and "active" in listed.stdout and token not in listed.stdout
+    rotated = cli("rotate", record.id, "--overlap", "1h")
+    assert rotated.returncode == 0, rotated.stderr
+    assert verify(store, rotated.stdout.strip()).name == "ci"
+    assert verify(store, token).rotated_to is not None  # still valid during the overlap
+    assert cli("revoke", record.id).returncode == 0
+    assert "revoked" in cli("list").stdout
+    assert cli("revoke", "000000000000").returncode == 1
+    bad_scope = cli("create", "--name", "x", "--scope", "everything")
+    assert bad_scope.returncode == 1 and "Unknown scope" in bad_scope.stderr
+    bad_time = cli("create", "--name", "x", "--scope", "embed", "--expires-in", "soon")
+    assert bad_time.returncode == 1 and "30d" in bad_time.stderr

@@ -1,0 +1,1 @@
+"""The service's API layer: schemas, authentication (API keys), rate limits and errors."""
