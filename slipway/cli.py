@@ -350,10 +350,16 @@ app.add_typer(keys_app, name="keys")
 
 
 def _key_store():  # type: ignore[no-untyped-def]
-    from slipway.api.keys import FileKeyStore
+    from slipway.api.keys import key_store
     from slipway.config import ApiSettings, get_settings
 
-    return FileKeyStore(ApiSettings().api_keys_file or get_settings().home / "api_keys.json")
+    settings = ApiSettings()
+    try:
+        return key_store(settings.key_store,
+                         settings.api_keys_file or get_settings().home / "api_keys.json",
+                         settings.redis_url)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _duration(text: str | None):  # type: ignore[no-untyped-def]

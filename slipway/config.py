@@ -155,6 +155,12 @@ class ApiSettings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="JSON file of hashed API keys; default: <home>/api_keys.json."
     )
+    key_store: Literal["file", "redis"] = Field(
+        default="file", description="Where API keys live: the JSON file, or Redis for replicas."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis/Valkey URL for the key store and rate limits."
+    )
 
 
 class Settings(BaseSettings):

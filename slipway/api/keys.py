@@ -1,6 +1,6 @@
 """API keys: issued once, stored only as SHA-256 digests, with scopes, expiry, per-key limits
 and rotation with an overlap window. The embedded store is a JSON file (mode 0600, atomic
-writes, a file lock); the Redis store for several replicas comes with the service."""
+writes, a file lock); several replicas share a Redis (or Valkey) hash instead."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -211,3 +211,38 @@ class FileKeyStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
+
+
+class RedisKeyStore:
+    """Key records in one Redis hash (``<prefix>keys``: id -> record JSON), for replicas."""
+
+    def __init__(self, client: Any, prefix: str = "slipway:") -> None:
+        self.client = client
+        self.name = f"{prefix}keys"
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        """One record by id."""
+        raw = self.client.hget(self.name, key_id)
+        return KeyRecord.model_validate_json(raw) if raw else None
+
+    def all(self) -> list[KeyRecord]:
+        """Every record, oldest first."""
+        rows = [KeyRecord.model_validate_json(raw) for raw in self.client.hvals(self.name)]
+        return sorted(rows, key=lambda r: r.created_at)
+
+    def put(self, record: KeyRecord) -> None:
+        """Insert or replace a record."""
+        self.client.hset(self.name, record.id, record.model_dump_json())
+
+
+def key_store(backend: str, path: Path, redis_url: str | None) -> KeyStore:
+    """The configured store: ``file`` at ``path``, or ``redis`` at ``redis_url``."""
+    if backend == "redis":
+        if not redis_url:
+            raise ValueError("SLIPWAY_KEY_STORE=redis needs SLIPWAY_REDIS_URL "
+                             "(e.g. redis://host:6379/0).")
+        import redis
+
+        return RedisKeyStore(redis.Redis.from_url(redis_url))
+    return FileKeyStore(path)
+

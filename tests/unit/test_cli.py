@@ -125,3 +125,19 @@ def test_keys_create_list_rotate_revoke(tmp_path: Path) -> None:
     assert bad_scope.returncode == 1 and "Unknown scope" in bad_scope.stderr
     bad_time = cli("create", "--name", "x", "--scope", "embed", "--expires-in", "soon")
     assert bad_time.returncode == 1 and "30d" in bad_time.stderr
+
+
+def test_keys_in_redis_and_a_missing_url(valkey_server_url: str) -> None:
+    import os
+
+    env = {**os.environ, "SLIPWAY_KEY_STORE": "redis", "SLIPWAY_REDIS_URL": valkey_server_url}
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
+                              capture_output=True, text=True, timeout=120, env={**env, **extra})
+
+    made = cli("create", "--name", "replicas", "--scope", "generate")
+    assert made.returncode == 0, made.stderr
+    assert "replicas" in cli("list").stdout
+    missing = cli("list", SLIPWAY_REDIS_URL="")
+    assert missing.returncode == 1 and "SLIPWAY_REDIS_URL" in missing.stderr

