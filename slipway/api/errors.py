@@ -1,0 +1,74 @@
+"""API errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` with the
+right status code, so OpenAI SDKs raise their usual exceptions and no client mistake is a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slipway.api.keys import AuthError, ScopeError
+
+
+@dataclass(frozen=True)
+class ApiError(Exception):
+    """An error a client gets back: status, message, and what it is about."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}"
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+def field_path(location: Sequence[str | int]) -> str | None:
+    """``("body", "messages", 0, "content")`` -> ``messages.0.content`` (None for the body)."""
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """A 400 naming the first invalid field, from pydantic's or FastAPI's error list."""
+    if not errors:
+        return ApiError(400, "Invalid request.")
+    first = errors[0]
+    param = field_path(first.get("loc", ()))
+    message = str(first.get("msg", "Invalid value"))
+    if first.get("type") == "json_invalid":
+        return ApiError(400, "The body is not valid JSON (or not UTF-8).", code="json_invalid")
+    where = f"{param}: " if param else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ApiError(400, f"{where}{message}{more}", param=param, code=str(first.get("type")))
+
+
+def from_exception(exc: BaseException) -> ApiError:
+    """The client-facing error for an exception: auth 401, scope 403, our ApiError as is,
+    anything else a 500 that reveals nothing internal."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, AuthError):
+        return ApiError(401, str(exc), type="authentication_error", code="invalid_api_key")
+    if isinstance(exc, ScopeError):
+        return ApiError(403, str(exc), type="permission_error", code="insufficient_scope")
+    return ApiError(500, "Internal error; see the server log for the request id.",
+                    type="server_error", code="internal_error")
+
+
+def rate_limited(retry_after: float) -> ApiError:
+    """429 for a key over its budget (the caller adds Retry-After and RateLimit-* headers)."""
+    return ApiError(429, f"Rate limit reached; retry in {max(1, round(retry_after))} s.",
+                    type="rate_limit_error", code="rate_limit_exceeded")
+
+
+def overloaded() -> ApiError:
+    """503 when the server itself is saturated (not the client's budget)."""
+    return ApiError(503, "The server is overloaded; retry shortly.", type="server_error",
+                    code="overloaded")
