@@ -14,6 +14,7 @@ from typing import Any
 
 from slipway.config import GraphSettings
 from slipway.graph.extraction import entity_key, extract_mentions
+from slipway.graph.linking import split_entity_id
 from slipway.graph.store import EntityRow, Neighbour, Neo4jGraph
 
 
@@ -93,7 +94,7 @@ class GraphQueries:
         found: list[FoundEntity] = []
         seen: set[str] = set()
         for mention, key in keyed:
-            candidates = [r for r in rows if r.id.split(":", 1)[1] == key]
+            candidates = [r for r in rows if split_entity_id(r.id)[1] == key]
             candidates.sort(key=lambda r: (r.type != mention.type, -r.mentions))
             if candidates and candidates[0].id not in seen:
                 seen.add(candidates[0].id)

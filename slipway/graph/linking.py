@@ -22,6 +22,12 @@ def entity_id(entity_type: str, key: str) -> str:
     return f"{entity_type}:{key}"
 
 
+def split_entity_id(eid: str) -> tuple[str, str]:
+    """``(type, normalised name)`` of an entity id."""
+    kind, _, key = eid.partition(":")
+    return kind, key
+
+
 @dataclass
 class StoredContext:
     """What the graph already knows about an entity's contexts (a running mean)."""
@@ -88,15 +94,13 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 def _disambiguate(keys: list[tuple[str, str]], vectors: np.ndarray, rows: list[int],
                   stored: Mapping[str, StoredContext]) -> list[str]:
-    """New types for the mentions ``rows`` of one ambiguous name, by context."""
+    """New types for the mentions ``rows`` of one ambiguous name, by context; ``stored`` holds
+    the graph's context means of that name, by type."""
     sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(vectors.shape[1], np.float32))
     counts: Counter[str] = Counter()
-    key = keys[rows[0]][0]
-    for kind in {keys[r][1] for r in rows} | {k.split(":", 1)[0] for k in stored}:
-        ctx = stored.get(entity_id(kind, key))
-        if ctx is not None:
-            sums[kind] += ctx.mean * ctx.count
-            counts[kind] += ctx.count
+    for kind, ctx in stored.items():
+        sums[kind] += ctx.mean * ctx.count
+        counts[kind] += ctx.count
     for row, r in enumerate(rows):
         sums[keys[r][1]] += vectors[row]
         counts[keys[r][1]] += 1
@@ -143,10 +147,13 @@ def link_mentions(mentions: Sequence[Mention], doc_of: Mapping[str, str],
         if flat:
             embedded = np.asarray(embed([mentions[r].context for r in flat]), dtype=np.float32)
             vectors = dict(zip(flat, embedded, strict=True))
+        stored_by_key: dict[str, dict[str, StoredContext]] = defaultdict(dict)
+        for eid, ctx in stored_contexts.items():
+            kind, key = split_entity_id(eid)
+            stored_by_key[key][kind] = ctx
         for key, rows in ambiguous.items():
-            stored = {eid: ctx for eid, ctx in stored_contexts.items()
-                      if eid.split(":", 1)[1] == key}
-            chosen = _disambiguate(keys, np.stack([vectors[r] for r in rows]), rows, stored)
+            chosen = _disambiguate(keys, np.stack([vectors[r] for r in rows]), rows,
+                                   stored_by_key.get(key, {}))
             for r, kind in zip(rows, chosen, strict=True):
                 if kind != keys[r][1]:
                     reassigned += 1

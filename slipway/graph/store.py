@@ -16,6 +16,9 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from slipway.graph.linking import StoredContext, cooccurrence_pairs
 
+# Lookups by a list of ids or names UNWIND the list and match through the index: ArcadeDB
+# answers `WHERE x IN $list` with a scan of the whole label.
+
 # Idempotent, inside the Cypher subset Neo4j 5 and ArcadeDB share (no full-text or vector
 # index syntax, no procedures).
 SCHEMA = (
@@ -57,7 +60,8 @@ SET e.mentions = e.mentions + row.n,
     e.aliases = e.aliases + [a IN row.aliases WHERE NOT a IN e.aliases]
 """
 READ_CONTEXTS = """
-MATCH (e:Entity) WHERE e.id IN $ids AND e.context IS NOT NULL
+UNWIND $ids AS id
+MATCH (e:Entity {id: id}) WHERE e.context IS NOT NULL
 RETURN e.id AS id, e.context AS context, e.context_count AS count
 """
 SET_CONTEXTS = """
@@ -93,7 +97,8 @@ ON CREATE SET r.weight = row.w
 ON MATCH SET r.weight = r.weight + row.w
 """
 READ_DOCUMENT_MENTIONS = """
-MATCH (d:Document) WHERE d.id IN $ids
+UNWIND $ids AS id
+MATCH (d:Document {id: id})
 OPTIONAL MATCH (d)-[:HAS_CHUNK]->(c:Chunk)
 OPTIONAL MATCH (c)-[m:MENTIONS]->(e:Entity)
 RETURN c.id AS chunk, e.id AS entity, m.count AS n
@@ -111,7 +116,8 @@ MATCH (e:Entity {id: row.id})
 SET e.mentions = e.mentions - row.n
 """
 DELETE_DOCUMENTS = """
-MATCH (d:Document) WHERE d.id IN $ids
+UNWIND $ids AS id
+MATCH (d:Document {id: id})
 OPTIONAL MATCH (d)-[:HAS_CHUNK]->(c:Chunk)
 DETACH DELETE c, d
 """
@@ -207,8 +213,8 @@ class Neo4jGraph:
 
     def entity_types(self, keys: Iterable[str]) -> dict[str, set[str]]:
         """The types the graph has for each normalised name."""
-        rows = self.read("MATCH (e:Entity) WHERE e.key IN $keys RETURN e.key AS key, e.type AS type",
-                          keys=sorted(set(keys)))
+        rows = self.read("UNWIND $keys AS key MATCH (e:Entity {key: key}) "
+                         "RETURN e.key AS key, e.type AS type", keys=sorted(set(keys)))
         found: dict[str, set[str]] = {}
         for row in rows:
             found.setdefault(row["key"], set()).add(row["type"])
@@ -248,8 +254,9 @@ class Neo4jGraph:
 
     def entities_by_key(self, keys: Iterable[str]) -> list[EntityRow]:
         """Entities whose normalised name is one of ``keys``, most mentioned first."""
-        rows = self.read(f"MATCH (e:Entity) WHERE e.key IN $keys RETURN {_ENTITY_FIELDS} "
-                          "ORDER BY mentions DESC, id", keys=sorted(set(keys)))
+        rows = self.read(f"UNWIND $keys AS key MATCH (e:Entity {{key: key}}) "
+                         f"RETURN {_ENTITY_FIELDS} ORDER BY mentions DESC, id",
+                         keys=sorted(set(keys)))
         return [_entity(row) for row in rows]
 
     def neighbours(self, entity_id: str, limit: int = 10) -> list[Neighbour]:

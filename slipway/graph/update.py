@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from slipway.documents import Document
 from slipway.documents.chunking import Chunk
 from slipway.graph.extraction import Mention, entity_key, extract_mentions, nlp_label
-from slipway.graph.linking import EmbedFn, LinkResult, link_mentions
+from slipway.graph.linking import EmbedFn, LinkResult, entity_id, link_mentions
 from slipway.graph.store import DocumentWrite, Neo4jGraph, batched
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _ambiguous_ids(graph: Neo4jGraph, mentions: Sequence[Mention]) -> tuple[
     for mention in mentions:
         types_in_run[entity_key(mention.surface, mention.type)].add(mention.type)
     stored = graph.entity_types(types_in_run)
-    ids = [f"{kind}:{key}" for key, kinds in stored.items()
+    ids = [entity_id(kind, key) for key, kinds in stored.items()
            if len(kinds | types_in_run[key]) > 1 for kind in kinds]
     return stored, ids
 

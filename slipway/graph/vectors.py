@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from slipway.graph.linking import split_entity_id
 from slipway.retrieval.dense import sql_string
 
 TABLE = "entities"
@@ -29,7 +30,7 @@ class EntityVectors:
         table = pa.table({
             "id": pa.array(list(ids), pa.string()),
             "name": pa.array(list(names), pa.string()),
-            "type": pa.array([i.split(":", 1)[0] for i in ids], pa.string()),
+            "type": pa.array([split_entity_id(i)[0] for i in ids], pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
                                                         vectors.shape[1]),
         })
