@@ -1,34 +1,39 @@
-"""Slipway's BentoML 1.4 service: embeddings and generation from the registered champion.
+"""Slipway's BentoML 1.4 services: the encoder, the generator and the API that composes them.
 
-Two services: ``Embedder`` owns the ONNX encoder behind an adaptively batched method, and
-``Slipway`` (the API) composes it with ``bentoml.depends`` and runs the generator.
-``bentoml serve bento.service:Slipway`` (or ``slipway serve``) starts both; BentoML adds
-``/livez``, ``/readyz`` (ready once both services have loaded their models) and ``/metrics``.
+- ``Embedder`` owns the ONNX encoder behind an adaptively batched method: concurrent requests
+  from every API worker merge into one encoder call.
+- ``Generator`` owns the ONNX decoder: whole generations, and token streams.
+- ``Slipway`` serves the HTTP API (``slipway.api.app``: FastAPI routes under ``/v1``) and
+  reaches the other two with ``bentoml.depends``, so each scales and batches on its own.
+
+``bentoml serve bento.service:Slipway`` (or ``slipway serve``) starts all three; BentoML adds
+``/livez``, ``/readyz`` (ready once every service has loaded its model and the API holds the
+published index) and ``/metrics``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Annotated, Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import bentoml
 import numpy as np
-from fastapi import FastAPI
-from pydantic import Field
 
-from slipway import __version__
+from slipway.api import metrics
+from slipway.api.app import create_app
+from slipway.api.middleware import configure_json_logging
+from slipway.api.runtime import Runtime, iterate_in_thread, ndjson_events
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
-from slipway.generation import Sampling, load_generator
+from slipway.generation import Request, complete, context_length, generation_events, load_generator
 from slipway.onnx.session import default_providers
 from slipway.serving import resolve_bundle
 
 logger = logging.getLogger("slipway.service")
 LIMITS = ServeSettings()
-
-# A text must hold a visible character (pattern is a search): blank input is a 400 naming it.
-Text = Annotated[str, Field(min_length=1, max_length=LIMITS.max_chars, pattern=r"\S")]
-Texts = Annotated[list[Text], Field(min_length=1, max_length=LIMITS.max_texts)]
+api_app = create_app()
 
 
 @bentoml.service(name="slipway-embedder", workers=1, traffic={"timeout": 60})
@@ -36,6 +41,7 @@ class Embedder:
     """The ONNX sentence encoder; concurrent requests are merged into one batch."""
 
     def __init__(self) -> None:
+        configure_json_logging()
         served = resolve_bundle(LIMITS)
         self.model = OnnxEmbedder(
             served.bundle.role_dir("embedder"),
@@ -44,96 +50,93 @@ class Embedder:
         )
         logger.info("Embedder %s v%s on %s", served.model_name, served.version, self.model.provider)
 
-    @bentoml.api(batchable=True, max_batch_size=128, max_latency_ms=20)
+    @bentoml.api(batchable=True, max_batch_size=LIMITS.embed_max_batch,
+                 max_latency_ms=LIMITS.embed_max_latency_ms)
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for a (merged) batch of texts."""
+        metrics.batch_size(len(texts))
         return self.model.embed(texts)
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:
-        """Dimension and provider of the encoder."""
-        return {"dimension": self.model.dimension, "provider": self.model.provider}
+        """Dimension, provider and batching of the encoder."""
+        return {"dimension": self.model.dimension, "provider": self.model.provider,
+                "max_batch_size": LIMITS.embed_max_batch}
 
 
-info_app = FastAPI(title="Slipway read-only routes")
-
-
-@bentoml.service(name="slipway", workers=1, traffic={"timeout": 300})
-@bentoml.asgi_app(info_app, path="/v1")
-class Slipway:
-    """The API: ``POST /v1/embed``, ``POST /v1/generate``, ``GET /v1/models``."""
-
-    embedder = bentoml.depends(Embedder)
+@bentoml.service(name="slipway-generator", workers=1, traffic={"timeout": 300})
+class Generator:
+    """The ONNX decoder (onnxruntime-genai or optimum, per the bundle's manifest)."""
 
     def __init__(self) -> None:
+        configure_json_logging()
         served = resolve_bundle(LIMITS)
-        self.served = served
-        self.generator = load_generator(
-            served.bundle.role_dir("generator"),
-            served.bundle.runtime("generator"),
-            threads=get_settings().threads,
-            providers=default_providers(LIMITS.providers),
-        )
-        logger.info("Generator %s v%s on %s", served.model_name, served.version,
-                    self.generator.provider)
+        model_dir = served.bundle.role_dir("generator")
+        self.model = load_generator(model_dir, served.bundle.runtime("generator"),
+                                    threads=get_settings().threads,
+                                    providers=default_providers(LIMITS.providers))
+        self.context = context_length(model_dir)
+        logger.info("Generator %s v%s on %s", served.model_name, served.version, self.model.provider)
 
-    @bentoml.api(route="/v1/embed")
-    async def embed(self, texts: Texts) -> dict[str, Any]:
-        """Embed up to ``SLIPWAY_MAX_TEXTS`` texts; returns unit vectors in input order."""
-        vectors = await self.embedder.to_async.embed_batch(texts)
-        vectors = np.asarray(vectors)
-        return {
-            "object": "list",
-            "model": f"{self.served.model_name}:{self.served.version}",
-            "dimension": int(vectors.shape[1]),
-            "embeddings": vectors.tolist(),
-        }
+    @bentoml.api
+    def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A whole generation for a :class:`slipway.generation.Request` dict."""
+        return complete(self.model, Request.from_dict(request))
 
-    @bentoml.api(route="/v1/generate")
-    def generate(
-        self,
-        prompt: Text,
-        max_new_tokens: Annotated[int, Field(ge=1, le=LIMITS.max_new_tokens)] = 64,
-        temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0,
-        top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0,
-        stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=8)] = [],  # noqa: B006
-        seed: int | None = None,
-    ) -> dict[str, Any]:
-        """Complete a prompt (chat template applied); greedy when ``temperature`` is 0."""
-        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            stop=tuple(stop), seed=seed)
-        out = self.generator.generate(prompt, sampling)
-        return {
-            "model": f"{self.served.model_name}:{self.served.version}",
-            "text": out.text,
-            "finish_reason": out.finish_reason,
-            "usage": {
-                "prompt_tokens": out.prompt_tokens,
-                "completion_tokens": len(out.token_ids),
-                "total_tokens": out.prompt_tokens + len(out.token_ids),
-            },
-        }
+    @bentoml.api
+    async def stream(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
+        """Newline-delimited JSON events of a generation, as the tokens are decoded."""
+        call = Request.from_dict(request)
+        async for event in iterate_in_thread(lambda: generation_events(self.model, call)):
+            yield json.dumps(event) + "\n"
 
-    @info_app.get("/models")
-    async def models(self) -> dict[str, Any]:
-        """Served model versions, precisions and the active onnxruntime providers."""
-        embedder = await self.embedder.to_async.describe()
-        manifest = self.served.bundle.manifest
-        return {
-            "slipway_version": __version__,
-            "registered_model": self.served.model_name,
-            "version": self.served.version,
-            "models": {
-                "embedder": {**_brief(manifest, "embedder"), **embedder},
-                "generator": {**_brief(manifest, "generator"), "provider": self.generator.provider},
-            },
-        }
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        """Provider and context window of the decoder."""
+        return {"provider": self.model.provider, "context_length": self.context}
 
 
-def _brief(manifest: dict[str, Any], role: str) -> dict[str, Any]:
-    info = manifest["models"][role]
-    return {
-        "precision": info.get("precision"),
-        "runtime": info["config"].get("runtime"),
-        "source": info["source"].get(f"{role}_origin"),
-    }
+class _RemoteEmbedder:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(await self.service.to_async.embed_batch(texts))
+
+    async def describe(self) -> dict[str, Any]:
+        return dict(await self.service.to_async.describe())
+
+
+class _RemoteGenerator:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    async def complete(self, request: Request) -> dict[str, Any]:
+        return dict(await self.service.to_async.complete(request.to_dict()))
+
+    async def events(self, request: Request) -> AsyncIterator[dict[str, Any]]:
+        async for event in ndjson_events(self.service.to_async.stream(request.to_dict())):
+            yield event
+
+    async def describe(self) -> dict[str, Any]:
+        return dict(await self.service.to_async.describe())
+
+
+@bentoml.service(name="slipway", workers=LIMITS.api_workers, traffic={"timeout": 300})
+@bentoml.asgi_app(api_app, path="/")
+class Slipway:
+    """The API; see ``slipway.api.app`` for the routes and ``README.md`` for a session."""
+
+    embedder = bentoml.depends(Embedder)
+    generator = bentoml.depends(Generator)
+
+    def __init__(self) -> None:
+        configure_json_logging()
+        self.runtime = Runtime(resolve_bundle(LIMITS), _RemoteEmbedder(self.embedder),
+                               _RemoteGenerator(self.generator), LIMITS)
+        api_app.state.runtime = self.runtime
+        self.runtime.ready()  # open the published index now, not on the first request
+
+    def __is_ready__(self) -> bool:
+        """Ready when the published index is loaded (the models are, once this exists)."""
+        return self.runtime.ready()

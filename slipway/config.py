@@ -65,6 +65,32 @@ class ServeSettings(BaseSettings):
     providers: list[str] | None = Field(
         default=None, description="onnxruntime providers; default: CUDA when present, else CPU."
     )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body.")
+    max_concurrency: int = Field(
+        default=64, ge=1, description="Requests in flight per API worker before it answers 503."
+    )
+    context_tokens: int = Field(
+        default=2048, ge=128,
+        description="Prompt budget of /v1/answer and /v1/summarize (capped by the model's context).",
+    )
+    index_name: str = Field(default="default", description="Published index that /v1/search serves.")
+    embed_max_batch: int = Field(
+        default=128, ge=1, description="Adaptive batching: most texts per encoder call (1 = off)."
+    )
+    embed_max_latency_ms: int = Field(
+        default=20, ge=1, description="Adaptive batching: longest a request waits for a batch."
+    )
+    api_workers: int = Field(default=1, ge=1, description="Worker processes of the API service.")
+    trace_sample_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of /v1/answer calls traced to MLflow."
+    )
+    trace_experiment: str = Field(
+        default="slipway-traces", description="MLflow experiment that receives the traces."
+    )
+    deprecated_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Routes to mark deprecated, with their sunset date: {"/v1/generate": "2027-06-30"}.',
+    )
 
 
 class IndexSettings(BaseSettings):
@@ -148,7 +174,7 @@ class GraphSettings(BaseSettings):
 
 
 class ApiSettings(BaseSettings):
-    """API management: where API keys are kept."""
+    """API management: keys, JWTs, rate limits and the result cache."""
 
     model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
 
@@ -161,6 +187,31 @@ class ApiSettings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis/Valkey URL for the key store and rate limits."
     )
+    auth: bool = Field(
+        default=True, description="Require credentials on /v1 routes (false: open, logged loudly)."
+    )
+    rate_limit_store: Literal["memory", "redis"] = Field(
+        default="memory", description="Rate-limit buckets: in this worker, or Redis for several."
+    )
+    default_requests_per_minute: int | None = Field(
+        default=600, ge=1, description="Requests per minute of a key that sets none."
+    )
+    default_tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Tokens per minute of a key that sets none (none: no limit)."
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 secret: accept JWT bearer tokens signed with it."
+    )
+    jwt_jwks_file: Path | None = Field(
+        default=None, description="JWKS file: accept RS256 JWT bearer tokens signed by its keys."
+    )
+    jwt_audience: str | None = Field(default=None, description="Required `aud` claim of JWTs.")
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` claim of JWTs.")
+    cache: Literal["memory", "redis", "off"] = Field(
+        default="memory", description="Result cache of deterministic answers."
+    )
+    cache_ttl: int = Field(default=600, ge=1, description="Seconds a cached result lives.")
+    cache_max_entries: int = Field(default=10_000, ge=1, description="In-process cache bound.")
 
 
 class Settings(BaseSettings):

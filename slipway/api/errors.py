@@ -3,6 +3,7 @@ right status code, so OpenAI SDKs raise their usual exceptions and no client mis
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,15 @@ class ApiError(Exception):
                           "code": self.code}}
 
 
+_UNION_TAG = re.compile(r"^(constrained-\w+|str|int|float|bool|none|list\[.*\]|dict\[.*\]|"
+                        r"tuple\[.*\]|function-\w+\[.*\]|literal\[.*\])$")
+
+
 def field_path(location: Sequence[str | int]) -> str | None:
-    """``("body", "messages", 0, "content")`` -> ``messages.0.content`` (None for the body)."""
-    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    """``("body", "messages", 0, "content")`` -> ``messages.0.content`` (None for the body);
+    pydantic's union-branch tags (``list[constrained-str]``) are left out."""
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")
+             and not (isinstance(p, str) and _UNION_TAG.match(p))]
     return ".".join(parts) or None
 
 
@@ -39,7 +46,8 @@ def from_validation(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     """A 400 naming the first invalid field, from pydantic's or FastAPI's error list."""
     if not errors:
         return ApiError(400, "Invalid request.")
-    first = errors[0]
+    # of a union's failed branches, the deepest error says most (the item that failed)
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
     param = field_path(first.get("loc", ()))
     message = str(first.get("msg", "Invalid value"))
     if first.get("type") == "json_invalid":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -180,17 +180,32 @@ class TextGenerator:
             return list(ids)
         return list(self.tokenizer(prompt)["input_ids"])
 
-    def stream(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[str]:
-        """Yield text pieces as they are decoded; stops at EOS or a stop string."""
-        produced: list[int] = []
+    def chat_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of a conversation (``role``/``content`` dicts) in the chat template; plain
+        ``role: content`` lines for a model without one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return list(self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], add_generation_prompt=True, tokenize=True))
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return list(self.tokenizer(text)["input_ids"])
+
+    def stream(self, prompt_ids: Sequence[int], sampling: Sampling,
+               stats: Generation | None = None) -> Iterator[str]:
+        """Yield text pieces as they are decoded; stops at EOS or a stop string. ``stats``, when
+        given, receives the token ids and the finish reason."""
+        produced: list[int] = stats.token_ids if stats is not None else []
         emitted = ""
         for token in self.decoder.stream_ids(prompt_ids, sampling):
             if token in self.eos_ids and not sampling.ignore_eos:
+                if stats is not None:
+                    stats.finish_reason = "stop"
                 break
             produced.append(token)
             text = self.tokenizer.decode(produced, skip_special_tokens=True)
             cut = _stop_index(text, sampling.stop)
             if cut is not None:
+                if stats is not None:
+                    stats.finish_reason = "stop"
                 if cut > len(emitted):
                     yield text[len(emitted):cut]
                 return
@@ -258,3 +273,75 @@ def load_generator(
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     logger.info("Generator %s loaded with %s on %s", model_dir.name, runtime, decoder.provider)
     return TextGenerator(decoder, tokenizer)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request: a prompt (chat-templated unless ``chat`` is false) or a
+    conversation, and how to decode it. Plain data, so it crosses a service boundary."""
+
+    sampling: Sampling
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] = ()
+    chat: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        s = self.sampling
+        return {"prompt": self.prompt, "messages": [list(m) for m in self.messages],
+                "chat": self.chat, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
+                "top_p": s.top_p, "stop": list(s.stop), "seed": s.seed}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Request:
+        """Inverse of :meth:`to_dict`."""
+        sampling = Sampling(max_new_tokens=int(data["max_new_tokens"]),
+                            temperature=float(data["temperature"]), top_p=float(data["top_p"]),
+                            stop=tuple(data.get("stop") or ()), seed=data.get("seed"))
+        return cls(sampling, data.get("prompt"),
+                   tuple((str(r), str(c)) for r, c in data.get("messages") or ()),
+                   bool(data.get("chat", True)))
+
+
+def request_ids(generator: TextGenerator, request: Request) -> list[int]:
+    """The prompt token ids of a request."""
+    if request.messages:
+        return generator.chat_ids([{"role": r, "content": c} for r, c in request.messages])
+    if request.prompt is None:
+        raise ValueError("A generation request needs a prompt or messages.")
+    return generator.prompt_ids(request.prompt, request.chat)
+
+
+def generation_events(generator: TextGenerator, request: Request) -> Iterator[dict[str, Any]]:
+    """``{"text": piece}`` events as text is decoded, then one
+    ``{"finish_reason", "prompt_tokens", "completion_tokens"}`` event."""
+    ids = request_ids(generator, request)
+    stats = Generation(text="", prompt_tokens=len(ids))
+    for piece in generator.stream(ids, request.sampling, stats):
+        yield {"text": piece}
+    yield {"finish_reason": stats.finish_reason, "prompt_tokens": stats.prompt_tokens,
+           "completion_tokens": len(stats.token_ids)}
+
+
+def complete(generator: TextGenerator, request: Request) -> dict[str, Any]:
+    """A whole generation: ``text``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``."""
+    pieces: list[str] = []
+    final: dict[str, Any] = {}
+    for event in generation_events(generator, request):
+        if "text" in event:
+            pieces.append(event["text"])
+        else:
+            final = event
+    return {"text": "".join(pieces), **final}
+
+
+def context_length(model_dir: Path) -> int | None:
+    """The generator's context window, from ``genai_config.json`` or ``config.json``."""
+    genai = model_dir / "genai_config.json"
+    if genai.is_file():
+        return int(json.loads(genai.read_text())["model"]["context_length"])
+    config = model_dir / "config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("max_position_embeddings")
+        return int(value) if value else None
+    return None

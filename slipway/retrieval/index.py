@@ -423,6 +423,17 @@ class OpenIndex:
         table = pq.read_table(directory / CHUNKS)
         self._rows = {row["id"]: row for row in table.to_pylist()}
 
+    @property
+    def chunk_count(self) -> int:
+        """Chunks in this version."""
+        return len(self._rows)
+
+    def chunks_of(self, doc_id: str) -> list[str]:
+        """A document's chunk texts in order (empty when it is not indexed)."""
+        rows = sorted((r for r in self._rows.values() if r["doc_id"] == doc_id),
+                      key=lambda r: r["position"])
+        return [r["text"] for r in rows]
+
     def doc_of(self, chunk_id: str) -> str:
         """The document a chunk belongs to."""
         return str(self._rows[chunk_id]["doc_id"])

@@ -1,0 +1,76 @@
+"""Prometheus metrics of the API, on the service's ``/metrics`` next to BentoML's own.
+
+Created through ``bentoml.metrics`` (prometheus_client under BentoML's multiprocess set-up, so
+every worker's samples reach one ``/metrics``), lazily on first use."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@cache
+def _metrics() -> dict[str, Any]:
+    import bentoml
+
+    m = bentoml.metrics
+    return {
+        "requests": m.Counter(name="slipway_requests_total", documentation="HTTP requests by "
+                              "route, method and status.", labelnames=["route", "method", "status"]),
+        "latency": m.Histogram(name="slipway_request_duration_seconds",
+                               documentation="Request latency by route (to the last byte).",
+                               labelnames=["route", "method"], buckets=LATENCY_BUCKETS),
+        "tokens": m.Counter(name="slipway_tokens_total", documentation="Tokens in (prompts, "
+                            "texts) and out (generated) by route.", labelnames=["route", "direction"]),
+        "batch": m.Histogram(name="slipway_embed_batch_size", documentation="Texts per encoder "
+                             "call after adaptive batching.", buckets=BATCH_BUCKETS),
+        "cache": m.Counter(name="slipway_cache_requests_total", documentation="Result-cache "
+                           "lookups by kind and result.", labelnames=["kind", "result"]),
+        "limited": m.Counter(name="slipway_rate_limited_total", documentation="Requests refused "
+                             "with 429 by bucket.", labelnames=["bucket"]),
+        "auth": m.Counter(name="slipway_auth_failures_total", documentation="Requests refused "
+                          "with 401 or 403.", labelnames=["status"]),
+        "overloaded": m.Counter(name="slipway_overloaded_total", documentation="Requests refused "
+                                "with 503 because the worker was saturated."),
+    }
+
+
+def request_done(route: str, method: str, status: int, seconds: float) -> None:
+    """Count a finished request and its latency."""
+    metrics = _metrics()
+    metrics["requests"].labels(route=route, method=method, status=str(status)).inc()
+    metrics["latency"].labels(route=route, method=method).observe(seconds)
+    if status in (401, 403):
+        metrics["auth"].labels(status=str(status)).inc()
+
+
+def tokens(route: str, prompt: int, completion: int = 0) -> None:
+    """Count tokens read and written by a route."""
+    metrics = _metrics()
+    if prompt:
+        metrics["tokens"].labels(route=route, direction="in").inc(prompt)
+    if completion:
+        metrics["tokens"].labels(route=route, direction="out").inc(completion)
+
+
+def batch_size(size: int) -> None:
+    """Record one encoder call's batch size."""
+    _metrics()["batch"].observe(size)
+
+
+def cache_event(kind: str, hit: bool) -> None:
+    """Count a cache hit or miss."""
+    _metrics()["cache"].labels(kind=kind, result="hit" if hit else "miss").inc()
+
+
+def rate_limited(bucket: str) -> None:
+    """Count a 429."""
+    _metrics()["limited"].labels(bucket=bucket).inc()
+
+
+def overloaded() -> None:
+    """Count a 503 for saturation."""
+    _metrics()["overloaded"].inc()

@@ -1,0 +1,339 @@
+"""What the API's routes work with: the model clients, tokenizers, the published index (hot
+reloaded when a new version is published), the knowledge graph, credentials, rate limits,
+the result cache and tracing. No web framework here: ``slipway.api.app`` serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from slipway.api.auth import Authenticator
+from slipway.api.errors import ApiError
+from slipway.api.keys import key_store
+from slipway.api.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from slipway.cache import MemoryCache, RedisCache, ResultCache, cache_key
+from slipway.config import ApiSettings, GraphSettings, IndexSettings, ServeSettings, get_settings
+from slipway.documents.chunking import load_tokenizer
+from slipway.generation import Request, context_length
+from slipway.retrieval.hybrid import HybridSearcher
+from slipway.retrieval.index import OpenIndex
+from slipway.serving import ServedBundle
+
+logger = logging.getLogger(__name__)
+INDEX_CHECK_SECONDS = 5.0
+
+
+class EmbedClient(Protocol):
+    """The encoder, wherever it runs."""
+
+    async def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    async def describe(self) -> dict[str, Any]: ...
+
+
+class GenerateClient(Protocol):
+    """The generator, wherever it runs: events as in :func:`slipway.generation.generation_events`."""
+
+    async def complete(self, request: Request) -> dict[str, Any]: ...
+
+    def events(self, request: Request) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def describe(self) -> dict[str, Any]: ...
+
+
+class _SyncEmbedder:
+    """The :class:`~slipway.embedding.Embedder` protocol over an async client, for the
+    searcher's worker threads: each call runs on the service's event loop."""
+
+    def __init__(self, client: EmbedClient, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        future = asyncio.run_coroutine_threadsafe(self.client.embed(list(texts)), self.loop)
+        return np.asarray(future.result(), dtype=np.float32)
+
+
+@dataclass
+class IndexState:
+    """The opened published version and searchers over it (by re-rank and graph options)."""
+
+    opened: OpenIndex
+    searchers: dict[tuple[bool, bool], HybridSearcher] = field(default_factory=dict)
+
+
+class Runtime:
+    """Everything a request needs, created once per API worker."""
+
+    def __init__(self, served: ServedBundle, embedder: EmbedClient, generator: GenerateClient,
+                 serve: ServeSettings | None = None, api: ApiSettings | None = None,
+                 index: IndexSettings | None = None) -> None:
+        self.served = served
+        self.embedder = embedder
+        self.generator = generator
+        self.serve = serve or ServeSettings()
+        self.api = api or ApiSettings()
+        self.index_settings = index or IndexSettings()
+        bundle = served.bundle
+        self.embed_tokenizer = load_tokenizer(bundle.role_dir("embedder"))
+        self.gen_tokenizer = load_tokenizer(bundle.role_dir("generator"))
+        self.model_context = context_length(bundle.role_dir("generator"))
+        self.model_id = f"{served.model_name}:{served.version}"
+        self.auth = Authenticator(self._key_store(), self.api)
+        self.limiter = self._limiter()
+        self.cache = self._cache()
+        self._index: IndexState | None = None
+        self._index_checked = 0.0
+        self._index_lock = threading.Lock()
+        self._graph: Any = None
+        self._graph_lock = threading.Lock()
+        self.trace_rate = self._tracing()
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _redis(self) -> Any:
+        import redis
+
+        if not self.api.redis_url:
+            raise ValueError("A Redis-backed key store, rate limiter or cache needs "
+                             "SLIPWAY_REDIS_URL (e.g. redis://host:6379/0).")
+        return redis.Redis.from_url(self.api.redis_url)
+
+    def _key_store(self) -> Any:
+        path = self.api.api_keys_file or get_settings().home / "api_keys.json"
+        return key_store(self.api.key_store, path, self.api.redis_url)
+
+    def _limiter(self) -> RateLimiter:
+        if self.api.rate_limit_store == "redis":
+            return RedisRateLimiter(self._redis())
+        return MemoryRateLimiter()
+
+    def _cache(self) -> ResultCache | None:
+        if self.api.cache == "off":
+            return None
+        if self.api.cache == "redis":
+            return RedisCache(self._redis(), ttl_seconds=self.api.cache_ttl)
+        return MemoryCache(self.api.cache_max_entries, float(self.api.cache_ttl))
+
+    def _tracing(self) -> float:
+        rate = self.serve.trace_sample_rate
+        if rate <= 0:
+            return 0.0
+        uri = get_settings().mlflow_tracking_uri
+        if not uri:
+            logger.warning("SLIPWAY_TRACE_SAMPLE_RATE=%s but no MLflow tracking URI: tracing is "
+                           "off (set SLIPWAY_MLFLOW_TRACKING_URI).", rate)
+            return 0.0
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(self.serve.trace_experiment)
+        return rate
+
+    # --- the index ---------------------------------------------------------------------
+
+    def index_state(self) -> IndexState:
+        """The published index version, reopened when a newer one is published (checked at
+        most every few seconds); 503 while there is none."""
+        now = time.monotonic()
+        state = self._index
+        if state is not None and now - self._index_checked < INDEX_CHECK_SECONDS:
+            return state
+        with self._index_lock:
+            if self._index is not None and now - self._index_checked < INDEX_CHECK_SECONDS:
+                return self._index
+            from slipway.retrieval.index import open_published
+            from slipway.retrieval.stores import index_dir, vector_store
+
+            directory = index_dir(self.serve.index_name, self.index_settings)
+            try:
+                published = directory.published()
+                if self._index is None or published != self._index.opened.version:
+                    opened = open_published(directory, vector_store(directory, self.index_settings))
+                    logger.info("Serving index %s version %s", directory.name, opened.version)
+                    self._index = IndexState(opened)
+            except (LookupError, OSError, ValueError, RuntimeError) as exc:
+                self._index_checked = now
+                if self._index is None:
+                    raise ApiError(503, f"No published index {self.serve.index_name!r}: {exc}",
+                                   type="server_error", code="index_unavailable") from exc
+                logger.warning("Index check failed; still serving %s: %s",
+                               self._index.opened.version, exc)
+            self._index_checked = now
+            return self._index
+
+    def ready(self) -> bool:
+        """Ready when the published index is loaded (the models load before the service)."""
+        try:
+            self.index_state()
+        except ApiError as exc:
+            logger.warning("Not ready: %s", exc.message)
+            return False
+        return True
+
+    def searcher(self, state: IndexState, rerank: bool, graph: bool) -> HybridSearcher:
+        """A hybrid searcher over ``state`` with or without re-ranking and graph expansion
+        (call it on the event loop: query embeddings go through it)."""
+        key = (rerank, graph)
+        if key not in state.searchers:
+            from slipway.retrieval.rerank import CrossEncoderReranker
+
+            path = self.index_settings.reranker_path
+            reranker = CrossEncoderReranker(path) if rerank and path is not None else None
+            expander = self.graph().expand_many if graph else None
+            state.searchers[key] = HybridSearcher(
+                _SyncEmbedder(self.embedder, asyncio.get_running_loop()), state.opened.dense, state.opened.sparse,
+                reranker=reranker, text_of=state.opened.text_of, expander=expander)
+        return state.searchers[key]
+
+    @property
+    def can_rerank(self) -> bool:
+        """Whether a re-ranker is configured."""
+        return self.index_settings.reranker_path is not None
+
+    # --- the graph ---------------------------------------------------------------------
+
+    def graph(self) -> Any:
+        """:class:`~slipway.graph.GraphQueries` on the configured graph server (never starts
+        the embedded one: ``slipway graph start`` does); 503 when there is none."""
+        with self._graph_lock:
+            if self._graph is None:
+                from slipway.graph import GraphQueries, connect
+                from slipway.graph.extraction import load_nlp
+                from slipway.graph.server import running_server
+
+                settings = GraphSettings()
+                if not settings.neo4j_uri and running_server(settings) is None:
+                    raise ApiError(503, "No knowledge graph: set SLIPWAY_NEO4J_URI or start the "
+                                   "embedded server with `slipway graph start`.",
+                                   type="server_error", code="graph_unavailable")
+                try:
+                    self._graph = GraphQueries(connect(settings), load_nlp(settings.ner_model))
+                except (RuntimeError, OSError) as exc:
+                    raise ApiError(503, f"The knowledge graph is unavailable: {exc}",
+                                   type="server_error", code="graph_unavailable") from exc
+            return self._graph
+
+    # --- cache, tokens, tracing --------------------------------------------------------
+
+    def versions(self, with_index: bool = False) -> dict[str, str]:
+        """What a cached result depends on."""
+        out = {"model": self.model_id}
+        if with_index:
+            out["index"] = self.index_state().opened.version
+        return out
+
+    def cached(self, kind: str, versions: dict[str, str], payload: Any) -> tuple[str, Any | None]:
+        """The cache key and the cached value (None on a miss or with the cache off)."""
+        from slipway.api import metrics
+
+        if self.cache is None:
+            return "", None
+        key = cache_key(kind, versions, payload)
+        value = self.cache.get(key)
+        metrics.cache_event(kind, value is not None)
+        return key, value
+
+    def remember(self, key: str, value: Any) -> None:
+        """Store a result under a key from :meth:`cached`."""
+        if self.cache is not None and key:
+            self.cache.put(key, value)
+
+    def embed_tokens(self, texts: Sequence[str]) -> int:
+        """Encoder tokens of ``texts`` (special tokens included, as the encoder sees them)."""
+        return sum(len(e.ids) for e in self.embed_tokenizer.encode_batch(list(texts)))
+
+    def gen_tokens(self, text: str) -> int:
+        """Generator tokens of ``text``."""
+        return len(self.gen_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
+        """An MLflow span when tracing is on (for the current trace), else nothing."""
+        if not self.trace_rate:
+            return nullcontext(None)
+        import mlflow
+
+        span_type = {"retrieve": "RETRIEVER", "rerank": "RERANKER", "prompt": "PARSER",
+                     "generate": "LLM", "answer": "CHAIN"}.get(name, "UNKNOWN")
+        cm = mlflow.start_span(name=name, span_type=span_type)
+        return _SpanWithAttributes(cm, attributes)
+
+    def sample_trace(self) -> bool:
+        """Whether to trace this request."""
+        return self.trace_rate > 0 and random.random() < self.trace_rate
+
+
+class _SpanWithAttributes(AbstractContextManager[Any]):
+    def __init__(self, cm: Any, attributes: dict[str, Any]) -> None:
+        self.cm = cm
+        self.attributes = attributes
+
+    def __enter__(self) -> Any:
+        span = self.cm.__enter__()
+        if self.attributes:
+            span.set_attributes(self.attributes)
+        return span
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.cm.__exit__(*exc)
+
+
+async def iterate_in_thread(factory: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Items of a blocking iterator, produced in a worker thread, for an event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=64)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in factory():
+                if stop.is_set():
+                    return
+                asyncio.run_coroutine_threadsafe(queue.put(("item", item)), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
+
+    loop.run_in_executor(None, produce)
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "end":
+                break
+            if kind == "error":
+                raise value
+            yield value
+    finally:  # a client that went away stops the producer at its next item
+        stop.set()
+        while not queue.empty():
+            queue.get_nowait()
+
+
+async def ndjson_events(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """Parse newline-delimited JSON from a stream of text chunks cut anywhere."""
+    buffer = ""
+    async for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+    if buffer.strip():
+        yield json.loads(buffer)
+
+
+def manifest_brief(manifest: dict[str, Any], role: str) -> dict[str, Any]:
+    """Precision, runtime and origin of one model of a bundle."""
+    info = manifest["models"][role]
+    return {"precision": info.get("precision"), "runtime": info["config"].get("runtime"),
+            "source": info["source"].get(f"{role}_origin")}

@@ -1,0 +1,319 @@
+"""Request and response models of the HTTP API (they are the OpenAPI spec). Limits come from
+:class:`~slipway.config.ServeSettings` when the module is imported, so the spec states them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slipway.config import ServeSettings
+
+LIMITS = ServeSettings()
+
+# A text must hold a visible character (the pattern is a search): blank input is a 400.
+Text = Annotated[str, Field(min_length=1, max_length=LIMITS.max_chars, pattern=r"\S")]
+Texts = Annotated[list[Text], Field(min_length=1, max_length=LIMITS.max_texts)]
+NewTokens = Annotated[int, Field(ge=1, le=LIMITS.max_new_tokens)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Stop = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)]
+Key = Annotated[str, Field(min_length=1, max_length=64)]
+Value = Annotated[str, Field(max_length=256)]
+Filters = dict[Key, Value | Annotated[list[Value], Field(min_length=1, max_length=32)]]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class Strict(BaseModel):
+    """Unknown fields are a 400: a typo never silently changes the request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(BaseModel):
+    """Tokens read and written (OpenAI's field names)."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+# --- Slipway's own routes ----------------------------------------------------------------
+
+class EmbedRequest(Strict):
+    texts: Texts = Field(description="Texts to embed, in order.")
+
+
+class EmbedResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    dimension: int
+    embeddings: list[list[float]]
+    usage: Usage
+
+
+class SamplingFields(Strict):
+    max_new_tokens: NewTokens = min(64, LIMITS.max_new_tokens)
+    temperature: Temperature = Field(default=0.0, description="0 = greedy (deterministic, cached).")
+    top_p: TopP = 1.0
+    stop: Stop = Field(default_factory=list)
+    seed: Seed | None = None
+
+
+class GenerateRequest(SamplingFields):
+    prompt: Text
+    stream: bool = Field(default=False, description="Server-sent events, one per text piece.")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+
+
+class SummarizeRequest(Strict):
+    text: Annotated[str, Field(min_length=1, max_length=LIMITS.max_chars * LIMITS.max_texts,
+                               pattern=r"\S")] | None = None
+    document_ids: Annotated[list[Key], Field(min_length=1, max_length=16)] | None = None
+    max_words: Annotated[int, Field(ge=5, le=400)] = Field(
+        default=60, description="Length of the summary, in words (approximate).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SummarizeRequest:
+        if (self.text is None) == (self.document_ids is None):
+            raise ValueError("give exactly one of 'text' or 'document_ids'")
+        return self
+
+
+class SummarizeResponse(BaseModel):
+    model: str
+    summary: str
+    document_ids: list[str]
+    pieces: int = Field(description="Chunks summarized separately first (1 = a single pass).")
+    usage: Usage
+
+
+class SearchRequest(Strict):
+    query: Text
+    top_k: Annotated[int, Field(ge=1, le=50)] = 10
+    filters: Filters | None = Field(default=None, description="metadata key -> value(s)")
+    rerank: bool = Field(default=True, description="Re-rank when a re-ranker is configured.")
+    graph: bool = Field(default=False, description="Fuse knowledge-graph expansion.")
+
+
+class SearchHit(BaseModel):
+    id: str
+    doc_id: str
+    score: float
+    title: str
+    text: str
+    position: int
+    metadata: dict[str, str]
+
+
+class SearchResponse(BaseModel):
+    index_version: str
+    model: str
+    reranked: bool
+    graph_expanded: bool
+    results: list[SearchHit]
+
+
+class AnswerRequest(Strict):
+    question: Text
+    top_k: Annotated[int, Field(ge=1, le=20)] = 4
+    filters: Filters | None = None
+    graph: bool = False
+    max_new_tokens: NewTokens = min(128, LIMITS.max_new_tokens)
+    temperature: Temperature = 0.0
+    seed: Seed | None = None
+
+
+class Citation(BaseModel):
+    n: int = Field(description="The [n] marker of this source in the prompt.")
+    id: str
+    doc_id: str
+    title: str
+    score: float
+
+
+class AnswerResponse(BaseModel):
+    model: str
+    index_version: str
+    answer: str
+    finish_reason: Literal["stop", "length"]
+    citations: list[Citation]
+    usage: Usage
+
+
+class Neighbour(BaseModel):
+    id: str
+    name: str
+    type: str
+    weight: float
+
+
+class EntityOut(BaseModel):
+    id: str
+    name: str
+    type: str
+    mentions: int
+    aliases: list[str]
+    neighbours: list[Neighbour]
+
+
+class EntitiesResponse(BaseModel):
+    query: str
+    entities: list[EntityOut]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "slipway"
+
+
+class ModelsResponse(BaseModel):
+    """OpenAI's model list, plus what Slipway serves."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+    slipway_version: str
+    api_version: str
+    registered_model: str
+    version: str
+    index: dict[str, Any]
+    models: dict[str, dict[str, Any]]
+
+
+# --- OpenAI-compatible routes ------------------------------------------------------------
+
+class OpenAIRequest(BaseModel):
+    """OpenAI's SDKs send fields we do not use (``user``, ``stream_options``...): ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: Annotated[str, Field(max_length=256)] | None = None
+
+
+class EmbeddingsRequest(OpenAIRequest):
+    input: Text | Texts
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: Usage
+
+
+class OpenAISampling(OpenAIRequest):
+    max_tokens: NewTokens | None = None
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    stream: bool = False
+    stop: Annotated[str, Field(min_length=1, max_length=64)] | Stop | None = None
+    seed: Seed | None = None
+
+    def stops(self) -> list[str]:
+        """``stop`` as a list."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionRequest(OpenAISampling):
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: Annotated[str, Field(max_length=LIMITS.max_chars)]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, Field(max_length=LIMITS.max_chars)] | Annotated[
+        list[TextPart], Field(min_length=1, max_length=16)]
+
+    def text(self) -> str:
+        """The message's text (text parts joined)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatRequest(OpenAISampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
+    max_completion_tokens: NewTokens | None = None
+    stream_options: StreamOptions | None = None
+
+    @model_validator(mode="after")
+    def _has_text(self) -> ChatRequest:
+        if not any(m.text().strip() for m in self.messages):
+            raise ValueError("messages hold no text")
+        return self
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
