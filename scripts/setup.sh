@@ -35,6 +35,10 @@ case "${1:-}" in
     init_zenml
     echo "== running the main job: zenml pipeline run pipelines.llmops.llmops_pipeline -c zenml.yaml"
     "$VENV/bin/zenml" pipeline run pipelines.llmops.llmops_pipeline -c zenml.yaml
+    if [ ! -s "${SLIPWAY_HOME:-.slipway}/api_keys.json" ]; then
+      echo "== creating a first API key (shown once; keep it)"
+      "$VENV/bin/slipway" keys create --name quickstart --scope admin --expires-in 30d
+    fi
     echo "== starting the service"
     exec "$VENV/bin/slipway" serve --host 127.0.0.1 --port "${SLIPWAY_PORT:-3000}"
     ;;

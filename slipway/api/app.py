@@ -69,7 +69,10 @@ _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in
     403: "The credential lacks the route's scope", 404: "Not found",
     413: "Body too large", 415: "Body is not JSON", 429: "Rate limit reached (see Retry-After)",
     503: "Overloaded, or a backend (index, graph) unavailable"}.items()}
-_SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "a JSON object, or [DONE] last"},
+    "event": {"type": "string"}, "id": {"type": "string"}}}
+_SSE = {200: {"content": {"text/event-stream": {"schema": _EVENT}},
               "description": "JSON, or server-sent events when `stream` is true"}}
 DEFAULT_CHAT_TOKENS = 256
 

@@ -34,7 +34,7 @@ class Principal:
 def claim_scopes(claims: dict[str, Any]) -> frozenset[Scope]:
     """Scopes from a JWT's ``scope`` (space-separated, OAuth 2) or ``scopes`` (a list) claim;
     unknown names are ignored."""
-    raw = claims.get("scope", claims.get("scopes", []))
+    raw = claims.get("scope") or claims.get("scopes") or []
     names = raw.split() if isinstance(raw, str) else raw if isinstance(raw, list) else []
     known = {s.value for s in Scope}
     return frozenset(Scope(n) for n in names if isinstance(n, str) and n in known)

@@ -11,7 +11,7 @@ from typing import Any
 from slipway.api.keys import AuthError, ScopeError
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # not frozen: frameworks set __traceback__ on exceptions they re-raise
 class ApiError(Exception):
     """An error a client gets back: status, message, and what it is about."""
 

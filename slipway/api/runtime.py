@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,7 @@ from slipway.serving import ServedBundle
 
 logger = logging.getLogger(__name__)
 INDEX_CHECK_SECONDS = 5.0
+TRACED: ContextVar[bool] = ContextVar("traced", default=False)  # this request is sampled
 
 
 class EmbedClient(Protocol):
@@ -258,8 +260,8 @@ class Runtime:
         return len(self.gen_tokenizer.encode(text, add_special_tokens=False).ids)
 
     def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
-        """An MLflow span when tracing is on (for the current trace), else nothing."""
-        if not self.trace_rate:
+        """An MLflow span inside a sampled request (see :meth:`traced`), else nothing."""
+        if not TRACED.get():
             return nullcontext(None)
         import mlflow
 
@@ -269,8 +271,10 @@ class Runtime:
         return _SpanWithAttributes(cm, attributes)
 
     def sample_trace(self) -> bool:
-        """Whether to trace this request."""
-        return self.trace_rate > 0 and random.random() < self.trace_rate
+        """Whether to trace this request (and mark it so: :meth:`span` then records)."""
+        sampled = self.trace_rate > 0 and random.random() < self.trace_rate
+        TRACED.set(sampled)
+        return sampled
 
 
 class _SpanWithAttributes(AbstractContextManager[Any]):

@@ -21,13 +21,14 @@ Stop = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field
 Key = Annotated[str, Field(min_length=1, max_length=64)]
 Value = Annotated[str, Field(max_length=256)]
 Filters = dict[Key, Value | Annotated[list[Value], Field(min_length=1, max_length=32)]]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]  # the decoders take a C int
 
 
 class Strict(BaseModel):
-    """Unknown fields are a 400: a typo never silently changes the request."""
+    """Unknown fields are a 400 (a typo never silently changes the request); no lax coercion
+    (``"1"`` or ``true`` is not a number, ``0`` is not a boolean)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Usage(BaseModel):
@@ -206,7 +207,7 @@ class ModelsResponse(BaseModel):
 class OpenAIRequest(BaseModel):
     """OpenAI's SDKs send fields we do not use (``user``, ``stream_options``...): ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     model: Annotated[str, Field(max_length=256)] | None = None
 
 
@@ -264,12 +265,13 @@ class CompletionResponse(BaseModel):
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
     type: Literal["text"]
     text: Annotated[str, Field(max_length=LIMITS.max_chars)]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: Annotated[str, Field(max_length=LIMITS.max_chars)] | Annotated[
         list[TextPart], Field(min_length=1, max_length=16)]
@@ -282,7 +284,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
 
 

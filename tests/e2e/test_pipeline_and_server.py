@@ -1,61 +1,15 @@
-"""Tier 3: a real model_build run (tiny models) in a temporary ZenML/MLflow home, then the
-real BentoML service over HTTP on the version it registered."""
+"""Tier 3: a real main-job run (tiny models) in a temporary ZenML/MLflow home: what it
+registered, published and tracked, and the index and graph pipelines run again on top of it.
+The service on that model is tested in ``test_api_server.py``."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = {"generator": {"quantization": "int8"}}
-XQUAD = ROOT.parent / "shared" / "data" / "xquad_en" / "beir"  # used after shared_data checked it
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
-               shared_data: Path) -> dict[str, str]:
-    """Run the main job end to end (documents, model build, index refresh) and return the
-    model_build's registered_model output."""
-    from zenml import Model
-    from zenml.client import Client
-
-    from pipelines.llmops import llmops_pipeline
-
-    run = llmops_pipeline.with_options(enable_cache=False, model=Model(name="slipway-e2e"))(
-        build=BUILD, model_name="slipway-e2e", bento=True, corpus=str(XQUAD),
-        index={"index_name": "e2e", "eval_dir": str(XQUAD)}, chunk_tokens=48, overlap_tokens=8,
-        embedder_path=str(tiny_embedder), generator_path=str(tiny_generator),
-    )
-    run = Client().get_pipeline_run(run.id)
-    assert run.status == "completed"
-    assert run.steps["publish_index_version"].outputs["published_index_version"][0].load() == "v000001"
-    out = run.steps["track_and_register"].outputs["registered_model"][0].load()
-    bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
-    assert bento_tag.startswith(f"slipway:v{out['version']}-")
-    graph_stats = run.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
-    # earlier tests of the session may have left other chunkings of these passages in the graph
-    assert graph_stats.new + graph_stats.changed + graph_stats.unchanged == 240
-    assert graph_stats.counts["Document"] == 240 and graph_stats.counts["Entity"] > 100
-    gnn = run.steps["train_graph_embeddings"].outputs["gnn_metrics"][0].load()
-    assert gnn["trained"] == 1.0 and gnn["link_auc"] > gnn["random_auc"]
-    linked = Client().get_model_version("slipway-e2e", run.model_version.name)
-    assert linked.run_metadata["mlflow_model"]["version"] == out["version"]
-    return out
+from tests.e2e.conftest import XQUAD
 
 
 def test_pipeline_registered_a_champion_and_tracked_it(registered: dict[str, str]) -> None:
@@ -183,117 +137,3 @@ def test_bundle_artifact_round_trips_through_the_materializer(zenml_stack: str, 
     assert loaded.manifest == src.manifest
     assert (loaded.role_dir("embedder") / "model.onnx").read_bytes() == b"\x08\x01"
     assert materializer.compute_content_hash(loaded) == materializer.compute_content_hash(src)
-
-
-@pytest.fixture(scope="module")
-def server(registered: dict[str, str]) -> Iterator[str]:
-    """`slipway serve` on the registered champion, as a user would start it."""
-    port = _free_port()
-    env = {**os.environ, "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e", "SLIPWAY_THREADS": "1",
-           "SLIPWAY_MAX_TEXTS": "8", "SLIPWAY_MAX_CHARS": "500", "SLIPWAY_MAX_NEW_TOKENS": "32"}
-    log = open(Path(os.environ["SLIPWAY_HOME"]).parent / "serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "slipway.cli", "serve", "--port", str(port),
-         "--tracking-uri", registered["tracking_uri"]],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"server not ready in 180 s: {Path(log.name).read_text()[-3000:]}")
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-def test_health_and_metrics(server: str) -> None:
-    assert httpx.get(f"{server}/livez").status_code == 200
-    assert httpx.get(f"{server}/readyz").status_code == 200
-    httpx.post(f"{server}/v1/embed", json={"texts": ["warm"]}, timeout=30)
-    metrics = httpx.get(f"{server}/metrics").text
-    assert "bentoml_service_request_total" in metrics or "request_total" in metrics
-
-
-def test_embed(server: str) -> None:
-    r = httpx.post(f"{server}/v1/embed", json={"texts": ["hello world", "paris is a city"]}, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["dimension"] == 64 and len(body["embeddings"]) == 2
-    norms = [sum(x * x for x in v) ** 0.5 for v in body["embeddings"]]
-    assert all(abs(n - 1.0) < 1e-3 for n in norms)
-
-
-def test_concurrent_embeds_are_batched_correctly(server: str) -> None:
-    import concurrent.futures as cf
-
-    texts = [f"text number {i}" for i in range(12)]
-    single = {t: httpx.post(f"{server}/v1/embed", json={"texts": [t]}, timeout=30).json()["embeddings"][0]
-              for t in texts[:3]}
-    with cf.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(
-            lambda t: httpx.post(f"{server}/v1/embed", json={"texts": [t]}, timeout=60), texts))
-    assert all(r.status_code == 200 for r in results)
-    for t, r in zip(texts[:3], results[:3], strict=True):
-        got = r.json()["embeddings"][0]
-        assert max(abs(a - b) for a, b in zip(got, single[t], strict=True)) < 1e-4
-
-
-def test_generate_greedy_is_deterministic(server: str) -> None:
-    req = {"prompt": "what is the capital of france", "max_new_tokens": 8, "temperature": 0}
-    a = httpx.post(f"{server}/v1/generate", json=req, timeout=60)
-    b = httpx.post(f"{server}/v1/generate", json=req, timeout=60)
-    assert a.status_code == 200, a.text
-    assert a.json()["text"] == b.json()["text"]
-    usage = a.json()["usage"]
-    assert 0 < usage["completion_tokens"] <= 8 and usage["prompt_tokens"] > 0
-
-
-def test_models_reports_versions_and_provider(server: str, registered: dict[str, str]) -> None:
-    body = httpx.get(f"{server}/v1/models", timeout=30).json()
-    assert body["version"] == registered["version"]
-    assert body["models"]["embedder"]["provider"] == "CPUExecutionProvider"
-    assert body["models"]["generator"]["precision"] == "int8"
-
-
-@pytest.mark.parametrize(
-    ("path", "payload", "field"),
-    [
-        ("/v1/embed", {"texts": []}, "texts"),
-        ("/v1/embed", {"texts": [""]}, "texts"),
-        ("/v1/embed", {"texts": ["   "]}, "texts"),
-        ("/v1/generate", {"prompt": " \n "}, "prompt"),
-        ("/v1/embed", {"texts": ["x" * 501]}, "texts"),
-        ("/v1/embed", {"texts": ["a"] * 9}, "texts"),
-        ("/v1/embed", {"texts": "not a list"}, "texts"),
-        ("/v1/embed", {}, "texts"),
-        ("/v1/generate", {"prompt": "hi", "max_new_tokens": 33}, "max_new_tokens"),
-        ("/v1/generate", {"prompt": "hi", "max_new_tokens": "many"}, "max_new_tokens"),
-        ("/v1/generate", {"prompt": "hi", "temperature": -1}, "temperature"),
-        ("/v1/generate", {"prompt": ""}, "prompt"),
-    ],
-)
-def test_bad_input_gets_a_4xx_naming_the_field(server: str, path: str, payload: dict, field: str) -> None:
-    r = httpx.post(f"{server}{path}", json=payload, timeout=30)
-    assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert field.split("[")[0] in r.text
-
-
-def test_malformed_json_is_a_4xx(server: str) -> None:
-    r = httpx.post(f"{server}/v1/embed", content=b"{not json", timeout=30,
-                   headers={"content-type": "application/json"})
-    assert 400 <= r.status_code < 500, (r.status_code, r.text)

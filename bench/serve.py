@@ -1,0 +1,766 @@
+"""Serving benchmark: a real ``slipway serve`` on localhost, driven over HTTP.
+
+1. ``/v1/embed`` under 32 closed-loop clients (each sends its next request when the last one
+   answers): adaptive batching on (``SLIPWAY_EMBED_MAX_BATCH`` default) against off (``=1``),
+   two servers started side by side and measured in interleaved rounds (on, off, in-process,
+   then the reverse), and the served throughput against the same ONNX artifact embedding the
+   same texts in this process (``OnnxEmbedder.embed`` on 32 texts per call: what 32
+   concurrent single-text requests can at best be merged into), with the same thread count.
+2. ``/v1/search`` and ``/v1/answer`` latency at a steady, open-loop request rate.
+3. Rate limiting: key A sends 10x its requests-per-minute allowance while key B keeps a modest
+   rate; A's excess must get 429 with Retry-After, B's p99 must stay within 2x of B alone (B
+   alone and B under A's flood alternate), and the server must stay up.
+
+Texts are XQuAD-en questions (short queries, ~15 tokens; the published index is XQuAD), sent
+one per ``/v1/embed`` request unless ``--texts-per-request`` says otherwise. The result cache
+is off (``SLIPWAY_CACHE=off``) so every request runs the model.
+
+    python -m bench.serve [--bundle DIR] [--index-root DIR] [--index-name NAME] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from bench._common import DATA, print_machine
+from slipway.api.keys import FileKeyStore, Scope, create_key
+from slipway.config import get_settings
+from slipway.embedding import OnnxEmbedder
+from slipway.onnx.bundle import OnnxBundle
+from slipway.onnx.session import default_providers
+
+ROOT = Path(__file__).resolve().parents[1]
+UNLIMITED_RPM = 10_000_000
+READY_TIMEOUT_S = 420.0
+STOP_TIMEOUT_S = 15.0
+
+
+# --- data --------------------------------------------------------------------------------
+
+def xquad_questions(seed: int = 0) -> list[str]:
+    """XQuAD-en questions from the shared data, in a fixed shuffled order."""
+    path = DATA / "xquad_en" / "qa.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"XQuAD not found at {path}; the benchmark needs ../shared/data.")
+    texts = [json.loads(line)["question"].strip() for line in path.open()]
+    texts = [t for t in texts if t]
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def batches_of(texts: Sequence[str], size: int) -> Iterator[list[str]]:
+    """Endless consecutive groups of ``size`` texts, cycling through ``texts``."""
+    cycle = itertools.cycle(texts)
+    while True:
+        yield [next(cycle) for _ in range(size)]
+
+
+def percentile_ms(latencies: Sequence[float], q: float) -> float:
+    """Latency percentile in milliseconds (nan without samples)."""
+    return float(np.percentile(latencies, q) * 1e3) if len(latencies) else float("nan")
+
+
+# --- servers -----------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port that is free on localhost right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """One ``slipway serve`` process group and its log."""
+
+    name: str
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes]
+    workers: dict[str, psutil.Process] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        """Whether the top process still runs."""
+        return self.process.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of the server's log."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def find_workers(self) -> None:
+        """Label the process tree: arbiter, api, embedder, generator."""
+        top = psutil.Process(self.process.pid)
+        for proc in [top, *top.children(recursive=True)]:
+            try:
+                cmd = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if "slipway-embedder" in cmd:
+                label = "embedder"
+            elif "slipway-generator" in cmd:
+                label = "generator"
+            elif "_bentoml_impl.worker.service" in cmd:
+                label = "api"
+            elif "bentoml serve" in cmd or "-m bentoml" in cmd:
+                label = "arbiter"
+            else:
+                continue
+            self.workers[label] = proc
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds so far of each labelled process."""
+        out: dict[str, float] = {}
+        for label, proc in self.workers.items():
+            try:
+                t = proc.cpu_times()
+                out[label] = t.user + t.system
+            except psutil.Error:
+                out[label] = float("nan")
+        return out
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after a timeout."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # the workers too, even when the top process is already gone
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def start_server(name: str, home: Path, bundle: Path, env_extra: dict[str, str]) -> Server:
+    """Start ``python -m slipway.cli serve`` on a free port in its own session."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update({"SLIPWAY_HOME": str(home), "SLIPWAY_API_KEYS_FILE": str(home / "api_keys.json"),
+                "SLIPWAY_CACHE": "off", "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
+                "BENTOML_HOME": str(home / f"bentoml-{name}"), "PYTHONUNBUFFERED": "1"})
+    env.update(env_extra)
+    log = home / f"server-{name}.log"
+    cmd = [sys.executable, "-m", "slipway.cli", "serve", "--port", str(port),
+           "--bundle-dir", str(bundle)]
+    with log.open("wb") as handle:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    return Server(name, port, log, process)
+
+
+def wait_ready(servers: Sequence[Server], timeout: float = READY_TIMEOUT_S) -> float:
+    """Poll ``/readyz`` of every server until all answer 200; seconds it took."""
+    start = time.monotonic()
+    pending = list(servers)
+    with httpx.Client(timeout=5.0) as client:
+        while pending:
+            for server in list(pending):
+                if not server.alive():
+                    raise RuntimeError(f"server {server.name} exited with "
+                                       f"{server.process.returncode}:\n{server.tail()}")
+                try:
+                    if client.get(f"{server.url}/readyz").status_code == 200:
+                        pending.remove(server)
+                        server.find_workers()
+                except httpx.HTTPError:
+                    pass
+            if time.monotonic() - start > timeout:
+                tails = "\n".join(f"--- {s.name} ---\n{s.tail()}" for s in pending)
+                raise RuntimeError(f"not ready after {timeout:.0f} s:\n{tails}")
+            if pending:
+                time.sleep(1.0)
+    return time.monotonic() - start
+
+
+# --- load generators ---------------------------------------------------------------------
+
+@dataclass
+class Load:
+    """What one measured phase saw."""
+
+    name: str
+    latencies: list[float] = field(default_factory=list)  # successful requests, seconds
+    statuses: Counter[int] = field(default_factory=Counter)  # 0 = transport error
+    texts: int = 0  # texts in successful responses
+    elapsed: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    send_lag: float = 0.0  # open loop: latest a request left after its scheduled time
+    missing_retry_after: int = 0
+    prompt_tokens: int = 0  # summed usage of successful responses that report it
+    completion_tokens: int = 0
+    encoder_calls: float = 0.0  # from the server's slipway_embed_batch_size histogram
+    encoder_texts: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Embedded texts per second."""
+        return self.texts / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def requests(self) -> int:
+        """Requests sent."""
+        return sum(self.statuses.values())
+
+    @property
+    def errors(self) -> int:
+        """Requests that did not answer 200."""
+        return self.requests - self.statuses.get(200, 0)
+
+    def p(self, q: float) -> float:
+        """Latency percentile of successful requests (ms)."""
+        return percentile_ms(self.latencies, q)
+
+    def codes(self) -> str:
+        """Status counts, e.g. ``200x812 503x3``."""
+        return " ".join(f"{code}x{n}" for code, n in sorted(self.statuses.items()))
+
+
+def pooled(name: str, loads: Sequence[Load]) -> Load:
+    """Several rounds as one phase."""
+    out = Load(name)
+    for load in loads:
+        out.latencies += load.latencies
+        out.statuses.update(load.statuses)
+        out.texts += load.texts
+        out.elapsed += load.elapsed
+        out.client_cpu += load.client_cpu
+        for label, cpu in load.server_cpu.items():
+            out.server_cpu[label] = out.server_cpu.get(label, 0.0) + cpu
+        out.send_lag = max(out.send_lag, load.send_lag)
+        out.missing_retry_after += load.missing_retry_after
+        out.prompt_tokens += load.prompt_tokens
+        out.completion_tokens += load.completion_tokens
+        out.encoder_calls += load.encoder_calls
+        out.encoder_texts += load.encoder_texts
+    return out
+
+
+def new_client(connections: int) -> httpx.AsyncClient:
+    """A keep-alive HTTP/1.1 client with room for ``connections`` parallel connections."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
+
+
+async def post(client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any],
+               load: Load, expect_texts: int = 0, usage: bool = False) -> None:
+    """Send one request and record its status and latency (and ``usage``) into ``load``."""
+    start = time.perf_counter()
+    try:
+        response = await client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError:
+        load.statuses[0] += 1
+        return
+    seconds = time.perf_counter() - start
+    status = response.status_code
+    if status == 200 and expect_texts:
+        vectors = response.json()["embeddings"]
+        if len(vectors) != expect_texts:
+            status = -1  # a wrong answer counts as an error
+    if status == 200 and usage:
+        counts = response.json().get("usage", {})
+        load.prompt_tokens += counts.get("prompt_tokens", 0)
+        load.completion_tokens += counts.get("completion_tokens", 0)
+    load.statuses[status] += 1
+    if status == 200:
+        load.latencies.append(seconds)
+        load.texts += expect_texts
+    elif status == 429 and "retry-after" not in response.headers:
+        load.missing_retry_after += 1
+
+
+async def encoder_batches(client: httpx.AsyncClient, server: Server) -> tuple[float, float]:
+    """Encoder calls and texts so far, from the server's ``/metrics`` (nan when absent)."""
+    try:
+        text = (await client.get(f"{server.url}/metrics")).text
+    except httpx.HTTPError:
+        return float("nan"), float("nan")
+    calls = texts = 0.0
+    found = False
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("slipway_embed_batch_size_count"):
+            calls, found = calls + float(value), True
+        elif name.startswith("slipway_embed_batch_size_sum"):
+            texts += float(value)
+    return (calls, texts) if found else (float("nan"), float("nan"))
+
+
+async def closed_loop(client: httpx.AsyncClient, server: Server, token: str,
+                      batches: Iterator[list[str]], clients: int, seconds: float,
+                      name: str) -> Load:
+    """``clients`` workers posting ``/v1/embed`` back to back for ``seconds``."""
+    load = Load(name)
+    url = f"{server.url}/v1/embed"
+    calls0, texts0 = await encoder_batches(client, server)
+    cpu0, srv0 = time.process_time(), server.cpu_seconds()
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            texts = next(batches)
+            await post(client, url, token, {"texts": texts}, load, expect_texts=len(texts))
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    load.elapsed = time.perf_counter() - start
+    load.client_cpu = time.process_time() - cpu0
+    srv1 = server.cpu_seconds()
+    load.server_cpu = {k: srv1[k] - srv0.get(k, 0.0) for k in srv1}
+    calls1, texts1 = await encoder_batches(client, server)
+    load.encoder_calls, load.encoder_texts = calls1 - calls0, texts1 - texts0
+    return load
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One scheduled request of an open-loop run."""
+
+    at: float  # seconds after the start
+    path: str
+    body: dict[str, Any]
+    token: str
+    load: Load
+    texts: int = 0
+    usage: bool = False
+
+
+def schedule(path: str, bodies: Iterator[dict[str, Any]], token: str, rate: float,
+             seconds: float, load: Load, offset: float = 0.0, texts: int = 0,
+             usage: bool = False) -> list[Shot]:
+    """Requests at a fixed rate for ``seconds``, starting ``offset`` seconds in."""
+    count = max(1, round(rate * seconds))
+    return [Shot(offset + i / rate, path, next(bodies), token, load, texts, usage)
+            for i in range(count)]
+
+
+async def open_loop(client: httpx.AsyncClient, server: Server, shots: Sequence[Shot]) -> None:
+    """Send every shot at its time, whether or not earlier ones have answered."""
+    tasks = []
+    start = time.perf_counter()
+    cpu0, srv0 = time.process_time(), server.cpu_seconds()
+    for shot in sorted(shots, key=lambda s: s.at):
+        delay = start + shot.at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        shot.load.send_lag = max(shot.load.send_lag, time.perf_counter() - start - shot.at)
+        tasks.append(asyncio.create_task(
+            post(client, f"{server.url}{shot.path}", shot.token, shot.body, shot.load,
+                 shot.texts, shot.usage)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    cpu, srv1 = time.process_time() - cpu0, server.cpu_seconds()
+    for load in {id(s.load): s.load for s in shots}.values():
+        load.elapsed, load.client_cpu = elapsed, cpu
+        load.server_cpu = {k: srv1[k] - srv0.get(k, 0.0) for k in srv1}
+
+
+# --- the three parts ---------------------------------------------------------------------
+
+@dataclass
+class EmbedResult:
+    """Part 1's pooled phases."""
+
+    on: Load
+    off: Load
+    local: Load
+
+
+def inprocess_round(model: OnnxEmbedder, batches: Iterator[list[str]], seconds: float) -> Load:
+    """The ONNX artifact in this process on ``batches`` back to back for ``seconds``."""
+    load = Load("in-process")
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        texts = next(batches)
+        t0 = time.perf_counter()
+        vectors = model.embed(texts)
+        load.latencies.append(time.perf_counter() - t0)
+        load.statuses[200 if len(vectors) == len(texts) else -1] += 1
+        load.texts += len(texts)
+    load.elapsed = time.perf_counter() - start
+    load.client_cpu = time.process_time() - cpu0
+    return load
+
+
+def cpu_line(load: Load) -> str:
+    """Server CPU milliseconds per request, per process, and the client's CPU share."""
+    n = max(load.requests, 1)
+    parts = " ".join(f"{k}={v / n * 1e3:.2f}" for k, v in sorted(load.server_cpu.items())
+                     if k != "generator")
+    total = sum(v for k, v in load.server_cpu.items() if k != "generator")
+    batch = load.encoder_texts / load.encoder_calls if load.encoder_calls else float("nan")
+    return (f"server cpu ms/request: {parts} (total {total / n * 1e3:.2f}; "
+            f"{total / max(load.elapsed, 1e-9):.2f} cores) | client cpu "
+            f"{load.client_cpu / max(load.elapsed, 1e-9):.2f} cores | texts per encoder call "
+            f"{batch:.1f}")
+
+
+async def part_embed(on: Server, off: Server, model: OnnxEmbedder, token: str,
+                     texts: list[str], per_request: int, local_batch: int, clients: int,
+                     rounds: int, seconds: float, warmup: float) -> EmbedResult:
+    """Batching on vs off vs in-process, interleaved rounds."""
+    served_batches = batches_of(texts, per_request)
+    local_batches = batches_of(texts, local_batch)
+    phases: dict[str, list[Load]] = {"on": [], "off": [], "local": []}
+    async with new_client(clients + 8) as client_on, new_client(clients + 8) as client_off:
+        clients_of = {"on": (client_on, on), "off": (client_off, off)}
+        for name, (client, server) in clients_of.items():  # warm-up (and BentoML's optimizer)
+            w = await closed_loop(client, server, token, served_batches, clients, warmup, name)
+            print(f"  warm-up {name}: {w.throughput:.0f} texts/s, {w.codes()}")
+        inprocess_round(model, local_batches, min(warmup, 2.0))
+        order = ["on", "off", "local"]
+        for r in range(rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                if name == "local":
+                    load = inprocess_round(model, local_batches, seconds)
+                else:
+                    client, server = clients_of[name]
+                    load = await closed_loop(client, server, token, served_batches, clients,
+                                             seconds, name)
+                phases[name].append(load)
+                print(f"  round {r + 1} {name:>5}: {load.throughput:7.1f} texts/s  "
+                      f"p50 {load.p(50):6.1f} ms  p99 {load.p(99):6.1f} ms  {load.codes()}")
+    return EmbedResult(pooled("batching on", phases["on"]), pooled("batching off", phases["off"]),
+                       pooled("in-process", phases["local"]))
+
+
+async def part_steady(server: Server, token: str, questions: list[str], search_rate: float,
+                      answer_rate: float, seconds: float, answer_seconds: float,
+                      new_tokens: int) -> tuple[Load, Load]:
+    """Open-loop ``/v1/search`` then ``/v1/answer`` at fixed rates."""
+    search, answer = Load("search"), Load("answer")
+    q = itertools.cycle(questions)
+    async with new_client(64) as client:
+        warm = Load("warm-up")  # one of each first: the searcher and the decoder open lazily
+        await open_loop(client, server, [
+            Shot(0.0, "/v1/search", {"query": next(q), "top_k": 10}, token, warm),
+            Shot(0.0, "/v1/answer", {"question": next(q), "top_k": 4,
+                                     "max_new_tokens": new_tokens}, token, warm)])
+        if warm.errors:
+            print(f"  warm-up errors: {warm.codes()}")
+        await open_loop(client, server, schedule(
+            "/v1/search", ({"query": next(q), "top_k": 10} for _ in itertools.count()), token,
+            search_rate, seconds, search))
+        await open_loop(client, server, schedule(
+            "/v1/answer", ({"question": next(q), "top_k": 4, "max_new_tokens": new_tokens}
+                           for _ in itertools.count()), token, answer_rate, answer_seconds,
+            answer, usage=True))
+    return search, answer
+
+
+@dataclass
+class LimitRound:
+    """One alternation of part 3."""
+
+    alone: Load
+    loaded: Load
+    flood: Load  # key A over the whole flood
+    flood_window: Load  # key A while B was measured (the limiter's steady state)
+
+
+async def part_limits(server: Server, token_a: str, token_b: str, texts: list[str],
+                      rpm_a: int, overload: float, rate_b: float, seconds: float,
+                      rounds: int) -> list[LimitRound]:
+    """B alone vs B beside A at ``overload`` x its allowance, alternating."""
+    rate_a = overload * rpm_a / 60.0
+    # A's bucket starts full (one minute's allowance): B is measured once it has drained.
+    drain = rpm_a / (rate_a - rpm_a / 60.0) + 1.0
+    bodies = ({"texts": [t]} for t in itertools.cycle(texts))
+    out: list[LimitRound] = []
+    async with new_client(256) as client:
+        warm = Load("warm-up")
+        await open_loop(client, server, schedule("/v1/embed", bodies, token_b, rate_b, 3.0, warm,
+                                                 texts=1))
+        for r in range(rounds):
+            alone, loaded = Load("B alone"), Load("B loaded")
+            flood, window = Load("A flood"), Load("A window")
+            for phase in ("alone", "loaded") if r % 2 == 0 else ("loaded", "alone"):
+                if phase == "alone":
+                    await open_loop(client, server, schedule("/v1/embed", bodies, token_b,
+                                                             rate_b, seconds, alone, texts=1))
+                    continue
+                shots = schedule("/v1/embed", bodies, token_b, rate_b, seconds, loaded,
+                                 offset=drain, texts=1)
+                for shot in schedule("/v1/embed", bodies, token_a, rate_a, drain + seconds,
+                                     flood, texts=1):
+                    in_window = drain <= shot.at < drain + seconds
+                    shots.append(Shot(shot.at, shot.path, shot.body, shot.token,
+                                      window if in_window else flood, shot.texts))
+                await open_loop(client, server, shots)
+            flood_all = pooled("A flood", [flood, window])
+            flood_all.elapsed, window.elapsed = drain + seconds, seconds
+            out.append(LimitRound(alone, loaded, flood_all, window))
+            ratio = loaded.p(99) / alone.p(99)
+            print(f"  round {r + 1}: B alone p50 {alone.p(50):.1f} p99 {alone.p(99):.1f} ms "
+                  f"({alone.codes()}) | B loaded p50 {loaded.p(50):.1f} p99 {loaded.p(99):.1f} "
+                  f"ms ({loaded.codes()}) | ratio {ratio:.2f} | A: {flood_all.codes()}, "
+                  f"in B's window {window.statuses.get(200, 0) / seconds:.2f} req/s admitted "
+                  f"(limit {rpm_a / 60:.2f})")
+    return out
+
+
+# --- main --------------------------------------------------------------------------------
+
+def newest_bundle() -> Path | None:
+    """The most recently built bundle under ``$SLIPWAY_HOME/cache/bundles``."""
+    root = get_settings().cache_dir / "bundles"
+    found = [p for p in root.glob("*") if (p / "manifest.json").is_file()] if root.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def arguments() -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="Bundle to serve (default: newest under $SLIPWAY_HOME/cache/bundles).")
+    p.add_argument("--index-root", type=Path, default=None,
+                   help="SLIPWAY_INDEX_ROOT of the servers (default: $SLIPWAY_HOME/indexes).")
+    p.add_argument("--index-name", default="default")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="ONNX threads, in the servers (SLIPWAY_THREADS) and in-process.")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--parts", default="1,2,3", help="Which parts to run, e.g. 1 or 2,3.")
+    p.add_argument("--seconds", type=float, default=8.0, help="Length of one part-1 phase.")
+    p.add_argument("--warmup", type=float, default=4.0)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--texts-per-request", type=int, default=1)
+    p.add_argument("--local-batch", type=int, default=32,
+                   help="Texts per OnnxEmbedder.embed call of the in-process baseline.")
+    p.add_argument("--off-max-batch", type=int, default=1,
+                   help="SLIPWAY_EMBED_MAX_BATCH of the batching-off server (1 = off).")
+    p.add_argument("--max-latency-ms", type=int, default=None,
+                   help="SLIPWAY_EMBED_MAX_LATENCY_MS of both servers (default: the service's).")
+    p.add_argument("--search-rate", type=float, default=2.0)
+    p.add_argument("--answer-rate", type=float, default=0.5)
+    p.add_argument("--steady-seconds", type=float, default=20.0)
+    p.add_argument("--answer-seconds", type=float, default=30.0)
+    p.add_argument("--answer-tokens", type=int, default=32)
+    p.add_argument("--limit-rpm", type=int, default=120, help="Key A's requests per minute.")
+    p.add_argument("--overload", type=float, default=10.0)
+    p.add_argument("--other-rate", type=float, default=5.0, help="Key B's requests per second.")
+    p.add_argument("--limit-seconds", type=float, default=15.0)
+    p.add_argument("--limit-rounds", type=int, default=None, help="Default: --rounds.")
+    return p.parse_args()
+
+
+def busy_processes() -> str:
+    """Other processes using CPU right now (the machine is shared)."""
+    procs = list(psutil.process_iter(["pid", "name", "cmdline"]))
+    for proc in procs:
+        try:
+            proc.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(1.0)
+    busy = []
+    for proc in procs:
+        try:
+            cpu = proc.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if cpu >= 20 and proc.pid != os.getpid():
+            busy.append(f"{proc.pid} {cpu:.0f}% {' '.join(proc.info['cmdline'] or [])[:80]}")
+    return "; ".join(busy) or "none"
+
+
+def report_embed(args: argparse.Namespace, on: Server, off: Server, model: OnnxEmbedder,
+                 token: str, texts: list[str]) -> dict[str, float]:
+    """Part 1, printed; its RESULT fields."""
+    print(f"\n[1] /v1/embed, {args.clients} closed-loop clients, {args.texts_per_request} "
+          f"text(s) per request, {args.seconds:g} s phases, {args.rounds} rounds; "
+          f"in-process: OnnxEmbedder.embed on {args.local_batch} texts per call")
+    embed = asyncio.run(part_embed(on, off, model, token, texts, args.texts_per_request,
+                                   args.local_batch, args.clients, args.rounds, args.seconds,
+                                   args.warmup))
+    for load in (embed.on, embed.off, embed.local):
+        print(f"  {load.name:>12}: {load.throughput:7.1f} texts/s  p50 {load.p(50):6.1f} ms"
+              f"  p99 {load.p(99):6.1f} ms  requests {load.requests} errors {load.errors}"
+              f" ({load.codes()})")
+    for load in (embed.on, embed.off):
+        print(f"  {load.name:>12}: {cpu_line(load)}")
+    speedup = embed.on.throughput / max(embed.off.throughput, 1e-9)
+    fraction = embed.on.throughput / max(embed.local.throughput, 1e-9)
+    error_rate = embed.on.errors / max(embed.on.requests, 1)
+    print(f"  batching speedup {speedup:.2f}x (target >= 3) | served / in-process "
+          f"{fraction:.2f} (target >= 0.7) | batching-on error rate {error_rate:.1%} "
+          f"(throughput and latency count successful requests only)")
+    return {"batching_speedup": speedup, "served_fraction": fraction,
+            "embed_p99_ms": embed.on.p(99), "embed_error_rate": error_rate}
+
+
+def report_steady(args: argparse.Namespace, on: Server, token: str,
+                  texts: list[str]) -> dict[str, float]:
+    """Part 2, printed; its RESULT fields."""
+    print(f"\n[2] steady open-loop rates on the batching-on server: /v1/search "
+          f"{args.search_rate:g}/s for {args.steady_seconds:g} s (top_k=10), then /v1/answer "
+          f"{args.answer_rate:g}/s for {args.answer_seconds:g} s (top_k=4, "
+          f"max_new_tokens={args.answer_tokens})")
+    search, answer = asyncio.run(part_steady(
+        on, token, texts, args.search_rate, args.answer_rate, args.steady_seconds,
+        args.answer_seconds, args.answer_tokens))
+    for load in (search, answer):
+        print(f"  {load.name:>7}: p50 {load.p(50):7.1f} ms  p99 {load.p(99):7.1f} ms  "
+              f"max {percentile_ms(load.latencies, 100):7.1f} ms  n={load.requests} "
+              f"errors {load.errors} ({load.codes()}), latest send {load.send_lag * 1e3:.0f}"
+              f" ms behind schedule")
+    ok = max(answer.statuses.get(200, 0), 1)
+    print(f"  answer tokens per request: prompt {answer.prompt_tokens / ok:.0f}, completion "
+          f"{answer.completion_tokens / ok:.1f}")
+    return {"search_p99_ms": search.p(99), "answer_p99_ms": answer.p(99)}
+
+
+def report_limits(args: argparse.Namespace, on: Server, token_a: str, token_b: str,
+                  texts: list[str]) -> dict[str, float]:
+    """Part 3, printed; its RESULT fields."""
+    rounds = args.limit_rounds or args.rounds
+    rate_a = args.overload * args.limit_rpm / 60
+    print(f"\n[3] rate limits: key A ({args.limit_rpm} rpm) sends {rate_a:g} req/s "
+          f"({args.overload:g}x), key B {args.other_rate:g} req/s, both /v1/embed with one "
+          f"text, open loop; B measured {args.limit_seconds:g} s alone and {args.limit_seconds:g}"
+          f" s beside A (once A's one-minute burst allowance has drained), {rounds} rounds "
+          f"alternating")
+    limits = asyncio.run(part_limits(on, token_a, token_b, texts, args.limit_rpm,
+                                     args.overload, args.other_rate, args.limit_seconds, rounds))
+    ratios = [r.loaded.p(99) / r.alone.p(99) for r in limits]
+    flood = pooled("A", [r.flood for r in limits])
+    window = pooled("A window", [r.flood_window for r in limits])
+    alone = pooled("B alone", [r.alone for r in limits])
+    loaded = pooled("B loaded", [r.loaded for r in limits])
+    with httpx.Client(timeout=10.0) as client:
+        livez = client.get(f"{on.url}/livez").status_code
+        readyz = client.get(f"{on.url}/readyz").status_code
+    admitted, refused = flood.statuses.get(200, 0), flood.statuses.get(429, 0)
+    print(f"  A: {flood.requests} requests, {admitted} admitted, {refused} got 429 "
+          f"({flood.missing_retry_after} without Retry-After), other "
+          f"{flood.requests - admitted - refused}; admitted while B was measured: "
+          f"{window.statuses.get(200, 0) / max(window.elapsed, 1e-9):.2f} req/s "
+          f"(limit {args.limit_rpm / 60:.2f})")
+    print(f"  B pooled: alone p50 {alone.p(50):.1f} p99 {alone.p(99):.1f} ms ({alone.codes()})"
+          f" | beside A p50 {loaded.p(50):.1f} p99 {loaded.p(99):.1f} ms ({loaded.codes()})")
+    print(f"  p99 ratio per round {', '.join(f'{x:.2f}' for x in ratios)}; median "
+          f"{float(np.median(ratios)):.2f} (target <= 2) | after: /livez {livez} /readyz "
+          f"{readyz}, server processes alive: {on.alive()}")
+    return {"overload_other_p99_ratio": float(np.median(ratios))}
+
+
+def main() -> None:
+    """Run the parts asked for and print the RESULT line."""
+    args = arguments()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill too
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    parts = {int(x) for x in args.parts.split(",")}
+    bundle_dir = args.bundle or newest_bundle()
+    if bundle_dir is None:
+        raise SystemExit("No bundle: pass --bundle DIR (or build one with the pipeline).")
+    bundle_dir = bundle_dir.resolve()
+    index_root = (args.index_root or get_settings().home / "indexes").resolve()
+    if not (index_root / args.index_name).is_dir():
+        raise SystemExit(f"No index {args.index_name!r} under {index_root}.")
+    print_machine(args.threads)
+    print(f"busy processes before start: {busy_processes()}")
+    bundle = OnnxBundle.load(bundle_dir)
+    texts = xquad_questions()
+    model = OnnxEmbedder(bundle.role_dir("embedder"), providers=default_providers(None),
+                         threads=args.threads)
+    tokens = np.mean(model.count_tokens(texts))
+    print(f"bundle: {bundle_dir} | index: {index_root / args.index_name} | texts: {len(texts)} "
+          f"XQuAD questions, {tokens:.1f} tokens on average")
+
+    home = Path(tempfile.mkdtemp(prefix="slipway-bench-serve-"))
+    store = FileKeyStore(home / "api_keys.json")
+    bench_token, _ = create_key(store, "bench", [Scope.ADMIN], requests_per_minute=UNLIMITED_RPM)
+    token_a, _ = create_key(store, "flood", [Scope.ADMIN], requests_per_minute=args.limit_rpm)
+    token_b, _ = create_key(store, "other", [Scope.ADMIN], requests_per_minute=UNLIMITED_RPM)
+    common = {"SLIPWAY_INDEX_ROOT": str(index_root), "SLIPWAY_INDEX_NAME": args.index_name,
+              "SLIPWAY_THREADS": str(args.threads)}
+    if args.max_latency_ms is not None:
+        common["SLIPWAY_EMBED_MAX_LATENCY_MS"] = str(args.max_latency_ms)
+    servers: list[Server] = []
+    result: dict[str, float] = {}
+    try:
+        servers.append(start_server("on", home, bundle_dir, common))
+        if 1 in parts:
+            servers.append(start_server("off", home, bundle_dir, {
+                **common, "SLIPWAY_EMBED_MAX_BATCH": str(args.off_max_batch)}))
+        on = servers[0]
+        try:
+            took = wait_ready(servers)
+        except RuntimeError:
+            off_log = servers[-1].log.read_text(errors="replace") if len(servers) > 1 else ""
+            if "'max_batch_size' must be > 1" in off_log:
+                print(f"The service cannot start with SLIPWAY_EMBED_MAX_BATCH="
+                      f"{args.off_max_batch}: BentoML rejects max_batch_size <= 1 on a batchable "
+                      "method (bento/service.py, Embedder.embed_batch). Measure against the "
+                      "smallest batching it accepts with --off-max-batch 2.", file=sys.stderr)
+            raise
+        print(f"servers ready in {took:.0f} s: batching on :{on.port}"
+              + (f", off (max batch {args.off_max_batch}) :{servers[1].port}" if 1 in parts
+                 else "")
+              + f" (home {home}; SLIPWAY_THREADS={args.threads}, SLIPWAY_EMBED_MAX_LATENCY_MS="
+              f"{args.max_latency_ms or 'default'})")
+        if 1 in parts:
+            result.update(report_embed(args, on, servers[1], model, bench_token, texts))
+            servers[1].stop()  # parts 2 and 3 use the default (batching on) server only
+        if 2 in parts:
+            result.update(report_steady(args, on, bench_token, texts))
+        if 3 in parts:
+            result.update(report_limits(args, on, token_a, token_b, texts))
+        keys = ("batching_speedup", "served_fraction", "embed_p99_ms", "search_p99_ms",
+                "answer_p99_ms", "overload_other_p99_ratio", "embed_error_rate")
+        digits = {"embed_p99_ms": 1, "search_p99_ms": 1, "answer_p99_ms": 1,
+                  "embed_error_rate": 3}
+        print("\nRESULT " + " ".join(f"{k}={result.get(k, float('nan')):.{digits.get(k, 2)}f}"
+                                     for k in keys))
+    except BaseException:
+        for server in servers:
+            if not server.alive():
+                print(f"--- server {server.name} exited; log tail ---\n{server.tail()}",
+                      file=sys.stderr)
+        raise
+    finally:
+        for server in servers:
+            server.stop()
+        print(f"servers stopped; logs in {home}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

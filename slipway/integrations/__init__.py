@@ -1,0 +1,1 @@
+"""Adapters that expose Slipway search and embeddings to other frameworks."""

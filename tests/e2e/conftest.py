@@ -1,0 +1,143 @@
+"""Fixtures of the end-to-end tier: one real main-job run, and the real service on what it
+registered (``slipway serve``, as a user starts it), shared by the modules that need them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = {"generator": {"quantization": "int8"}}
+XQUAD = ROOT.parent / "shared" / "data" / "xquad_en" / "beir"  # used after shared_data checked it
+DEPRECATED = {"/v1/completions": {"since": "2026-11-01", "sunset": "2027-06-30",
+                                  "successor": "/v1/chat/completions"}}
+
+
+def free_port() -> int:
+    """A free TCP port on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
+               shared_data: Path) -> dict[str, str]:
+    """Run the main job end to end (documents, model build, index refresh) and return the
+    model_build's registered_model output."""
+    from zenml import Model
+    from zenml.client import Client
+
+    from pipelines.llmops import llmops_pipeline
+
+    run = llmops_pipeline.with_options(enable_cache=False, model=Model(name="slipway-e2e"))(
+        build=BUILD, model_name="slipway-e2e", bento=True, corpus=str(XQUAD),
+        index={"index_name": "e2e", "eval_dir": str(XQUAD)}, chunk_tokens=48, overlap_tokens=8,
+        embedder_path=str(tiny_embedder), generator_path=str(tiny_generator),
+    )
+    run = Client().get_pipeline_run(run.id)
+    assert run.status == "completed"
+    assert run.steps["publish_index_version"].outputs["published_index_version"][0].load() == "v000001"
+    out = run.steps["track_and_register"].outputs["registered_model"][0].load()
+    bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
+    assert bento_tag.startswith(f"slipway:v{out['version']}-")
+    graph_stats = run.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
+    # earlier tests of the session may have left other chunkings of these passages in the graph
+    assert graph_stats.new + graph_stats.changed + graph_stats.unchanged == 240
+    assert graph_stats.counts["Document"] == 240 and graph_stats.counts["Entity"] > 100
+    gnn = run.steps["train_graph_embeddings"].outputs["gnn_metrics"][0].load()
+    assert gnn["trained"] == 1.0 and gnn["link_auc"] > gnn["random_auc"]
+    linked = Client().get_model_version("slipway-e2e", run.model_version.name)
+    assert linked.run_metadata["mlflow_model"]["version"] == out["version"]
+    return out
+
+
+@dataclass(frozen=True)
+class Server:
+    """The running service: its URL, API keys by role, and its log file."""
+
+    base: str
+    keys: dict[str, str]
+    log: Path
+    tracking_uri: str
+
+    def headers(self, role: str = "admin") -> dict[str, str]:
+        """Authorization for the key of ``role``."""
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+def _create_keys(home: Path) -> dict[str, str]:
+    from slipway.api.keys import FileKeyStore, Scope, create_key
+
+    store = FileKeyStore(home / "api_keys.json")
+    specs = {"admin": ([Scope.ADMIN], 100_000, None), "embed": ([Scope.EMBED], 100_000, None),
+             "generate": ([Scope.GENERATE], 100_000, None),
+             "search": ([Scope.SEARCH], 100_000, None),
+             "limited": ([Scope.EMBED], 3, None), "tokens": ([Scope.EMBED], 100_000, 40),
+             "fuzz": ([Scope.ADMIN], 1_000_000, None)}
+    return {role: create_key(store, f"e2e-{role}", scopes, requests_per_minute=rpm,
+                             tokens_per_minute=tpm)[0]
+            for role, (scopes, rpm, tpm) in specs.items()}
+
+
+@pytest.fixture(scope="session")
+def server(registered: dict[str, str], graph_server: object,
+           valkey_server_url: str) -> Iterator[Server]:
+    """`slipway serve` on the registered champion and the e2e index, with rate limits and the
+    result cache in a real Valkey, traces to MLflow, and one route marked deprecated."""
+    home = Path(os.environ["SLIPWAY_HOME"])
+    keys = _create_keys(home)
+    port = free_port()
+    env = {**os.environ, "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e", "SLIPWAY_THREADS": "1",
+           "SLIPWAY_MAX_TEXTS": "8", "SLIPWAY_MAX_CHARS": "500", "SLIPWAY_MAX_NEW_TOKENS": "32",
+           "SLIPWAY_MAX_BODY_BYTES": "8192", "SLIPWAY_INDEX_NAME": "e2e",
+           "SLIPWAY_RATE_LIMIT_STORE": "redis", "SLIPWAY_CACHE": "redis",
+           "SLIPWAY_REDIS_URL": valkey_server_url, "SLIPWAY_TRACE_SAMPLE_RATE": "1.0",
+           "SLIPWAY_DEPRECATED_ROUTES": json.dumps(DEPRECATED)}
+    log_path = home.parent / "serve.log"
+    log = open(log_path, "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slipway.cli", "serve", "--port", str(port),
+         "--tracking-uri", registered["tracking_uri"]],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"server not ready in 240 s: {log_path.read_text()[-3000:]}")
+        yield Server(base, keys, log_path, registered["tracking_uri"])
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process group, SIGKILL it after 30 s; nothing if it is gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,118 @@
+"""Tier 1: the API middleware on a small real ASGI app: request ids, body limits, content
+types, overload shedding, version and deprecation headers, and a JSON 500 without internals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import date
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from slipway.api.middleware import ApiMiddleware, Deprecated, RequestIdFilter
+
+pytestmark = pytest.mark.anyio
+GATE = asyncio.Event()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"bytes": len(body), "id": request.state.request_id})
+
+
+async def slow(request: Request) -> JSONResponse:
+    await GATE.wait()
+    return JSONResponse({})
+
+
+async def boom(request: Request) -> JSONResponse:
+    raise RuntimeError("secret internals")
+
+
+def client(deprecated: dict[str, Deprecated] | None = None) -> httpx.AsyncClient:
+    """The middleware where the service has it: inside the app's error handling."""
+    app = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"]), Route("/old", echo),
+                            Route("/slow", slow), Route("/boom", boom)],
+                    middleware=[Middleware(ApiMiddleware, max_body_bytes=100, max_concurrency=2,
+                                           deprecated=deprecated)])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                             base_url="http://test")
+
+
+async def test_request_ids_are_echoed_or_generated_and_versions_sent() -> None:
+    async with client() as c:
+        given = await c.get("/echo", headers={"X-Request-ID": "abc-123"})
+        assert given.headers["x-request-id"] == "abc-123" == given.json()["id"]
+        made = await c.get("/echo", headers={"X-Request-ID": "bad id with spaces\n"})
+        assert len(made.headers["x-request-id"]) == 32 and made.headers["x-api-version"] == "v1"
+        assert made.headers["x-slipway-version"]
+
+
+async def test_bodies_must_be_json_and_small() -> None:
+    async with client() as c:
+        ok = await c.post("/echo", json={"a": 1})
+        assert ok.status_code == 200 and ok.json()["bytes"] == len(b'{"a":1}')
+        assert (await c.post("/echo", content=b"a=1", headers={
+            "content-type": "application/x-www-form-urlencoded"})).status_code == 415
+        assert (await c.post("/echo", content=b"{}")).status_code == 415  # no content type
+        big = await c.post("/echo", json={"a": "x" * 200})
+        assert big.status_code == 413 and "SLIPWAY_MAX_BODY_BYTES" in big.json()["error"]["message"]
+
+
+async def test_a_streamed_body_over_the_limit_is_cut_off() -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"x" * 30
+
+    async with client() as c:
+        r = await c.post("/echo", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413  # the app's HTTPException handler renders it (JSON in ours)
+
+
+async def test_overload_is_a_503_with_retry_after() -> None:
+    GATE.clear()
+    async with client() as c:
+        held = [asyncio.create_task(c.get("/slow")) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        shed = await c.get("/echo")
+        GATE.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+    assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+    assert shed.json()["error"]["code"] == "overloaded"
+
+
+async def test_failures_are_a_json_500_without_internals(caplog: pytest.LogCaptureFixture) -> None:
+    async with client() as c:
+        with caplog.at_level(logging.ERROR, logger="slipway.api"):
+            r = await c.get("/boom", headers={"X-Request-ID": "req-9"})
+    assert r.status_code == 500 and r.headers["x-request-id"] == "req-9"
+    assert "secret" not in r.text and r.json()["error"]["type"] == "server_error"
+    assert "secret internals" in caplog.text
+
+
+async def test_deprecated_routes_announce_their_sunset() -> None:
+    gone = Deprecated(since=date(2026, 11, 1), sunset=date(2027, 6, 30), successor="/new")
+    async with client({"/old": gone}) as c:
+        old, new = await c.get("/old"), await c.get("/echo")
+    assert old.headers["deprecation"] == "@1793491200"
+    assert old.headers["sunset"] == "Wed, 30 Jun 2027 00:00:00 GMT"
+    assert old.headers["link"] == '</new>; rel="successor-version"'
+    assert "deprecation" not in new.headers
+
+
+def test_log_records_carry_the_request_id() -> None:
+    record = logging.LogRecord("slipway.x", logging.INFO, __file__, 1, "m", None, None)
+    assert RequestIdFilter().filter(record) and record.request_id == "-"
+    assert json.dumps({"id": record.request_id})
