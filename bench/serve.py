@@ -569,13 +569,13 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--max-latency-ms", type=int, default=None,
                    help="SLIPWAY_EMBED_MAX_LATENCY_MS of both servers (default: the service's).")
     p.add_argument("--search-rate", type=float, default=2.0)
-    p.add_argument("--answer-rate", type=float, default=0.5)
+    p.add_argument("--answer-rate", type=float, default=0.2)
     p.add_argument("--steady-seconds", type=float, default=20.0)
-    p.add_argument("--answer-seconds", type=float, default=30.0)
+    p.add_argument("--answer-seconds", type=float, default=60.0)
     p.add_argument("--answer-tokens", type=int, default=32)
     p.add_argument("--limit-rpm", type=int, default=120, help="Key A's requests per minute.")
     p.add_argument("--overload", type=float, default=10.0)
-    p.add_argument("--other-rate", type=float, default=5.0, help="Key B's requests per second.")
+    p.add_argument("--other-rate", type=float, default=10.0, help="Key B's requests per second.")
     p.add_argument("--limit-seconds", type=float, default=15.0)
     p.add_argument("--limit-rounds", type=int, default=None, help="Default: --rounds.")
     return p.parse_args()
@@ -616,8 +616,9 @@ def report_embed(args: argparse.Namespace, on: Server, off: Server, model: OnnxE
               f" ({load.codes()})")
     for load in (embed.on, embed.off):
         print(f"  {load.name:>12}: {cpu_line(load)}")
-    speedup = embed.on.throughput / max(embed.off.throughput, 1e-9)
-    fraction = embed.on.throughput / max(embed.local.throughput, 1e-9)
+    nan = float("nan")
+    speedup = embed.on.throughput / embed.off.throughput if embed.off.throughput else nan
+    fraction = embed.on.throughput / embed.local.throughput if embed.local.throughput else nan
     error_rate = embed.on.errors / max(embed.on.requests, 1)
     print(f"  batching speedup {speedup:.2f}x (target >= 3) | served / in-process "
           f"{fraction:.2f} (target >= 0.7) | batching-on error rate {error_rate:.1%} "
@@ -744,6 +745,7 @@ def main() -> None:
             result.update(report_steady(args, on, bench_token, texts))
         if 3 in parts:
             result.update(report_limits(args, on, token_a, token_b, texts))
+        print(f"\nbusy processes at the end: {busy_processes()}")
         keys = ("batching_speedup", "served_fraction", "embed_p99_ms", "search_p99_ms",
                 "answer_p99_ms", "overload_other_p99_ratio", "embed_error_rate")
         digits = {"embed_p99_ms": 1, "search_p99_ms": 1, "answer_p99_ms": 1,

@@ -18,11 +18,14 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import aiohttp
 import bentoml
 import numpy as np
+from bentoml.exceptions import ServiceUnavailable
 
 from slipway.api import metrics
 from slipway.api.app import create_app
+from slipway.api.errors import ApiError
 from slipway.api.middleware import configure_json_logging
 from slipway.api.runtime import Runtime, iterate_in_thread, ndjson_events
 from slipway.config import ServeSettings, get_settings
@@ -36,7 +39,13 @@ LIMITS = ServeSettings()
 api_app = create_app()
 
 
-@bentoml.service(name="slipway-embedder", workers=1, traffic={"timeout": 60})
+# BentoML's client recycles its connection pool every 100 requests or 300 s and closes the old
+# pool with requests still in flight (bentoml/BentoML#5540): recycle effectively never.
+KEEP_CONNECTIONS = {"max_requests": 2**31, "max_age": 10.0**9}
+
+
+@bentoml.service(name="slipway-embedder", workers=1, traffic={"timeout": 60},
+                 runner_connection=KEEP_CONNECTIONS)
 class Embedder:
     """The ONNX sentence encoder; concurrent requests are merged into one batch."""
 
@@ -50,7 +59,7 @@ class Embedder:
         )
         logger.info("Embedder %s v%s on %s", served.model_name, served.version, self.model.provider)
 
-    @bentoml.api(batchable=True, max_batch_size=LIMITS.embed_max_batch,
+    @bentoml.api(batchable=LIMITS.embed_max_batch > 1, max_batch_size=max(2, LIMITS.embed_max_batch),
                  max_latency_ms=LIMITS.embed_max_latency_ms)
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for a (merged) batch of texts."""
@@ -64,7 +73,8 @@ class Embedder:
                 "max_batch_size": LIMITS.embed_max_batch}
 
 
-@bentoml.service(name="slipway-generator", workers=1, traffic={"timeout": 300})
+@bentoml.service(name="slipway-generator", workers=1, traffic={"timeout": 300},
+                 runner_connection=KEEP_CONNECTIONS)
 class Generator:
     """The ONNX decoder (onnxruntime-genai or optimum, per the bundle's manifest)."""
 
@@ -96,12 +106,21 @@ class Generator:
         return {"provider": self.model.provider, "context_length": self.context}
 
 
+def _unavailable(role: str, exc: Exception) -> ApiError:
+    logger.warning("The %s service failed: %r", role, exc)
+    return ApiError(503, f"The {role} is overloaded or restarting; retry shortly.",
+                    type="server_error", code="backend_unavailable")
+
+
 class _RemoteEmbedder:
     def __init__(self, service: Any) -> None:
         self.service = service
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(await self.service.to_async.embed_batch(texts))
+        try:
+            return np.asarray(await self.service.to_async.embed_batch(texts))
+        except (ServiceUnavailable, aiohttp.ClientError) as exc:
+            raise _unavailable("encoder", exc) from exc
 
     async def describe(self) -> dict[str, Any]:
         return dict(await self.service.to_async.describe())
@@ -112,7 +131,10 @@ class _RemoteGenerator:
         self.service = service
 
     async def complete(self, request: Request) -> dict[str, Any]:
-        return dict(await self.service.to_async.complete(request.to_dict()))
+        try:
+            return dict(await self.service.to_async.complete(request.to_dict()))
+        except (ServiceUnavailable, aiohttp.ClientError) as exc:
+            raise _unavailable("generator", exc) from exc
 
     async def events(self, request: Request) -> AsyncIterator[dict[str, Any]]:
         async for event in ndjson_events(self.service.to_async.stream(request.to_dict())):

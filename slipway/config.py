@@ -78,7 +78,9 @@ class ServeSettings(BaseSettings):
         default=128, ge=1, description="Adaptive batching: most texts per encoder call (1 = off)."
     )
     embed_max_latency_ms: int = Field(
-        default=20, ge=1, description="Adaptive batching: longest a request waits for a batch."
+        default=1000, ge=1,
+        description="Adaptive batching: latency budget; BentoML sheds (503) requests it predicts "
+                    "would exceed it.",
     )
     api_workers: int = Field(default=1, ge=1, description="Worker processes of the API service.")
     trace_sample_rate: float = Field(

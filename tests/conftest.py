@@ -28,6 +28,11 @@ os.environ.update(
 
 import pytest  # noqa: E402
 
+# ZenML's filter models must be built before anything (httpx, at collection) creates an equal
+# ``Optional[Union[List[str], str]]``: typing's cache would hand ZenML that argument order, and
+# its filter code (issubclass over the union's args, in order) then rejects `oneof:` filters.
+import zenml.models  # noqa: E402,F401
+
 from tests.tiny_models import make_tiny_embedder, make_tiny_generator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

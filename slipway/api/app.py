@@ -52,7 +52,6 @@ from slipway.api.schemas import (
     ModelCard,
     ModelsResponse,
     Neighbour,
-    SearchHit,
     SearchRequest,
     SearchResponse,
     SummarizeRequest,
@@ -453,7 +452,7 @@ async def run_search(rt: Runtime, query: str, top_k: int, filters: dict[str, Any
         return SearchResponse.model_validate(value)
     searcher = rt.searcher(state, rerank, graph)
     hits = (await searcher.search_async([query], top_k, filters))[0]
-    results = [SearchHit.model_validate(h.model_dump()) for h in state.opened.hydrate(hits)]
+    results = state.opened.hydrate(hits)
     response = SearchResponse(index_version=state.opened.version, model=rt.model_id,
                               reranked=searcher.reranker is not None, graph_expanded=graph,
                               results=results)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway.api.keys import PREFIX, AuthError, KeyStore, Scope, ScopeError, verify
+from slipway.api.keys import PREFIX, AuthError, KeyRecord, KeyStore, Scope, ScopeError, verify
 from slipway.api.ratelimit import Limits
 from slipway.config import ApiSettings
 
@@ -40,11 +41,39 @@ def claim_scopes(claims: dict[str, Any]) -> frozenset[Scope]:
     return frozenset(Scope(n) for n in names if isinstance(n, str) and n in known)
 
 
+class CachedKeyStore:
+    """A key store read through a short-lived cache: a request does not re-read the file (or
+    Redis) each time; a revocation or rotation takes effect within ``ttl`` seconds."""
+
+    def __init__(self, store: KeyStore, ttl: float = 2.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        now = time.monotonic()
+        hit = self._cache.get(key_id)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        record = self.store.get(key_id)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key_id] = (now, record)
+        return record
+
+    def put(self, record: KeyRecord) -> None:
+        self._cache.pop(record.id, None)
+        self.store.put(record)
+
+    def all(self) -> list[KeyRecord]:
+        return self.store.all()
+
+
 class Authenticator:
     """Checks credentials against the key store and, when configured, JWT signatures."""
 
     def __init__(self, store: KeyStore | None, settings: ApiSettings) -> None:
-        self.store = store
+        self.store = CachedKeyStore(store) if store is not None else None
         self.settings = settings
         self.default_limits = Limits(settings.default_requests_per_minute,
                                      settings.default_tokens_per_minute)

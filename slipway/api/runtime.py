@@ -53,6 +53,62 @@ class GenerateClient(Protocol):
     async def describe(self) -> dict[str, Any]: ...
 
 
+class Coalescer:
+    """Merges concurrent ``embed`` calls of this worker into one call of ``client`` (up to
+    ``max_texts`` texts, gathered for at most ``wait_ms``): one hop to the encoder service per
+    batch instead of per request. The encoder service batches again across workers."""
+
+    def __init__(self, client: EmbedClient, max_texts: int, wait_ms: float = 2.0) -> None:
+        self.client = client
+        self.max_texts = max_texts
+        self.wait = wait_ms / 1000.0
+        self._pending: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+        self._size = 0
+        self._flush: asyncio.TimerHandle | None = None
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Vectors for ``texts``, computed with whatever else arrived meanwhile."""
+        if self.max_texts <= 1 or len(texts) >= self.max_texts:
+            return np.asarray(await self.client.embed(texts), dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        if self._size + len(texts) > self.max_texts:
+            self._send()
+        self._pending.append((texts, future))
+        self._size += len(texts)
+        if self._size >= self.max_texts:
+            self._send()
+        elif self._flush is None:
+            self._flush = loop.call_later(self.wait, self._send)
+        return await future
+
+    def _send(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        batch, self._pending, self._size = self._pending, [], 0
+        if batch:
+            asyncio.ensure_future(self._run(batch))
+
+    async def _run(self, batch: list[tuple[list[str], asyncio.Future[np.ndarray]]]) -> None:
+        try:
+            vectors = np.asarray(await self.client.embed([t for texts, _ in batch for t in texts]),
+                                 dtype=np.float32)
+        except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for texts, future in batch:
+            if not future.done():
+                future.set_result(vectors[start:start + len(texts)])
+            start += len(texts)
+
+    async def describe(self) -> dict[str, Any]:
+        return await self.client.describe()
+
+
 class _SyncEmbedder:
     """The :class:`~slipway.embedding.Embedder` protocol over an async client, for the
     searcher's worker threads: each call runs on the service's event loop."""
@@ -81,9 +137,9 @@ class Runtime:
                  serve: ServeSettings | None = None, api: ApiSettings | None = None,
                  index: IndexSettings | None = None) -> None:
         self.served = served
-        self.embedder = embedder
-        self.generator = generator
         self.serve = serve or ServeSettings()
+        self.embedder = Coalescer(embedder, self.serve.embed_max_batch)
+        self.generator = generator
         self.api = api or ApiSettings()
         self.index_settings = index or IndexSettings()
         bundle = served.bundle

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slipway.config import ServeSettings
+from slipway.retrieval.index import ChunkHit
 
 LIMITS = ServeSettings()
 
@@ -116,22 +117,12 @@ class SearchRequest(Strict):
     graph: bool = Field(default=False, description="Fuse knowledge-graph expansion.")
 
 
-class SearchHit(BaseModel):
-    id: str
-    doc_id: str
-    score: float
-    title: str
-    text: str
-    position: int
-    metadata: dict[str, str]
-
-
 class SearchResponse(BaseModel):
     index_version: str
     model: str
     reranked: bool
     graph_expanded: bool
-    results: list[SearchHit]
+    results: list[ChunkHit]
 
 
 class AnswerRequest(Strict):
@@ -255,13 +246,18 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class CompletionResponse(BaseModel):
+class OpenAIResponse(BaseModel):
+    """What every OpenAI completion response carries."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
     usage: Usage
+
+
+class CompletionResponse(OpenAIResponse):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class TextPart(BaseModel):
@@ -312,10 +308,6 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatResponse(BaseModel):
-    id: str
+class ChatResponse(OpenAIResponse):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
-    usage: Usage

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,45 +92,57 @@ def _create_keys(home: Path) -> dict[str, str]:
             for role, (scopes, rpm, tpm) in specs.items()}
 
 
-@pytest.fixture(scope="session")
-def server(registered: dict[str, str], graph_server: object,
-           valkey_server_url: str) -> Iterator[Server]:
-    """`slipway serve` on the registered champion and the e2e index, with rate limits and the
-    result cache in a real Valkey, traces to MLflow, and one route marked deprecated."""
-    home = Path(os.environ["SLIPWAY_HOME"])
-    keys = _create_keys(home)
+@contextmanager
+def serving(tracking_uri: str, log_path: Path, ready: bool = True,
+            **settings: str) -> Iterator[str]:
+    """`slipway serve` on the registered e2e champion with ``SLIPWAY_*`` ``settings``, as a
+    user starts it; yields its URL once it is live (and ready, unless ``ready`` is false)."""
     port = free_port()
-    env = {**os.environ, "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e", "SLIPWAY_THREADS": "1",
+    # its own BentoML home: a starting server empties the Prometheus multiprocess directory
+    # under BENTOML_HOME, which would wipe the metrics of another server sharing it
+    env = {**os.environ, "BENTOML_HOME": str(log_path.parent / f"bentoml-{port}"),
+           "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e", "SLIPWAY_THREADS": "1",
            "SLIPWAY_MAX_TEXTS": "8", "SLIPWAY_MAX_CHARS": "500", "SLIPWAY_MAX_NEW_TOKENS": "32",
-           "SLIPWAY_MAX_BODY_BYTES": "8192", "SLIPWAY_INDEX_NAME": "e2e",
-           "SLIPWAY_RATE_LIMIT_STORE": "redis", "SLIPWAY_CACHE": "redis",
-           "SLIPWAY_REDIS_URL": valkey_server_url, "SLIPWAY_TRACE_SAMPLE_RATE": "1.0",
-           "SLIPWAY_DEPRECATED_ROUTES": json.dumps(DEPRECATED)}
-    log_path = home.parent / "serve.log"
+           **{f"SLIPWAY_{k.upper()}": v for k, v in settings.items()}}
     log = open(log_path, "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "slipway.cli", "serve", "--port", str(port),
-         "--tracking-uri", registered["tracking_uri"]],
+         "--tracking-uri", tracking_uri],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
+    probe = "/readyz" if ready else "/livez"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{base}{probe}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(1)
         else:
-            pytest.fail(f"server not ready in 240 s: {log_path.read_text()[-3000:]}")
-        yield Server(base, keys, log_path, registered["tracking_uri"])
+            pytest.fail(f"server not up in 240 s: {log_path.read_text()[-3000:]}")
+        yield base
     finally:
         stop_group(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(registered: dict[str, str], graph_server: object,
+           valkey_server_url: str) -> Iterator[Server]:
+    """The service on the e2e index, with rate limits and the result cache in a real Valkey,
+    traces to MLflow, and one route marked deprecated."""
+    home = Path(os.environ["SLIPWAY_HOME"])
+    keys = _create_keys(home)
+    log_path = home.parent / "serve.log"
+    with serving(registered["tracking_uri"], log_path, max_body_bytes="8192", index_name="e2e",
+                 rate_limit_store="redis", cache="redis", redis_url=valkey_server_url,
+                 trace_sample_rate="1.0", deprecated_routes=json.dumps(DEPRECATED)) as base:
+        yield Server(base, keys, log_path, registered["tracking_uri"])
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import DEPRECATED, ROOT, XQUAD, Server
+from tests.e2e.conftest import DEPRECATED, ROOT, XQUAD, Server, serving
 
 # The scopes each route needs; a new route must be added here (the sweep checks the spec).
 ROUTE_SCOPES: dict[str, set[str]] = {
@@ -68,6 +68,17 @@ def xquad_question(i: int = 0) -> str:
 def test_health_and_metrics_are_open(server: Server) -> None:
     for path in OPEN_ROUTES:
         assert httpx.get(f"{server.base}{path}", timeout=30).status_code == 200, path
+
+
+def test_not_ready_without_a_published_index(server: Server, tmp_path: Path) -> None:
+    with serving(server.tracking_uri, tmp_path / "serve.log", ready=False,
+                 index_name="never-published") as base:
+        assert httpx.get(f"{base}/livez", timeout=30).status_code == 200
+        assert httpx.get(f"{base}/readyz", timeout=30).status_code == 503
+        r = httpx.post(f"{base}/v1/search", json={"query": "x"}, headers=server.headers(),
+                       timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "index_unavailable"
+        assert "never-published" in r.json()["error"]["message"]
 
 
 def test_embed(server: Server) -> None:
