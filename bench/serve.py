@@ -401,6 +401,7 @@ class EmbedResult:
     on: Load
     off: Load
     local: Load
+    single: Load  # in-process, one text per call: the encoder's own batching gain
 
 
 def inprocess_round(model: OnnxEmbedder, batches: Iterator[list[str]], seconds: float) -> Load:
@@ -439,18 +440,20 @@ async def part_embed(on: Server, off: Server, model: OnnxEmbedder, token: str,
     """Batching on vs off vs in-process, interleaved rounds."""
     served_batches = batches_of(texts, per_request)
     local_batches = batches_of(texts, local_batch)
-    phases: dict[str, list[Load]] = {"on": [], "off": [], "local": []}
+    single_batches = batches_of(texts, 1)
+    phases: dict[str, list[Load]] = {"on": [], "off": [], "local": [], "single": []}
     async with new_client(clients + 8) as client_on, new_client(clients + 8) as client_off:
         clients_of = {"on": (client_on, on), "off": (client_off, off)}
         for name, (client, server) in clients_of.items():  # warm-up (and BentoML's optimizer)
             w = await closed_loop(client, server, token, served_batches, clients, warmup, name)
             print(f"  warm-up {name}: {w.throughput:.0f} texts/s, {w.codes()}")
         inprocess_round(model, local_batches, min(warmup, 2.0))
-        order = ["on", "off", "local"]
+        order = ["on", "off", "local", "single"]
         for r in range(rounds):
             for name in order if r % 2 == 0 else order[::-1]:
-                if name == "local":
-                    load = inprocess_round(model, local_batches, seconds)
+                if name in ("local", "single"):
+                    batches = local_batches if name == "local" else single_batches
+                    load = inprocess_round(model, batches, seconds)
                 else:
                     client, server = clients_of[name]
                     load = await closed_loop(client, server, token, served_batches, clients,
@@ -459,7 +462,8 @@ async def part_embed(on: Server, off: Server, model: OnnxEmbedder, token: str,
                 print(f"  round {r + 1} {name:>5}: {load.throughput:7.1f} texts/s  "
                       f"p50 {load.p(50):6.1f} ms  p99 {load.p(99):6.1f} ms  {load.codes()}")
     return EmbedResult(pooled("batching on", phases["on"]), pooled("batching off", phases["off"]),
-                       pooled("in-process", phases["local"]))
+                       pooled("in-process", phases["local"]),
+                       pooled("in-process 1", phases["single"]))
 
 
 async def part_steady(server: Server, token: str, questions: list[str], search_rate: float,
@@ -610,7 +614,7 @@ def report_embed(args: argparse.Namespace, on: Server, off: Server, model: OnnxE
     embed = asyncio.run(part_embed(on, off, model, token, texts, args.texts_per_request,
                                    args.local_batch, args.clients, args.rounds, args.seconds,
                                    args.warmup))
-    for load in (embed.on, embed.off, embed.local):
+    for load in (embed.on, embed.off, embed.local, embed.single):
         print(f"  {load.name:>12}: {load.throughput:7.1f} texts/s  p50 {load.p(50):6.1f} ms"
               f"  p99 {load.p(99):6.1f} ms  requests {load.requests} errors {load.errors}"
               f" ({load.codes()})")
@@ -620,11 +624,15 @@ def report_embed(args: argparse.Namespace, on: Server, off: Server, model: OnnxE
     speedup = embed.on.throughput / embed.off.throughput if embed.off.throughput else nan
     fraction = embed.on.throughput / embed.local.throughput if embed.local.throughput else nan
     error_rate = embed.on.errors / max(embed.on.requests, 1)
+    ceiling = embed.local.throughput / embed.single.throughput if embed.single.throughput else nan
+    print(f"  the encoder's own batching gain in this process ({args.local_batch} texts per call "
+          f"vs 1): {ceiling:.2f}x, the most any batching can give on this machine")
     print(f"  batching speedup {speedup:.2f}x (target >= 3) | served / in-process "
           f"{fraction:.2f} (target >= 0.7) | batching-on error rate {error_rate:.1%} "
           f"(throughput and latency count successful requests only)")
     return {"batching_speedup": speedup, "served_fraction": fraction,
-            "embed_p99_ms": embed.on.p(99), "embed_error_rate": error_rate}
+            "embed_p99_ms": embed.on.p(99), "embed_error_rate": error_rate,
+            "encoder_batch_gain": ceiling}
 
 
 def report_steady(args: argparse.Namespace, on: Server, token: str,
@@ -747,7 +755,7 @@ def main() -> None:
             result.update(report_limits(args, on, token_a, token_b, texts))
         print(f"\nbusy processes at the end: {busy_processes()}")
         keys = ("batching_speedup", "served_fraction", "embed_p99_ms", "search_p99_ms",
-                "answer_p99_ms", "overload_other_p99_ratio", "embed_error_rate")
+                "answer_p99_ms", "overload_other_p99_ratio", "embed_error_rate", "encoder_batch_gain")
         digits = {"embed_p99_ms": 1, "search_p99_ms": 1, "answer_p99_ms": 1,
                   "embed_error_rate": 3}
         print("\nRESULT " + " ".join(f"{k}={result.get(k, float('nan')):.{digits.get(k, 2)}f}"
