@@ -42,10 +42,13 @@ api_app = create_app()
 # BentoML's client recycles its connection pool every 100 requests or 300 s and closes the old
 # pool with requests still in flight (bentoml/BentoML#5540): recycle effectively never.
 KEEP_CONNECTIONS = {"max_requests": 2**31, "max_age": 10.0**9}
+# The API writes one JSON access line per request (with its request id); BentoML's own plain
+# access lines for the API and for every encoder call only cost CPU on the hot path.
+NO_ACCESS_LOG = {"access": {"enabled": False}}
 
 
 @bentoml.service(name="slipway-embedder", workers=1, traffic={"timeout": 60},
-                 runner_connection=KEEP_CONNECTIONS)
+                 runner_connection=KEEP_CONNECTIONS, logging=NO_ACCESS_LOG)
 class Embedder:
     """The ONNX sentence encoder; concurrent requests are merged into one batch."""
 
@@ -56,6 +59,7 @@ class Embedder:
             served.bundle.role_dir("embedder"),
             providers=default_providers(LIMITS.providers),
             threads=get_settings().threads,
+            spinning=False,  # the API and generator processes share these cores
         )
         logger.info("Embedder %s v%s on %s", served.model_name, served.version, self.model.provider)
 
@@ -144,7 +148,8 @@ class _RemoteGenerator:
         return dict(await self.service.to_async.describe())
 
 
-@bentoml.service(name="slipway", workers=LIMITS.api_workers, traffic={"timeout": 300})
+@bentoml.service(name="slipway", workers=LIMITS.api_workers, traffic={"timeout": 300},
+                 logging=NO_ACCESS_LOG)
 @bentoml.asgi_app(api_app, path="/")
 class Slipway:
     """The API; see ``slipway.api.app`` for the routes and ``README.md`` for a session."""

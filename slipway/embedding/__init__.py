@@ -79,11 +79,12 @@ class OnnxEmbedder:
         threads: int = 0,
         batch_size: int = 8,
         model_file: str = "model.onnx",
+        spinning: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.pooling = PoolingConfig.from_model_dir(self.model_dir)
         self.batch_size = batch_size
-        self.session = open_session(self.model_dir / model_file, providers, threads)
+        self.session = open_session(self.model_dir / model_file, providers, threads, spinning)
         self.provider = self.session.get_providers()[0]
         self._inputs = {i.name for i in self.session.get_inputs()}
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))

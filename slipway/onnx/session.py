@@ -27,9 +27,13 @@ def default_providers(requested: list[str] | None = None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Session options with all graph optimizations and ``threads`` intra-op threads."""
+def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptions:
+    """Session options with all graph optimizations and ``threads`` intra-op threads.
+    ``spinning=False`` stops idle intra-op threads from busy-waiting for the next run: a
+    service sharing its cores with other processes gets that CPU back."""
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     options.inter_op_num_threads = 1
@@ -38,11 +42,12 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 
 
 def open_session(
-    model_path: Path, providers: list[str] | None = None, threads: int = 0
+    model_path: Path, providers: list[str] | None = None, threads: int = 0, spinning: bool = True
 ) -> ort.InferenceSession:
     """Open an inference session and log which provider is active."""
     session = ort.InferenceSession(
-        str(model_path), sess_options=session_options(threads), providers=default_providers(providers)
+        str(model_path), sess_options=session_options(threads, spinning),
+        providers=default_providers(providers),
     )
     logger.info("Loaded %s on %s", model_path.name, session.get_providers()[0])
     return session
