@@ -580,7 +580,8 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--limit-rpm", type=int, default=120, help="Key A's requests per minute.")
     p.add_argument("--overload", type=float, default=10.0)
     p.add_argument("--other-rate", type=float, default=10.0, help="Key B's requests per second.")
-    p.add_argument("--limit-seconds", type=float, default=15.0)
+    p.add_argument("--limit-seconds", type=float, default=30.0,
+                   help="Length of each B phase (300 samples at 10/s: a p99 that is not the max).")
     p.add_argument("--limit-rounds", type=int, default=None, help="Default: --rounds.")
     return p.parse_args()
 
