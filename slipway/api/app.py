@@ -60,6 +60,9 @@ from slipway.api.schemas import (
 )
 from slipway.generation import Request as GenRequest
 from slipway.generation import Sampling
+from slipway.retrieval.hybrid import FusionConfig
+from slipway.retrieval.index import ChunkHit, indexed_text
+from slipway.retrieval.rerank import Reranker, rerank
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (sk-slipway-...) or a JWT.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
@@ -116,7 +119,7 @@ async def charge_tokens(request: Request, rt: Runtime, principal: Principal, tok
     if not principal.limits.tokens_per_minute or tokens <= 0:
         return
     decision = await run_in_threadpool(
-        rt.limiter.acquire, f"{principal.id}", Limits(None, principal.limits.tokens_per_minute),
+        rt.limiter.acquire, principal.id, Limits(None, principal.limits.tokens_per_minute),
         tokens)
     if not decision.allowed:
         metrics.rate_limited("tokens")
@@ -447,7 +450,7 @@ async def run_search(rt: Runtime, query: str, top_k: int, filters: dict[str, Any
     """Search the published index (cached per index and model version)."""
     state = rt.index_state()
     payload = {"q": query, "k": top_k, "f": filters, "r": rerank and rt.can_rerank, "g": graph}
-    key, value = rt.cached("search", {**rt.versions(), "index": state.opened.version}, payload)
+    key, value = rt.cached("search", rt.versions(state), payload)
     if value is not None:
         return SearchResponse.model_validate(value)
     searcher = rt.searcher(state, rerank, graph)
@@ -481,16 +484,20 @@ async def _answer(rt: Runtime, request: Request, who: Principal,
         budget = rag.prompt_budget(LIMITS.context_tokens, rt.model_context, body.max_new_tokens)
     except ValueError as exc:
         raise ApiError(400, f"max_new_tokens: {exc}", param="max_new_tokens") from exc
-    with rt.span("retrieve", top_k=body.top_k, graph=body.graph) as span:
-        found = await run_search(rt, body.question, body.top_k, body.filters, False, body.graph)
+    # retrieve once (the re-ranker's candidates when there is one), then re-rank those hits:
+    # the same result as a re-ranked search, with each stage in its own span
+    rerank_top = FusionConfig().rerank_top
+    candidates = max(body.top_k, rerank_top) if rt.can_rerank else body.top_k
+    with rt.span("retrieve", top_k=candidates, graph=body.graph) as span:
+        found = await run_search(rt, body.question, candidates, body.filters, False, body.graph)
         if span is not None:
             span.set_outputs([h.id for h in found.results])
     hits = found.results
     with rt.span("rerank", reranker=rt.can_rerank) as span:
-        if rt.can_rerank and hits:
-            reranked = await run_search(rt, body.question, body.top_k, body.filters, True,
-                                        body.graph)
-            hits = reranked.results
+        if rt.reranker is not None and hits:
+            hits = await run_in_threadpool(rerank_hits, rt.reranker, body.question, hits,
+                                           rerank_top)
+        hits = hits[:body.top_k]
         if span is not None:
             span.set_outputs([h.id for h in hits])
     with rt.span("prompt", budget=budget) as span:
@@ -515,6 +522,15 @@ async def _answer(rt: Runtime, request: Request, who: Principal,
         citations=[Citation(n=i + 1, id=s.id, doc_id=s.doc_id, title=s.title, score=s.score)
                    for i, s in enumerate(used)],
         usage=_usage(out["prompt_tokens"], out["completion_tokens"]))
+
+
+def rerank_hits(reranker: Reranker, query: str, hits: list[ChunkHit],
+                top_n: int) -> list[ChunkHit]:
+    """``hits`` with the first ``top_n`` re-ordered (and re-scored) by the re-ranker."""
+    by_id = {h.id: h for h in hits}
+    order = rerank(reranker, query, [(h.id, h.score) for h in hits],
+                   [indexed_text(h.title, h.text) for h in hits[:top_n]], top_n)
+    return [by_id[chunk_id].model_copy(update={"score": score}) for chunk_id, score in order]
 
 
 def entity_lookup(rt: Runtime, name: str, limit: int) -> EntitiesResponse:

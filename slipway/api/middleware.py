@@ -96,7 +96,7 @@ class ApiMiddleware:
                 return
             self.in_flight += 1
             try:
-                await self.app(scope, self._limited(receive, headers), send_wrapper)
+                await self.app(scope, self._limited(receive), send_wrapper)
             finally:
                 self.in_flight -= 1
         except BodyTooLarge:
@@ -136,7 +136,7 @@ class ApiMiddleware:
         return ApiError(413, f"The body exceeds {self.max_body} bytes (SLIPWAY_MAX_BODY_BYTES); "
                         "send fewer or shorter texts.", code="body_too_large")
 
-    def _limited(self, receive: Any, headers: dict[str, str]) -> Any:
+    def _limited(self, receive: Any) -> Any:
         seen = 0
 
         async def wrapped() -> dict[str, Any]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +29,7 @@ from slipway.documents.chunking import load_tokenizer
 from slipway.generation import Request, context_length
 from slipway.retrieval.hybrid import HybridSearcher
 from slipway.retrieval.index import OpenIndex
+from slipway.retrieval.rerank import Reranker
 from slipway.serving import ServedBundle
 
 logger = logging.getLogger(__name__)
@@ -159,7 +161,9 @@ class Runtime:
 
     # --- set-up ------------------------------------------------------------------------
 
+    @cached_property
     def _redis(self) -> Any:
+        """One client (and connection pool) for the rate limiter and the cache."""
         import redis
 
         if not self.api.redis_url:
@@ -173,14 +177,14 @@ class Runtime:
 
     def _limiter(self) -> RateLimiter:
         if self.api.rate_limit_store == "redis":
-            return RedisRateLimiter(self._redis())
+            return RedisRateLimiter(self._redis)
         return MemoryRateLimiter()
 
     def _cache(self) -> ResultCache | None:
         if self.api.cache == "off":
             return None
         if self.api.cache == "redis":
-            return RedisCache(self._redis(), ttl_seconds=self.api.cache_ttl)
+            return RedisCache(self._redis, ttl_seconds=self.api.cache_ttl)
         return MemoryCache(self.api.cache_max_entries, float(self.api.cache_ttl))
 
     def _tracing(self) -> float:
@@ -244,20 +248,25 @@ class Runtime:
         (call it on the event loop: query embeddings go through it)."""
         key = (rerank, graph)
         if key not in state.searchers:
-            from slipway.retrieval.rerank import CrossEncoderReranker
-
-            path = self.index_settings.reranker_path
-            reranker = CrossEncoderReranker(path) if rerank and path is not None else None
             expander = self.graph().expand_many if graph else None
             state.searchers[key] = HybridSearcher(
-                _SyncEmbedder(self.embedder, asyncio.get_running_loop()), state.opened.dense, state.opened.sparse,
-                reranker=reranker, text_of=state.opened.text_of, expander=expander)
+                _SyncEmbedder(self.embedder, asyncio.get_running_loop()), state.opened.dense,
+                state.opened.sparse, reranker=self.reranker if rerank else None,
+                text_of=state.opened.text_of, expander=expander)
         return state.searchers[key]
 
     @property
     def can_rerank(self) -> bool:
         """Whether a re-ranker is configured."""
         return self.index_settings.reranker_path is not None
+
+    @cached_property
+    def reranker(self) -> Reranker | None:
+        """The configured cross-encoder, loaded once for every searcher and index version."""
+        from slipway.retrieval.rerank import CrossEncoderReranker
+
+        path = self.index_settings.reranker_path
+        return CrossEncoderReranker(path) if path is not None else None
 
     # --- the graph ---------------------------------------------------------------------
 
@@ -284,11 +293,11 @@ class Runtime:
 
     # --- cache, tokens, tracing --------------------------------------------------------
 
-    def versions(self, with_index: bool = False) -> dict[str, str]:
-        """What a cached result depends on."""
+    def versions(self, index: IndexState | None = None) -> dict[str, str]:
+        """What a cached result depends on: the model, and the index version it searched."""
         out = {"model": self.model_id}
-        if with_index:
-            out["index"] = self.index_state().opened.version
+        if index is not None:
+            out["index"] = index.opened.version
         return out
 
     def cached(self, kind: str, versions: dict[str, str], payload: Any) -> tuple[str, Any | None]:

@@ -217,22 +217,6 @@ class TextGenerator:
                 yield text[len(emitted):safe]
                 emitted = text[:safe]
 
-    def generate(self, prompt: str, sampling: Sampling, chat: bool = True) -> Generation:
-        """Generate a whole completion."""
-        ids = self.prompt_ids(prompt, chat)
-        produced: list[int] = []
-        finish = "length"
-        for token in self.decoder.stream_ids(ids, sampling):
-            if token in self.eos_ids and not sampling.ignore_eos:
-                finish = "stop"
-                break
-            produced.append(token)
-        text = self.tokenizer.decode(produced, skip_special_tokens=True)
-        cut = _stop_index(text, sampling.stop)
-        if cut is not None:
-            text, finish = text[:cut], "stop"
-        return Generation(text=text, token_ids=produced, prompt_tokens=len(ids), finish_reason=finish)
-
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
