@@ -20,19 +20,16 @@ _ROWS = "rows.jsonl"
 
 
 def _histogram_png(lengths: list[int], label: str) -> str:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the process's backend stays as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
     ax.hist(lengths or [0], bins=40)
     ax.set_xlabel(label)
     ax.set_ylabel("count")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 

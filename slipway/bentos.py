@@ -10,6 +10,9 @@ logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENTO_INCLUDE = ["bento/*.py", "slipway/**/*.py", "slipway/documents/data/*.jsonl"]
+# onnxruntime-gpu 1.32 wheels are built for CUDA 12 with cuDNN 9: BentoML's CUDA 12.8 base
+# (nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04) carries both.
+CUDA_VERSION = "12.8"
 BENTO_PACKAGES = [
     "onnxruntime>=1.32,<1.33",
     "onnxruntime-genai==0.15.2",
@@ -44,7 +47,7 @@ def build_service_bento(
     if gpu:
         packages[0] = "onnxruntime-gpu>=1.32,<1.33"
         packages[1] = "onnxruntime-genai-cuda==0.15.2"
-        docker["cuda_version"] = "12.4"
+        docker["cuda_version"] = CUDA_VERSION
     version = f"v{model_version}-{time.strftime('%Y%m%d%H%M%S')}"
     bento = bentoml.bentos.build(
         service="bento.service:Slipway",

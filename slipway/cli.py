@@ -43,6 +43,13 @@ def stack_tracking_uri() -> str:
     return tracker.get_tracking_uri()  # type: ignore[union-attr]
 
 
+def zenml_secret(name: str) -> dict[str, str]:
+    """The values of a ZenML secret of the active ZenML server or store."""
+    from zenml.client import Client
+
+    return {key: str(value) for key, value in Client().get_secret(name).secret_values.items()}
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -352,13 +359,15 @@ app.add_typer(keys_app, name="keys")
 def _key_store():  # type: ignore[no-untyped-def]
     from slipway.api.keys import key_store
     from slipway.config import ApiSettings, get_settings
+    from slipway.secrets import REDIS, with_secret
 
     settings = ApiSettings()
     try:
+        settings = with_secret(settings, settings.redis_secret, REDIS, zenml_secret)
         return key_store(settings.key_store,
                          settings.api_keys_file or get_settings().home / "api_keys.json",
                          settings.redis_url)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         fail(str(exc))
 
 

@@ -112,6 +112,11 @@ class IndexSettings(BaseSettings):
     pinecone_host: str | None = Field(
         default=None, description="Pinecone index host (skips the control-plane lookup)."
     )
+    pinecone_secret: str | None = Field(
+        default=None,
+        description="Name of a ZenML secret holding api_key (and index, host); read by the "
+                    "pipeline steps instead of the variables above.",
+    )
     index_retain: int = Field(
         default=3, ge=1, description="Published index versions kept for rollback; older ones are deleted."
     )
@@ -189,6 +194,11 @@ class ApiSettings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None, description="Redis/Valkey URL for the key store and rate limits."
+    )
+    redis_secret: str | None = Field(
+        default=None,
+        description="Name of a ZenML secret holding url; read by `slipway keys` instead of "
+                    "SLIPWAY_REDIS_URL.",
     )
     auth: bool = Field(
         default=True, description="Require credentials on /v1 routes (false: open, logged loudly)."

@@ -8,8 +8,9 @@ from pathlib import Path
 import mlflow
 from zenml.config import CachePolicy
 
-from slipway.config import ServeSettings
+from slipway.config import IndexSettings, ServeSettings
 from slipway.onnx.bundle import OnnxBundle
+from slipway.secrets import PINECONE, with_secret
 from slipway.serving import resolve_bundle
 
 
@@ -26,6 +27,20 @@ def slipway_source_hash() -> str:
 
 
 SLIPWAY_CACHE = CachePolicy(cache_func="steps.common.slipway_source_hash")
+
+
+def zenml_secret(name: str) -> dict[str, str]:
+    """The values of a ZenML secret (``KeyError`` when there is none of that name)."""
+    from zenml.client import Client
+
+    return {key: str(value) for key, value in Client().get_secret(name).secret_values.items()}
+
+
+def index_settings() -> IndexSettings:
+    """The index settings, with Pinecone's credentials from the ZenML secret named in
+    ``SLIPWAY_PINECONE_SECRET`` when set (keys: api_key, index, host)."""
+    settings = IndexSettings()
+    return with_secret(settings, settings.pinecone_secret, PINECONE, zenml_secret)
 
 
 def champion_embedder_dir(model_name: str, model_version: str | None,

@@ -19,31 +19,17 @@ from slipway.graph.extraction import load_nlp
 from slipway.graph.gnn import MIN_EDGES, GnnConfig, log_to_mlflow, train_link_predictor
 from slipway.graph.update import GraphStats, update_graph
 from slipway.graph.vectors import EntityVectors
-from steps.common import champion_embedder_dir
+from slipway.secrets import NEO4J, with_secret
+from steps.common import champion_embedder_dir, zenml_secret
 
 logger = logging.getLogger(__name__)
-SECRET_KEYS = ("uri", "user", "password", "database")
 
 
 def graph_settings() -> GraphSettings:
     """The graph settings, with the server's credentials taken from the ZenML secret named in
     ``SLIPWAY_NEO4J_SECRET`` when set (keys: uri, user, password, database)."""
     settings = GraphSettings()
-    if not settings.neo4j_secret:
-        return settings
-    from zenml.client import Client
-
-    try:
-        values = Client().get_secret(settings.neo4j_secret).secret_values
-    except KeyError as exc:
-        raise RuntimeError(f"ZenML secret {settings.neo4j_secret!r} (SLIPWAY_NEO4J_SECRET) does "
-                           "not exist: `zenml secret create NAME --uri=... --user=... "
-                           "--password=...`") from exc
-    if "uri" not in values or "password" not in values:
-        raise RuntimeError(f"ZenML secret {settings.neo4j_secret!r} needs the keys uri and "
-                           f"password (found: {', '.join(sorted(values)) or 'none'}).")
-    overrides = {f"neo4j_{key}": values[key] for key in SECRET_KEYS if values.get(key)}
-    return GraphSettings(**{**settings.model_dump(), **overrides})
+    return with_secret(settings, settings.neo4j_secret, NEO4J, zenml_secret)
 
 
 def entity_vectors_dir() -> Path:

@@ -8,7 +8,7 @@ from typing import Annotated
 import mlflow
 from zenml import step
 
-from slipway.config import IndexSettings, get_settings
+from slipway.config import get_settings
 from slipway.documents import DocumentSet
 from slipway.documents.chunking import ChunkSet
 from slipway.embedding import OnnxEmbedder, model_fingerprint
@@ -29,7 +29,7 @@ from slipway.retrieval.index import (
     refresh_index,
 )
 from slipway.retrieval.stores import index_dir, vector_store
-from steps.common import champion_embedder_dir
+from steps.common import champion_embedder_dir, index_settings
 
 Metrics = dict[str, dict[str, float]]
 
@@ -53,14 +53,15 @@ def refresh_index_version(
     embedder_dir, label = champion_embedder_dir(model_name, model_version, bundle_dir)
     embedder = OnnxEmbedder(embedder_dir, threads=get_settings().threads)
     check_chunk_tokenizer(chunks.chunks, embedder.tokenizer, embedder.pooling.max_length - 2)
-    index = index_dir(index_name)
+    settings = index_settings()
+    index = index_dir(index_name, settings)
     cache = EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite")
     try:
         version = refresh_index(
-            index, vector_store(index), chunks.chunks, document_hashes(documents.documents),
+            index, vector_store(index, settings), chunks.chunks, document_hashes(documents.documents),
             embedder, model_fingerprint(embedder_dir), cache, embedder_label=label,
             embedder_dir=str(embedder_dir), write_batch=write_batch,
-            store_name=IndexSettings().vector_store)
+            store_name=settings.vector_store)
     finally:
         cache.close()
     stats = version.stats
@@ -78,7 +79,7 @@ def evaluate_index_version(
         return index.manifest(index_version.version).metrics
     if not eval_dir:
         return {}
-    opened = OpenIndex(index, index_version.version, vector_store(index))
+    opened = OpenIndex(index, index_version.version, vector_store(index, index_settings()))
     searcher = HybridSearcher(OnnxEmbedder(Path(index_version.embedder_dir)), opened.dense,
                               opened.sparse)
     metrics = evaluate_searcher(searcher, JudgedQueries.from_beir(Path(eval_dir), split),
@@ -94,8 +95,8 @@ def publish_index_version(
     margin: float | None = None, retain: int | None = None,
 ) -> Annotated[str, "published_index_version"]:
     """Move the published pointer to the new version if it passes the quality gate."""
-    settings = IndexSettings()
-    index = index_dir(index_version.name)
-    return publish_gated(index, vector_store(index), index_version.version,
+    settings = index_settings()
+    index = index_dir(index_version.name, settings)
+    return publish_gated(index, vector_store(index, settings), index_version.version,
                          settings.quality_margin if margin is None else margin,
                          settings.index_retain if retain is None else retain)

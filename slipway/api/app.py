@@ -502,7 +502,12 @@ async def _answer(rt: Runtime, request: Request, who: Principal,
             span.set_outputs([h.id for h in hits])
     with rt.span("prompt", budget=budget) as span:
         sources = [rag.Source(h.id, h.doc_id, h.title, h.text, h.score) for h in hits]
-        prompt, used = rag.answer_prompt(rt.gen_tokenizer, body.question, sources, budget)
+        try:
+            prompt, used = rag.answer_prompt(rt.gen_tokenizer, body.question, sources, budget)
+        except ValueError as exc:  # the question leaves no room for sources
+            raise ApiError(400, f"question: {exc} The prompt budget is {budget} tokens "
+                           f"(less max_new_tokens={body.max_new_tokens}).", param="question",
+                           code="context_length_exceeded") from exc
         prompt_tokens = rt.gen_tokens(prompt)
         if span is not None:
             span.set_attributes({"sources": len(used), "prompt_tokens": prompt_tokens})

@@ -64,16 +64,14 @@ def interleaved(
 
 
 def latency_plot_png(timings: list[Timing], path: str, title: str) -> None:
-    """Box plot of latency distributions (ms), written to ``path``."""
-    import matplotlib
+    """Box plot of latency distributions (ms), written to ``path``. A bare ``Figure`` (no
+    pyplot): it leaves the process's backend alone, e.g. a notebook's inline one."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.boxplot([np.array(t.latencies) * 1000 for t in timings], tick_labels=[t.name for t in timings])
     ax.set_ylabel("latency per call (ms)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -235,6 +235,10 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
     assert [c["id"] for c in body["citations"]] == [h["id"] for h in found][:len(body["citations"])]
     assert [c["n"] for c in body["citations"]] == list(range(1, len(body["citations"]) + 1))
     assert 0 < body["usage"]["completion_tokens"] <= 16
+    # a question that leaves no room for sources in the small model's context: 400, not 500
+    crowded = post(server, "/v1/answer", {"question": "9 " * 250, "max_new_tokens": 16})
+    assert crowded.status_code == 400, crowded.text
+    assert crowded.json()["error"]["param"] == "question"
 
     mlflow.set_tracking_uri(server.tracking_uri)
     deadline = time.monotonic() + 60

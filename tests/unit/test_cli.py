@@ -141,3 +141,26 @@ def test_keys_in_redis_and_a_missing_url(valkey_server_url: str) -> None:
     assert "replicas" in cli("list").stdout
     missing = cli("list", SLIPWAY_REDIS_URL="")
     assert missing.returncode == 1 and "SLIPWAY_REDIS_URL" in missing.stderr
+
+
+def test_keys_reach_redis_through_a_zenml_secret(zenml_stack: str, valkey_server_url: str) -> None:
+    import os
+    import uuid
+
+    from zenml.client import Client
+
+    name = f"redis-{uuid.uuid4().hex[:8]}"
+    Client().create_secret(name, values={"url": valkey_server_url})
+    env = {**os.environ, "SLIPWAY_KEY_STORE": "redis", "SLIPWAY_REDIS_URL": ""}
+
+    def cli(*args: str, secret: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, "SLIPWAY_REDIS_SECRET": secret})
+
+    made = cli("create", "--name", "from-secret", "--scope", "search", secret=name)
+    assert made.returncode == 0, made.stderr
+    assert "from-secret" in cli("list", secret=name).stdout
+    missing = cli("list", secret="no-such-secret")
+    assert missing.returncode == 1
+    assert "zenml secret create no-such-secret --url=..." in " ".join(missing.stderr.split())
