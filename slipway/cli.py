@@ -128,6 +128,38 @@ def models(
     Console().print(table)
 
 
+bento_app = typer.Typer(help="Package the service as a bento.", no_args_is_help=True)
+app.add_typer(bento_app, name="bento")
+
+
+@bento_app.command("build")
+def bento_build(
+    model_version: Annotated[
+        str | None, typer.Option(help="Registered version; default: the champion alias.")
+    ] = None,
+    gpu: Annotated[bool, typer.Option(help="CUDA base image with onnxruntime-gpu.")] = False,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI; default: the active ZenML stack's.")
+    ] = None,
+) -> None:
+    """Build the bento of this checkout's service for a registered version; prints its tag
+    (for `bentoml containerize TAG`)."""
+    from mlflow import MlflowClient
+
+    from slipway.bentos import build_service_bento
+    from slipway.config import ModelSettings
+    from slipway.registry import current_champion
+
+    uri = tracking_uri or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
+    _check_registered(uri, model_version)
+    name = ModelSettings().registered_model_name
+    version = model_version or current_champion(MlflowClient(tracking_uri=uri, registry_uri=uri), name)
+    tag = build_service_bento(name, str(version), uri, gpu=gpu)
+    console.print(f"Built {tag} ({'GPU' if gpu else 'CPU'} image) for {name} version {version}; "
+                  f"containerize it with `bentoml containerize {tag}`.")
+    print(tag)
+
+
 index_app = typer.Typer(help="Inspect and manage published index versions.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 IndexName = Annotated[str, typer.Option("--name", help="Index name.")]

@@ -153,3 +153,29 @@ def test_bundle_artifact_round_trips_through_the_materializer(zenml_stack: str, 
     assert loaded.manifest == src.manifest
     assert (loaded.role_dir("embedder") / "model.onnx").read_bytes() == b"\x08\x01"
     assert materializer.compute_content_hash(loaded) == materializer.compute_content_hash(src)
+
+
+def test_bento_build_packages_the_champion_and_the_run_stored_its_bento(
+        registered: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    import bentoml
+    from zenml.client import Client
+
+    env = {**os.environ, "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e"}
+    built = subprocess.run([sys.executable, "-m", "slipway.cli", "bento", "build",
+                            "--tracking-uri", registered["tracking_uri"]],
+                           capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert built.returncode == 0, built.stderr
+    tag = built.stdout.strip()
+    assert tag.startswith(f"slipway:v{registered['version']}-")
+    assert bentoml.get(tag).info.labels["model_version"] == registered["version"]
+    missing = subprocess.run([sys.executable, "-m", "slipway.cli", "bento", "build",
+                              "--model-version", "999", "--tracking-uri",
+                              registered["tracking_uri"]],
+                             capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert missing.returncode == 1 and "has no version 999" in missing.stderr
+    # the main job's bento is an artifact too: what CI/CD containerizes after a cluster run
+    stored = Client().get_artifact_version("bento").load()
+    assert str(stored.tag).startswith(f"slipway:v{registered['version']}-")
