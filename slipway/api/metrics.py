@@ -1,12 +1,19 @@
 """Prometheus metrics of the API, on the service's ``/metrics`` next to BentoML's own.
 
 Created through ``bentoml.metrics`` (prometheus_client under BentoML's multiprocess set-up, so
-every worker's samples reach one ``/metrics``), lazily on first use."""
+every worker's samples reach one ``/metrics``), lazily on first use. The gauges of readiness
+and of the served index are created apart, by the API workers only: a gauge starts at 0 in
+every process that creates it, and the encoder's and generator's processes would otherwise
+report "not ready" for ever."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slipway.retrieval.index import IndexDir
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -35,6 +42,25 @@ def _metrics() -> dict[str, Any]:
                           "with 401 or 403.", labelnames=["status"]),
         "overloaded": m.Counter(name="slipway_overloaded_total", documentation="Requests refused "
                                 "with 503 because the worker was saturated."),
+    }
+
+
+@cache
+def _gauges() -> dict[str, Any]:
+    import bentoml
+
+    m = bentoml.metrics
+    return {
+        # livemin over the API workers: 0 while any live worker is not ready
+        "ready": m.Gauge(name="slipway_ready", documentation="1 when the API holds the published "
+                         "index (min over live API workers), else 0.", multiprocess_mode="livemin"),
+        # livemin: the oldest version any live worker still serves
+        "published": m.Gauge(name="slipway_index_published_timestamp_seconds",
+                             documentation="Unix time the served index version was published.",
+                             labelnames=["index"], multiprocess_mode="livemin"),
+        "version": m.Gauge(name="slipway_index_version_info", documentation="1 for the index "
+                           "version served, 0 for one served before.",
+                           labelnames=["index", "version"], multiprocess_mode="livemax"),
     }
 
 
@@ -74,3 +100,28 @@ def rate_limited(bucket: str) -> None:
 def overloaded() -> None:
     """Count a 503 for saturation."""
     _metrics()["overloaded"].inc()
+
+
+def readiness(ready: bool) -> None:
+    """Record whether this API worker is ready."""
+    _gauges()["ready"].set(1 if ready else 0)
+
+
+def published_at(directory: IndexDir, version: str) -> float:
+    """Unix time ``version`` was published: the pointer's time when it is the published one,
+    else when its manifest was written."""
+    from slipway.retrieval.index import MANIFEST
+
+    pointer = directory.pointer()
+    if pointer is not None and pointer.version == version:
+        return datetime.fromisoformat(pointer.updated).timestamp()
+    return (directory.version_dir(version) / MANIFEST).stat().st_mtime
+
+
+def index_served(directory: IndexDir, version: str, previous: str | None = None) -> None:
+    """Record the index version now served (and that ``previous`` no longer is)."""
+    gauges = _gauges()
+    gauges["published"].labels(index=directory.name).set(published_at(directory, version))
+    if previous is not None and previous != version:
+        gauges["version"].labels(index=directory.name, version=previous).set(0)
+    gauges["version"].labels(index=directory.name, version=version).set(1)

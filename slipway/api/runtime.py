@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from slipway.api import metrics
 from slipway.api.auth import Authenticator
 from slipway.api.errors import ApiError
 from slipway.api.keys import key_store
@@ -223,7 +224,9 @@ class Runtime:
                 if self._index is None or published != self._index.opened.version:
                     opened = open_published(directory, vector_store(directory, self.index_settings))
                     logger.info("Serving index %s version %s", directory.name, opened.version)
+                    previous = self._index.opened.version if self._index is not None else None
                     self._index = IndexState(opened)
+                    metrics.index_served(directory, opened.version, previous)
             except (LookupError, OSError, ValueError, RuntimeError) as exc:
                 self._index_checked = now
                 if self._index is None:
@@ -240,7 +243,9 @@ class Runtime:
             self.index_state()
         except ApiError as exc:
             logger.warning("Not ready: %s", exc.message)
+            metrics.readiness(False)
             return False
+        metrics.readiness(True)
         return True
 
     def searcher(self, state: IndexState, rerank: bool, graph: bool) -> HybridSearcher:
@@ -302,8 +307,6 @@ class Runtime:
 
     def cached(self, kind: str, versions: dict[str, str], payload: Any) -> tuple[str, Any | None]:
         """The cache key and the cached value (None on a miss or with the cache off)."""
-        from slipway.api import metrics
-
         if self.cache is None:
             return "", None
         key = cache_key(kind, versions, payload)

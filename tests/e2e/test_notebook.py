@@ -14,6 +14,21 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 
 
+def stop_listener(port: int) -> None:
+    """SIGTERM the process group of whatever listens on ``port`` on localhost."""
+    import os
+    import signal
+
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+            try:
+                os.killpg(os.getpgid(conn.pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
 def test_quickstart_notebook_runs_end_to_end(zenml_stack: str, graph_server: object,
                                              tiny_embedder: Path, tiny_generator: Path,
                                              shared_data: Path, tmp_path: Path) -> None:
@@ -24,11 +39,15 @@ def test_quickstart_notebook_runs_end_to_end(zenml_stack: str, graph_server: obj
         "overlap_tokens": 8, "embedder_path": str(tiny_embedder),
         "generator_path": str(tiny_generator),
         "index": {"index_name": "notebook", "eval_dir": str(XQUAD)}}}
+    port = free_port()
     parameters.source = (f"CONFIG = 'zenml.yaml'\nOVERRIDES = {overrides!r}\n"
-                         f"PORT = {free_port()}\nN_REQUESTS = 20\nMAX_NEW_TOKENS = 16\n")
-    NotebookClient(notebook, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    nbformat.write(notebook, tmp_path / "quickstart.executed.ipynb")  # to read when it fails
+                         f"PORT = {port}\nN_REQUESTS = 20\nMAX_NEW_TOKENS = 16\n")
+    try:
+        NotebookClient(notebook, timeout=900, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        nbformat.write(notebook, tmp_path / "quickstart.executed.ipynb")  # to read when it fails
+        stop_listener(port)  # the notebook's server, when a cell failed before its last one
 
     def text(cell: nbformat.NotebookNode) -> str:
         return "".join(o.get("text", "") for o in cell.get("outputs", []))
