@@ -60,7 +60,8 @@ def file_discovery(pods: Path) -> dict[str, Any]:
     config = yaml.safe_load(CONFIG.read_text())
     for job in config["scrape_configs"]:
         if job.pop("kubernetes_sd_configs", None) is not None:
-            job["file_sd_configs"] = [{"files": [str(pods)]}]
+            # re-read every second too: a write racing Prometheus's start-up is not lost
+            job["file_sd_configs"] = [{"files": [str(pods)], "refresh_interval": "1s"}]
     config["rule_files"] = [str(PROMETHEUS_DIR / pattern) for pattern in config["rule_files"]]
     return config
 
@@ -123,8 +124,21 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}", pods
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # rules loaded and discovery running
+            if proc.poll() is not None:
+                pytest.fail(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail("prometheus was not ready in 60 s")
+        yield base, pods
     finally:
         proc.terminate()
         proc.wait(timeout=30)
