@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = {"generator": {"quantization": "int8"}}
 XQUAD = ROOT.parent / "shared" / "data" / "xquad_en" / "beir"  # used after shared_data checked it
 DEPRECATED = {"/v1/completions": {"since": "2026-11-01", "sunset": "2027-06-30",
                                   "successor": "/v1/chat/completions"}}
-
-
-def free_port() -> int:
-    """A free TCP port on localhost."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import os
 import re
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ROOT, Server, free_port, stop_group
+from tests.servers import wait_until
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "slipway.conf.template"
 NGINX = Path("/usr/sbin/nginx")
@@ -51,15 +51,6 @@ def main_config(workdir: Path, include: Path) -> str:
     return (f"{user}worker_processes 1;\ndaemon off;\npid {workdir / 'nginx.pid'};\n"
             f"error_log {workdir / 'error.log'} info;\nevents {{ worker_connections 256; }}\n"
             f"http {{\n{temp}    include {include};\n}}\n")
-
-
-def wait_until(check: Callable[[], bool], what: str, seconds: float = 20) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def accepting(port: int) -> bool:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import ROOT, Server, free_port
+from tests.e2e.conftest import ROOT, Server
+from tests.servers import running_prometheus, wait_until
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "slipway.json"
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
@@ -79,15 +78,6 @@ def queries() -> dict[str, str]:
     out = {f"panel {p['title']!r} {t['refId']}": t["expr"] for p in panels() for t in p["targets"]}
     out |= {f"rule {r.get('record') or r.get('alert')}": r["expr"] for r in rules()}
     return out
-
-
-def wait_until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def scrape(server: Server) -> dict[str, set[str]]:
@@ -203,28 +193,13 @@ def prometheus(exported: dict[str, set[str]], server: Server,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus (Debian's package) scraping the service every second with the
     ``slipway`` job of deploy/prometheus/prometheus.yml and evaluating the rules; its URL."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is missing: install Debian's prometheus (`apt-get install -y "
-                    "prometheus`, as scripts/setup.sh does)")
-    workdir = tmp_path_factory.mktemp("prometheus")
     deployed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     job = next(j for j in deployed["scrape_configs"] if j["job_name"] == "slipway")
     job["static_configs"] = [{"targets": [server.base.removeprefix("http://")]}]
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [str(path) for path in RULES], "scrape_configs": [job]}
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    with open(workdir / "prometheus.log", "w") as log:
-        proc = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as base:
+        yield base
 
 
 def query(base: str, expr: str) -> list[dict[str, Any]] | None:

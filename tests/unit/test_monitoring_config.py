@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from slipway.api import metrics
 from slipway.retrieval.index import MANIFEST, POINTER, IndexDir, Pointer
+from tests.servers import prometheus_tool, running_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -30,22 +29,6 @@ CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 NO_KUBERNETES_SD = "field kubernetes_sd_configs not found"  # Debian's build lacks it
-
-
-def tool(name: str) -> str:
-    """Path of a Prometheus binary (Debian's ``prometheus`` package; scripts/setup.sh)."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is missing: install Debian's prometheus (`apt-get install -y "
-                    "prometheus`, as scripts/setup.sh does)")
-    return path
-
-
-def free_port() -> int:
-    """A free TCP port on localhost."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,7 +56,7 @@ def rules() -> list[dict[str, Any]]:
 
 
 def test_prometheus_config_is_valid_and_loads_the_rules(tmp_path: Path) -> None:
-    promtool = tool("promtool")
+    promtool = prometheus_tool("promtool")
     checked = run(promtool, "check", "config", str(CONFIG))
     if checked.returncode != 0 and NO_KUBERNETES_SD in checked.stdout + checked.stderr:
         k8s = [job["kubernetes_sd_configs"] for job in yaml.safe_load(CONFIG.read_text())
@@ -88,7 +71,7 @@ def test_prometheus_config_is_valid_and_loads_the_rules(tmp_path: Path) -> None:
 
 
 def test_rules_are_valid() -> None:
-    checked = run(tool("promtool"), "check", "rules", *map(str, RULES))
+    checked = run(prometheus_tool("promtool"), "check", "rules", *map(str, RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     counted = sum(int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", checked.stdout))
     assert counted == len(rules()) and counted > 0
@@ -96,7 +79,7 @@ def test_rules_are_valid() -> None:
 
 def test_rule_unit_tests_pass() -> None:
     assert RULE_TESTS
-    tested = run(tool("promtool"), "test", "rules", *map(str, RULE_TESTS))
+    tested = run(prometheus_tool("promtool"), "test", "rules", *map(str, RULE_TESTS))
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
 
@@ -114,34 +97,10 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real Prometheus on the configuration (pods discovered from a file), its URL and the
     file it reads the pods from."""
-    binary = tool("prometheus")
     pods = tmp_path / "pods.json"
     pods.write_text("[]")
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(file_discovery(pods)))
-    port = free_port()
-    with open(tmp_path / "prometheus.log", "w") as log:
-        proc = subprocess.Popen(
-            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # rules loaded and discovery running
-            if proc.poll() is not None:
-                pytest.fail(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("prometheus was not ready in 60 s")
+    with running_prometheus(file_discovery(pods), tmp_path) as base:
         yield base, pods
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def pod(address: str, phase: str = "Running", **annotations: str) -> dict[str, Any]:
