@@ -26,14 +26,14 @@ os.environ.update(
     }
 )
 
-import pytest  # noqa: E402
+import pytest
 
 # ZenML's filter models must be built before anything (httpx, at collection) creates an equal
 # ``Optional[Union[List[str], str]]``: typing's cache would hand ZenML that argument order, and
 # its filter code (issubclass over the union's args, in order) then rejects `oneof:` filters.
-import zenml.models  # noqa: E402,F401
+import zenml.models  # noqa: F401
 
-from tests.tiny_models import make_tiny_embedder, make_tiny_generator  # noqa: E402
+from tests.tiny_models import make_tiny_embedder, make_tiny_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"

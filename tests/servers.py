@@ -1,10 +1,12 @@
-"""Helpers shared by tests that start real servers: free ports, polling, and Prometheus."""
+"""Helpers shared by tests that run real servers and tools: free ports, polling, the tools the
+test extra installs, and Prometheus."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +33,17 @@ def wait_until(check: Callable[[], bool], what: str, seconds: float = 30,
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def installed_tool(name: str, package: str) -> str:
+    """The executable ``name`` of this interpreter's environment (the pinned one), else from
+    PATH; a clear failure naming ``package`` (the test extra installs it) when missing."""
+    local = Path(sys.executable).parent / name
+    path = str(local) if local.is_file() else shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: pip install {package} (the test extra: "
+                    "`bash scripts/setup.sh install`)")
+    return path
 
 
 def prometheus_tool(name: str) -> str:

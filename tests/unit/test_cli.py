@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True, check=False,
                           text=True, timeout=120)
 
 
@@ -60,7 +60,7 @@ def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path,
     env = {**os.environ, "SLIPWAY_INDEX_ROOT": str(tmp_path / "indexes")}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True, check=False,
                               text=True, timeout=120, env=env)
 
     found = cli("index", "search", "paris ocean", "--k", "3", "--filter", "lang=en")
@@ -103,7 +103,7 @@ def test_keys_create_list_rotate_revoke(tmp_path: Path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
-                              capture_output=True, text=True, timeout=120, env=env)
+                              capture_output=True, text=True, timeout=120, env=env, check=False)
 
     made = cli("create", "--name", "ci", "--scope", "embed", "--scope", "search",
                "--expires-in", "30d")
@@ -134,7 +134,7 @@ def test_keys_in_redis_and_a_missing_url(valkey_server_url: str) -> None:
 
     def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
-                              capture_output=True, text=True, timeout=120, env={**env, **extra})
+                              capture_output=True, text=True, timeout=120, env={**env, **extra}, check=False)
 
     made = cli("create", "--name", "replicas", "--scope", "generate")
     assert made.returncode == 0, made.stderr
@@ -156,7 +156,7 @@ def test_keys_reach_redis_through_a_zenml_secret(zenml_stack: str, valkey_server
     def cli(*args: str, secret: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
                               capture_output=True, text=True, timeout=120,
-                              env={**env, "SLIPWAY_REDIS_SECRET": secret})
+                              env={**env, "SLIPWAY_REDIS_SECRET": secret}, check=False)
 
     made = cli("create", "--name", "from-secret", "--scope", "search", secret=name)
     assert made.returncode == 0, made.stderr

