@@ -9,7 +9,7 @@ import sys
 import typing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ console = Console(stderr=True, soft_wrap=True)  # one line per message, never wr
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Exit non-zero with a one-line reason."""
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=1)
@@ -73,7 +73,7 @@ def serve(
     else:
         uri = tracking_uri or env.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
         env["SLIPWAY_MLFLOW_TRACKING_URI"] = uri
-        _check_registered(uri, model_version)
+        _registered_version(uri, model_version)
     if model_version:
         env["SLIPWAY_MODEL_VERSION"] = model_version
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -85,7 +85,9 @@ def serve(
     raise typer.Exit(code=subprocess.call(cmd, env=env))
 
 
-def _check_registered(uri: str, version: str | None) -> None:
+def _registered_version(uri: str, version: str | None) -> str:
+    """The registered version to use (``version``, else the champion's); a clear failure
+    when there is none."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -96,9 +98,8 @@ def _check_registered(uri: str, version: str | None) -> None:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         if version:
-            client.get_model_version(name, version)
-        else:
-            client.get_model_version_by_alias(name, CHAMPION)
+            return str(client.get_model_version(name, version).version)
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         wanted = f"version {version}" if version else f"a '{CHAMPION}' alias"
         fail(f"Model '{name}' has no {wanted} at {uri}; run the model_build pipeline first "
@@ -144,17 +145,13 @@ def bento_build(
 ) -> None:
     """Build the bento of this checkout's service for a registered version; prints its tag
     (for `bentoml containerize TAG`)."""
-    from mlflow import MlflowClient
-
     from slipway.bentos import build_service_bento
     from slipway.config import ModelSettings
-    from slipway.registry import current_champion
 
     uri = tracking_uri or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
-    _check_registered(uri, model_version)
+    version = _registered_version(uri, model_version)
     name = ModelSettings().registered_model_name
-    version = model_version or current_champion(MlflowClient(tracking_uri=uri, registry_uri=uri), name)
-    tag = build_service_bento(name, str(version), uri, gpu=gpu)
+    tag = build_service_bento(name, version, uri, gpu=gpu)
     console.print(f"Built {tag} ({'GPU' if gpu else 'CPU'} image) for {name} version {version}; "
                   f"containerize it with `bentoml containerize {tag}`.")
     print(tag)

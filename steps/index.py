@@ -74,12 +74,13 @@ def evaluate_index_version(
     index_version: IndexVersion, eval_dir: str | None = None, split: str = "test"
 ) -> Annotated[Metrics, "retrieval_metrics"]:
     """nDCG@10 and Recall@10/100 of dense, sparse and hybrid search, logged to MLflow."""
-    index = index_dir(index_version.name)
+    settings = index_settings()
+    index = index_dir(index_version.name, settings)
     if not index_version.changed:
         return index.manifest(index_version.version).metrics
     if not eval_dir:
         return {}
-    opened = OpenIndex(index, index_version.version, vector_store(index, index_settings()))
+    opened = OpenIndex(index, index_version.version, vector_store(index, settings))
     searcher = HybridSearcher(OnnxEmbedder(Path(index_version.embedder_dir)), opened.dense,
                               opened.sparse)
     metrics = evaluate_searcher(searcher, JudgedQueries.from_beir(Path(eval_dir), split),
