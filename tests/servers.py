@@ -17,6 +17,15 @@ import httpx
 import pytest
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+
+
+def prometheus_rules() -> list[dict[str, Any]]:
+    """Every recording and alerting rule of deploy/prometheus/rules."""
+    return [rule for path in PROMETHEUS_RULES
+            for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+
 
 def free_port() -> int:
     """A free TCP port on localhost."""

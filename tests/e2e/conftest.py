@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -70,6 +71,14 @@ class Server:
     def headers(self, role: str = "admin") -> dict[str, str]:
         """Authorization for the key of ``role``."""
         return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+def post(server: Server, path: str, body: Any, role: str | None = "admin",
+         **kw: Any) -> httpx.Response:
+    """POST JSON with the key of ``role`` (no credentials when ``role`` is None)."""
+    headers = {**(server.headers(role) if role else {}), **kw.pop("headers", {})}
+    return httpx.post(f"{server.base}{path}", json=body, headers=headers,
+                      timeout=kw.pop("timeout", 60), **kw)
 
 
 def _create_keys(home: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import DEPRECATED, ROOT, XQUAD, Server, serving
+from tests.e2e.conftest import DEPRECATED, ROOT, XQUAD, Server, post, serving
 
 # The scopes each route needs; a new route must be added here (the sweep checks the spec).
 ROUTE_SCOPES: dict[str, set[str]] = {
@@ -26,13 +26,6 @@ ROUTE_SCOPES: dict[str, set[str]] = {
     "/v1/models": set(),  # any valid key
 }
 OPEN_ROUTES = ("/livez", "/readyz", "/metrics")
-
-
-def post(server: Server, path: str, body: Any, role: str = "admin", **kw: Any) -> httpx.Response:
-    """POST JSON with the key of ``role``."""
-    headers = {**server.headers(role), **kw.pop("headers", {})}
-    return httpx.post(f"{server.base}{path}", json=body, headers=headers,
-                      timeout=kw.pop("timeout", 60), **kw)
 
 
 def metric(server: Server, name: str, **labels: str) -> float:

@@ -6,9 +6,11 @@ scraping the service evaluates every rule and answers every panel's query with d
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,11 +18,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import ROOT, Server
-from tests.servers import running_prometheus, wait_until
+from slipway.api.keys import FileKeyStore, Scope, create_key
+from tests.e2e.conftest import ROOT, Server, post
+from tests.servers import PROMETHEUS_RULES, prometheus_rules, running_prometheus, wait_until
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "slipway.json"
-RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
@@ -67,16 +69,10 @@ def panels() -> list[dict[str, Any]]:
     return out
 
 
-def rules() -> list[dict[str, Any]]:
-    """Every recording and alerting rule."""
-    return [rule for path in RULES for group in yaml.safe_load(path.read_text())["groups"]
-            for rule in group["rules"]]
-
-
 def queries() -> dict[str, str]:
     """Every PromQL expression of the dashboard and the rules, by where it is."""
     out = {f"panel {p['title']!r} {t['refId']}": t["expr"] for p in panels() for t in p["targets"]}
-    out |= {f"rule {r.get('record') or r.get('alert')}": r["expr"] for r in rules()}
+    out |= {f"rule {r.get('record') or r.get('alert')}": r["expr"] for r in prometheus_rules()}
     return out
 
 
@@ -96,19 +92,20 @@ def scrape(server: Server) -> dict[str, set[str]]:
 def exported(server: Server) -> Iterator[dict[str, set[str]]]:
     """What ``/metrics`` exports after an embedding, a search twice (a cache hit), a
     generation, a 401 and a 429."""
-    def post(path: str, body: dict[str, Any], role: str | None) -> httpx.Response:
-        headers = server.headers(role) if role else {}
-        return httpx.post(f"{server.base}{path}", json=body, headers=headers, timeout=60)
-
-    assert post("/v1/embed", {"texts": ["monitoring"]}, "embed").status_code == 200
+    assert post(server, "/v1/embed", {"texts": ["monitoring"]}, "embed").status_code == 200
     search = {"query": "What do the monitoring tests search for?", "top_k": 2}
-    assert post("/v1/search", search, "search").status_code == 200
-    assert post("/v1/search", search, "search").status_code == 200
-    assert post("/v1/generate", {"prompt": "hi", "max_new_tokens": 4, "temperature": 0},
+    assert post(server, "/v1/search", search, "search").status_code == 200
+    assert post(server, "/v1/search", search, "search").status_code == 200
+    assert post(server, "/v1/generate", {"prompt": "hi", "max_new_tokens": 4, "temperature": 0},
                 "generate").status_code == 200
-    assert post("/v1/embed", {"texts": ["no key"]}, None).status_code == 401
-    statuses = [post("/v1/embed", {"texts": ["limited"]}, "limited").status_code
-                for _ in range(6)]  # the "limited" key allows 3 requests a minute
+    assert post(server, "/v1/embed", {"texts": ["no key"]}, None).status_code == 401
+    # a key of its own at 3 requests a minute: the shared "limited" key's budget belongs to
+    # test_api_server.py, whichever module runs first
+    limited, _ = create_key(FileKeyStore(Path(os.environ["SLIPWAY_HOME"]) / "api_keys.json"),
+                            "monitoring-limited", [Scope.EMBED], requests_per_minute=3)
+    statuses = [post(server, "/v1/embed", {"texts": ["limited"]}, None,
+                     headers={"Authorization": f"Bearer {limited}"}).status_code
+                for _ in range(6)]
     assert 429 in statuses
     wanted = {"slipway_rate_limited_total", "slipway_auth_failures_total",
               "slipway_cache_requests_total", "slipway_tokens_total", "slipway_ready",
@@ -119,7 +116,7 @@ def exported(server: Server) -> Iterator[dict[str, set[str]]]:
 
 def recorded() -> set[str]:
     """Series names the recording rules define."""
-    return {r["record"] for r in rules() if "record" in r}
+    return {r["record"] for r in prometheus_rules() if "record" in r}
 
 
 def test_every_queried_metric_is_exported(exported: dict[str, set[str]]) -> None:
@@ -197,7 +194,7 @@ def prometheus(exported: dict[str, set[str]], server: Server,
     job = next(j for j in deployed["scrape_configs"] if j["job_name"] == "slipway")
     job["static_configs"] = [{"targets": [server.base.removeprefix("http://")]}]
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(path) for path in RULES], "scrape_configs": [job]}
+              "rule_files": [str(path) for path in PROMETHEUS_RULES], "scrape_configs": [job]}
     with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as base:
         yield base
 
@@ -234,7 +231,7 @@ def test_prometheus_evaluates_every_rule_on_the_service(prometheus: str) -> None
     assert not missing, f"recording rules without a series: {missing}"
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     evaluated = [r for g in groups for r in g["rules"]]
-    assert len(evaluated) == len(rules())
+    assert len(evaluated) == len(prometheus_rules())
     failing = [(r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"]
     assert not failing
     ready = query(prometheus, 'slipway_ready{job="slipway"}')

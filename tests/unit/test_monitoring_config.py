@@ -21,12 +21,11 @@ from prometheus_client import REGISTRY
 
 from slipway.api import metrics
 from slipway.retrieval.index import MANIFEST, POINTER, IndexDir, Pointer
-from tests.servers import prometheus_tool, running_prometheus
+from tests.servers import PROMETHEUS_RULES, prometheus_rules, prometheus_tool, running_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
-RULES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 NO_KUBERNETES_SD = "field kubernetes_sd_configs not found"  # Debian's build lacks it
 
@@ -49,12 +48,6 @@ def file_discovery(pods: Path) -> dict[str, Any]:
     return config
 
 
-def rules() -> list[dict[str, Any]]:
-    """Every rule of the rule files."""
-    return [rule for path in RULES for group in yaml.safe_load(path.read_text())["groups"]
-            for rule in group["rules"]]
-
-
 def test_prometheus_config_is_valid_and_loads_the_rules(tmp_path: Path) -> None:
     promtool = prometheus_tool("promtool")
     checked = run(promtool, "check", "config", str(CONFIG))
@@ -67,14 +60,14 @@ def test_prometheus_config_is_valid_and_loads_the_rules(tmp_path: Path) -> None:
         checked = run(promtool, "check", "config", str(copy))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     found = re.search(r"SUCCESS: (\d+) rule files found", checked.stdout)
-    assert found and int(found.group(1)) == len(RULES) >= 1, checked.stdout
+    assert found and int(found.group(1)) == len(PROMETHEUS_RULES) >= 1, checked.stdout
 
 
 def test_rules_are_valid() -> None:
-    checked = run(prometheus_tool("promtool"), "check", "rules", *map(str, RULES))
+    checked = run(prometheus_tool("promtool"), "check", "rules", *map(str, PROMETHEUS_RULES))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     counted = sum(int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", checked.stdout))
-    assert counted == len(rules()) and counted > 0
+    assert counted == len(prometheus_rules()) and counted > 0
 
 
 def test_rule_unit_tests_pass() -> None:
@@ -87,7 +80,7 @@ def test_rule_unit_tests_pass() -> None:
 def test_every_alert_is_tested_firing_and_silent() -> None:
     cases = [case for path in RULE_TESTS for test in yaml.safe_load(path.read_text())["tests"]
              for case in test.get("alert_rule_test", [])]
-    for alert in [r["alert"] for r in rules() if "alert" in r]:
+    for alert in [r["alert"] for r in prometheus_rules() if "alert" in r]:
         mine = [case for case in cases if case["alertname"] == alert]
         assert any(case.get("exp_alerts") for case in mine), f"{alert} is never expected to fire"
         assert any(not case.get("exp_alerts") for case in mine), f"{alert} is never expected silent"
@@ -150,7 +143,7 @@ def test_kubernetes_pods_are_scraped_as_annotated(prometheus: tuple[str, Path]) 
     assert labels == {"job": "kubernetes-pods", "instance": "127.0.0.11:3000", "app": "slipway",
                       "namespace": "slipway", "pod": "pod-127-0-0-11-8080"}
     rule_groups = httpx.get(f"{base}/api/v1/rules", timeout=5).json()["data"]["groups"]
-    assert sum(len(g["rules"]) for g in rule_groups) == len(rules())
+    assert sum(len(g["rules"]) for g in rule_groups) == len(prometheus_rules())
 
 
 def two_versions(root: Path, name: str) -> IndexDir:
