@@ -1,12 +1,14 @@
-"""Hybrid search: dense and sparse retrieval run concurrently, are fused, then maybe re-ranked."""
+"""Hybrid search: dense and sparse retrieval (and graph expansion) are fused, then maybe
+re-ranked; queries are embedded first, then searched with their vectors."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from slipway.embedding import Embedder
 from slipway.retrieval.dense import DenseReader, Filters
@@ -31,14 +33,19 @@ class FusionConfig:
 # Chunks a graph expansion reaches from the queries' entities: (queries, k) -> rankings.
 Expander = Callable[[Sequence[str], int], list[list[Hit]]]
 
-# Shared worker threads: the sparse half of every search, and async callers' searches.
-_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="slipway-search")
+# Embeds queries for an event loop: (queries) -> vectors, awaited before the search proper.
+AsyncEmbed = Callable[[list[str]], Awaitable[np.ndarray]]
 
 
 class HybridSearcher:
-    """Dense + sparse (+ optionally knowledge-graph expansion) search over the same chunk ids."""
+    """Dense + sparse (+ optionally knowledge-graph expansion) search over the same chunk ids.
 
-    def __init__(self, embedder: Embedder, dense: DenseReader, sparse: SparseIndex,
+    The retrieval seam: queries are embedded first, then searched with their vectors. Each part
+    of a search is a leaf task: nothing here submits work to a pool and then waits on it from
+    inside that pool (which deadlocked the service once as many searches as threads were in
+    flight)."""
+
+    def __init__(self, embedder: Embedder | None, dense: DenseReader, sparse: SparseIndex,
                  fusion: FusionConfig | None = None, reranker: Reranker | None = None,
                  text_of: Callable[[str], str] | None = None,
                  expander: Expander | None = None) -> None:
@@ -52,37 +59,67 @@ class HybridSearcher:
         self.text_of = text_of
         self.expander = expander
 
+    def _embed(self, queries: Sequence[str]) -> np.ndarray:
+        if self.embedder is None:
+            raise ValueError("This searcher has no embedder: pass query vectors "
+                             "(search_vectors) or an async embed function (search_async).")
+        return self.embedder.embed(list(queries))
+
     def dense_search(self, queries: Sequence[str], k: int,
                      filters: Filters | None = None) -> list[list[Hit]]:
         """Nearest chunks by embedding."""
-        return self.dense.search(self.embedder.embed(list(queries)), k, filters)
+        return self.dense.search(self._embed(queries), k, filters)
 
     def sparse_search(self, queries: Sequence[str], k: int,
                       filters: Filters | None = None) -> list[list[Hit]]:
         """Best chunks by BM25."""
         return self.sparse.search(queries, k, filters)
 
-    async def search_async(self, queries: Sequence[str], k: int = 10,
-                           filters: Filters | None = None) -> list[list[Hit]]:
-        """:meth:`search` for an event loop (the service): it runs in the searcher's pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_POOL, self.search, queries, k, filters)
-
     def search(self, queries: Sequence[str], k: int = 10,
                filters: Filters | None = None) -> list[list[Hit]]:
-        """Dense and sparse at once (onnxruntime, Lance and bm25s release the GIL), fused with
-        the graph expansion when an expander is set, then re-ranked when a re-ranker is set;
-        many queries per call. With filters, graph hits only boost chunks that passed them."""
+        """Embed ``queries`` with the searcher's embedder, then :meth:`search_vectors`."""
+        return self.search_vectors(queries, self._embed(queries), k, filters)
+
+    def search_vectors(self, queries: Sequence[str], vectors: np.ndarray, k: int = 10,
+                       filters: Filters | None = None) -> list[list[Hit]]:
+        """Dense (by ``vectors``), sparse and graph rankings in the calling thread, fused, then
+        re-ranked when a re-ranker is set; many queries per call."""
         n = max(k, self.fusion.candidates)
-        sparse_future = _POOL.submit(self.sparse_search, queries, n, filters)
-        graph_future = (_POOL.submit(self.expander, list(queries), n)
-                        if self.expander is not None else None)
-        dense = self.dense_search(queries, n, filters)
-        sparse = sparse_future.result()
-        if graph_future is None:
+        dense = self.dense.search(vectors, n, filters)
+        sparse = self.sparse.search(queries, n, filters)
+        graph = self.expander(list(queries), n) if self.expander is not None else None
+        return self.finish(queries, dense, sparse, graph, k, filters)
+
+    async def search_async(self, queries: Sequence[str], k: int = 10,
+                           filters: Filters | None = None,
+                           embed: AsyncEmbed | None = None) -> list[list[Hit]]:
+        """:meth:`search_vectors` for an event loop: the queries are embedded first (``embed``,
+        e.g. the encoder service, else the searcher's embedder in a worker thread), then the
+        dense, sparse and graph lookups run at once, each a leaf task in a worker thread
+        (onnxruntime, Lance and bm25s release the GIL), and the re-ranker in one more."""
+        queries = list(queries)
+        vectors = (await embed(queries) if embed is not None
+                   else await asyncio.to_thread(self._embed, queries))
+        n = max(k, self.fusion.candidates)
+        parts: list[Awaitable[list[list[Hit]]]] = [
+            asyncio.to_thread(self.dense.search, vectors, n, filters),
+            asyncio.to_thread(self.sparse.search, queries, n, filters)]
+        if self.expander is not None:
+            parts.append(asyncio.to_thread(self.expander, queries, n))
+        dense, sparse, *graph = await asyncio.gather(*parts)
+        if self.reranker is None:
+            return self.finish(queries, dense, sparse, graph[0] if graph else None, k, filters)
+        return await asyncio.to_thread(self.finish, queries, dense, sparse,
+                                       graph[0] if graph else None, k, filters)
+
+    def finish(self, queries: Sequence[str], dense: list[list[Hit]], sparse: list[list[Hit]],
+               graph: list[list[Hit]] | None, k: int,
+               filters: Filters | None = None) -> list[list[Hit]]:
+        """Fuse the rankings of each query (with filters, graph hits only boost chunks that
+        passed them), re-rank when a re-ranker is set, keep the top ``k``."""
+        if graph is None:
             fused = [self.fuse(d, s) for d, s in zip(dense, sparse, strict=True)]
         else:
-            graph = graph_future.result()
             if filters:
                 graph = [_within(g, d, s) for d, s, g in zip(dense, sparse, graph, strict=True)]
             fused = [self.fuse(d, s, g) for d, s, g in zip(dense, sparse, graph, strict=True)]
