@@ -13,6 +13,7 @@ published index) and ``/metrics``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -21,7 +22,9 @@ from typing import Any
 import aiohttp
 import bentoml
 import numpy as np
+from bentoml._internal.server.http import instruments
 from bentoml.exceptions import ServiceUnavailable
+from fastapi.routing import APIRoute
 
 from slipway.api import metrics
 from slipway.api.app import create_app
@@ -37,6 +40,39 @@ from slipway.serving import resolve_bundle
 logger = logging.getLogger("slipway.service")
 LIMITS = ServeSettings()
 api_app = create_app()
+# The API's route templates (the catch-all 404 route aside), for bounded metric labels.
+ROUTE_TEMPLATES = [(route.path_regex, route.path) for route in api_app.routes
+                   if isinstance(route, APIRoute) and route.name != "not_found"]
+
+
+class BoundedTrafficMetrics(instruments.RunnerTrafficMetricsMiddleware):
+    """BentoML's traffic metrics labelled by route template instead of the raw path (BentoML
+    labels its request counters and histograms with ``scope["path"]``: every random path a
+    client sends, authenticated or not, would add a dozen series to ``/metrics`` for good).
+    The app below still sees the real path."""
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(_real_path(app), **kwargs)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "path": metrics.path_label(scope["path"], ROUTE_TEMPLATES),
+                     "slipway.path": scope["path"]}
+        await super().__call__(scope, receive, send)
+
+
+def _real_path(app: Any) -> Any:
+    async def restored(scope: Any, receive: Any, send: Any) -> None:
+        if "slipway.path" in scope:
+            scope = {**scope, "path": scope["slipway.path"]}
+            del scope["slipway.path"]
+        await app(scope, receive, send)
+
+    return restored
+
+
+# BentoML imports the middleware class when it builds each service's app (after this module).
+instruments.RunnerTrafficMetricsMiddleware = BoundedTrafficMetrics  # type: ignore[misc]
 
 
 # BentoML's client recycles its connection pool every 100 requests or 300 s and closes the old
@@ -164,6 +200,18 @@ class Slipway:
         api_app.state.runtime = self.runtime
         self.runtime.ready()  # open the published index now, not on the first request
 
-    def __is_ready__(self) -> bool:
-        """Ready when the published index is loaded (the models are, once this exists)."""
-        return self.runtime.ready()
+    async def __is_ready__(self) -> bool:
+        """Ready when the published index is loaded (the models are, once this exists) and a
+        concurrency slot is free: a saturated worker leaves the load balancer for a while."""
+        load = api_app.state.load
+        if load.saturated:
+            logger.warning("Not ready: all %d slots taken", load.max_concurrency)
+            return False
+        return await asyncio.to_thread(self.runtime.ready)
+
+    async def __is_alive__(self) -> bool:
+        """Alive while the worker's event loop and worker threads make progress (a watchdog
+        probes them every second, from the first probe on)."""
+        watchdog = api_app.state.watchdog
+        watchdog.ensure_started(asyncio.get_running_loop())
+        return bool(watchdog.alive())

@@ -69,6 +69,33 @@ class ServeSettings(BaseSettings):
     max_concurrency: int = Field(
         default=64, ge=1, description="Requests in flight per API worker before it answers 503."
     )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds a client has to send its whole request body (408)."
+    )
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="Seconds until a response must start (504 after)."
+    )
+    stream_timeout_s: float = Field(
+        default=600.0, gt=0, description="Seconds a started stream may run before it is cut off."
+    )
+    encoder_timeout_s: float = Field(
+        default=15.0, gt=0, description="Deadline of one call of the encoder (504 after)."
+    )
+    generator_timeout_s: float = Field(
+        default=110.0, gt=0,
+        description="Deadline of a whole generation, and of each streamed piece (504 after).",
+    )
+    search_timeout_s: float = Field(
+        default=15.0, gt=0, description="Deadline of a search, query embedding included (504 after)."
+    )
+    graph_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline of a knowledge-graph lookup (504 after)."
+    )
+    watchdog_stall_s: float = Field(
+        default=30.0, gt=0,
+        description="/livez fails once the event loop or its worker threads made no progress for "
+                    "this long (the orchestrator then restarts the worker).",
+    )
     context_tokens: int = Field(
         default=2048, ge=128,
         description="Prompt budget of /v1/answer and /v1/summarize (capped by the model's context).",

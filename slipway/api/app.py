@@ -6,11 +6,13 @@ with a scope; errors are OpenAI-shaped JSON with the right status."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import numpy as np
@@ -28,9 +30,10 @@ from slipway.api import metrics, rag
 from slipway.api.auth import Principal
 from slipway.api.errors import ApiError, from_exception, from_validation, rate_limited
 from slipway.api.keys import AuthError, Scope, ScopeError
-from slipway.api.middleware import API_VERSION, ApiMiddleware, Deprecated
+from slipway.api.middleware import API_VERSION, ApiMiddleware, Deadlines, Deprecated, Gate, Load
+from slipway.api.watchdog import Watchdog
 from slipway.api.ratelimit import Limits
-from slipway.api.runtime import Runtime, manifest_brief
+from slipway.api.runtime import Runtime, bounded, bounded_events, manifest_brief
 from slipway.api.schemas import (
     LIMITS,
     AnswerRequest,
@@ -64,6 +67,8 @@ from slipway.retrieval.hybrid import FusionConfig
 from slipway.retrieval.index import ChunkHit, indexed_text
 from slipway.retrieval.rerank import Reranker, rerank
 
+# Credential and rate-limit look-ups in Redis, off the event loop, never behind long work.
+_GATE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="slipway-gate")
 _bearer = HTTPBearer(auto_error=False, description="An API key (sk-slipway-...) or a JWT.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in {
@@ -91,27 +96,61 @@ Rt = Annotated[Runtime, Depends(runtime)]
 
 
 def guard(*scopes: Scope) -> Callable[..., Principal]:
-    """A dependency: authenticate, require every scope in ``scopes`` (any scope when empty),
-    then charge the caller's request bucket."""
+    """A dependency: the caller the gate authenticated (see :func:`gate`) must hold every scope
+    in ``scopes``. The credential parameters only document the security schemes."""
 
     def dependency(request: Request,
                    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
                    api_key: Annotated[str | None, Security(_api_key)]) -> Principal:
-        rt = runtime(request)
-        principal = rt.auth.authenticate(bearer.credentials if bearer else api_key)
-        request.state.principal = principal.id
+        principal: Principal | None = getattr(request.state, "caller", None)
+        if principal is None:  # the gate guards every /v1 path; nothing else gets here
+            raise AuthError("No credentials were checked for this route.")
         for scope in scopes:
             principal.require(scope)
-        if not principal.scopes:
-            raise ScopeError("This credential has no scope.")
-        decision = rt.limiter.acquire(principal.id, Limits(principal.limits.requests_per_minute))
-        request.state.ratelimit_headers = decision.headers()
-        if not decision.allowed:
-            metrics.rate_limited("requests")
-            raise rate_limited(decision.retry_after)
         return principal
 
     return dependency
+
+
+def credential(headers: dict[str, str]) -> str | None:
+    """The API key or JWT of a request: ``Authorization: Bearer ...`` or ``X-API-Key``."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return headers.get("x-api-key") or None
+
+
+def gate(app: FastAPI) -> Gate:
+    """The cheap checks before a body is read or a slot taken: authenticate the caller, then
+    charge its request bucket (the caller and rate-limit headers go into the scope's state)."""
+
+    def check(state: dict[str, Any], headers: dict[str, str]) -> ApiError | None:
+        rt: Runtime | None = getattr(app.state, "runtime", None)
+        if rt is None:
+            return ApiError(503, "The service is starting.", type="server_error",
+                            code="starting")
+        try:
+            principal = rt.auth.authenticate(credential(headers))
+            if not principal.scopes:
+                raise ScopeError("This credential has no scope.")
+        except (AuthError, ScopeError) as exc:
+            return from_exception(exc)
+        state["principal"], state["caller"] = principal.id, principal
+        decision = rt.limiter.acquire(principal.id, Limits(principal.limits.requests_per_minute))
+        state["ratelimit_headers"] = decision.headers()
+        if not decision.allowed:
+            metrics.rate_limited("requests")
+            return rate_limited(decision.retry_after)
+        return None
+
+    async def run(scope: dict[str, Any], headers: dict[str, str]) -> ApiError | None:
+        rt: Runtime | None = getattr(app.state, "runtime", None)
+        if rt is not None and rt.remote_credentials:  # Redis round trips: off the loop
+            return await asyncio.get_running_loop().run_in_executor(
+                _GATE_THREADS, check, scope["state"], headers)
+        return check(scope["state"], headers)
+
+    return run
 
 
 async def charge_tokens(request: Request, rt: Runtime, principal: Principal, tokens: int) -> None:
@@ -162,11 +201,18 @@ async def embed_texts(rt: Runtime, texts: list[str]) -> np.ndarray:
             found[i] = value
     missing = [i for i in range(len(texts)) if i not in found]
     if missing:
-        vectors = np.asarray(await rt.embedder.embed([texts[i] for i in missing]), np.float32)
+        vectors = np.asarray(await bounded(rt.embedder.embed([texts[i] for i in missing]),
+                                           rt.serve.encoder_timeout_s, "encoder", "encoder"),
+                             np.float32)
         for i, vector in zip(missing, vectors, strict=True):
             found[i] = vector.tolist()
             rt.remember(keys[i], found[i])
     return np.asarray([found[i] for i in range(len(texts))], dtype=np.float32)
+
+
+def generation_events(rt: Runtime, call: GenRequest) -> AsyncIterator[dict[str, Any]]:
+    """A generation's events, each within the generator's deadline of the last."""
+    return bounded_events(rt.generator.events(call), rt.serve.generator_timeout_s, "generator")
 
 
 async def generate_text(rt: Runtime, request: GenRequest) -> dict[str, Any]:
@@ -175,7 +221,8 @@ async def generate_text(rt: Runtime, request: GenRequest) -> dict[str, Any]:
     key, value = rt.cached("generate", rt.versions(), request.to_dict()) if cacheable else ("", None)
     if value is not None:
         return dict(value)
-    out = await rt.generator.complete(request)
+    out = await bounded(rt.generator.complete(request), rt.serve.generator_timeout_s,
+                        "generator", "generator")
     if cacheable:
         rt.remember(key, out)
     return out
@@ -191,8 +238,13 @@ def create_app(deprecated: dict[str, Deprecated] | None = None) -> FastAPI:
                               "search, RAG answers, the knowledge graph and OpenAI-compatible "
                               "routes. Send an API key as `Authorization: Bearer <key>`.",
                   docs_url="/docs", redoc_url=None)
+    app.state.load = Load(LIMITS.max_concurrency)
+    app.state.watchdog = Watchdog(LIMITS.watchdog_stall_s)
     app.add_middleware(ApiMiddleware, max_body_bytes=LIMITS.max_body_bytes,
-                       max_concurrency=LIMITS.max_concurrency, deprecated=deprecated)
+                       max_concurrency=LIMITS.max_concurrency, deprecated=deprecated,
+                       gate=gate(app), load=app.state.load,
+                       deadlines=Deadlines(LIMITS.body_timeout_s, LIMITS.request_timeout_s,
+                                           LIMITS.stream_timeout_s))
     _exception_handlers(app)
     _routes(app)
     for route in app.routes:
@@ -213,7 +265,7 @@ def create_app(deprecated: dict[str, Deprecated] | None = None) -> FastAPI:
 
 def _exception_handlers(app: FastAPI) -> None:
     def error(exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -247,7 +299,7 @@ def _routes(app: FastAPI) -> None:
                     who: Annotated[Principal, Depends(guard(Scope.EMBED))]) -> EmbedResponse:
         """Unit vectors for up to `SLIPWAY_MAX_TEXTS` texts, in input order (batched with other
         requests by the encoder service)."""
-        tokens = rt.embed_tokens(body.texts)
+        tokens = await run_in_threadpool(rt.embed_tokens, body.texts)
         await charge_tokens(request, rt, who, tokens)
         vectors = await embed_texts(rt, body.texts)
         metrics.tokens("/v1/embed", tokens)
@@ -261,14 +313,14 @@ def _routes(app: FastAPI) -> None:
         """Complete a prompt (chat template applied); greedy when `temperature` is 0. With
         `stream`, server-sent events: `{"text"}` pieces, then `{"finish_reason", "usage"}`,
         then `[DONE]`."""
-        prompt_tokens = rt.gen_tokens(body.prompt)
+        prompt_tokens = await run_in_threadpool(rt.gen_tokens, body.prompt)
         check_context(rt, prompt_tokens, body.max_new_tokens, "prompt")
         await charge_tokens(request, rt, who, prompt_tokens + body.max_new_tokens)
         call = GenRequest(Sampling(body.max_new_tokens, body.temperature, body.top_p,
                                    tuple(body.stop), body.seed), prompt=body.prompt)
         if body.stream:
             async def events() -> AsyncIterator[bytes]:
-                async for event in rt.generator.events(call):
+                async for event in generation_events(rt, call):
                     if "text" in event:
                         yield _sse(event)
                     else:
@@ -301,10 +353,12 @@ def _routes(app: FastAPI) -> None:
         new_tokens = rag.summary_tokens(body.max_words, LIMITS.max_new_tokens)
         try:
             budget = rag.prompt_budget(LIMITS.context_tokens, rt.model_context, new_tokens)
-            pieces = rag.map_pieces(rt.gen_tokenizer, text, budget, body.max_words)
+            pieces = await run_in_threadpool(rag.map_pieces, rt.gen_tokenizer, text, budget,
+                                             body.max_words)
         except ValueError as exc:
             raise ApiError(400, f"max_words: {exc}", param="max_words") from exc
-        await charge_tokens(request, rt, who, rt.gen_tokens(text) + new_tokens * len(pieces))
+        text_tokens = await run_in_threadpool(rt.gen_tokens, text)
+        await charge_tokens(request, rt, who, text_tokens + new_tokens * len(pieces))
         sampling = Sampling(max_new_tokens=new_tokens)
         prompt_total = completion_total = 0
         n_pieces = len(pieces)
@@ -346,7 +400,8 @@ def _routes(app: FastAPI) -> None:
             _: Annotated[Principal, Depends(guard(Scope.SEARCH))],
             limit: Annotated[int, Query(ge=1, le=50)] = 10) -> EntitiesResponse:
         """Entities by id (`TYPE:name`) or name, each with its strongest neighbours."""
-        return await run_in_threadpool(entity_lookup, rt, name, limit)
+        return await bounded(run_in_threadpool(entity_lookup, rt, name, limit),
+                             rt.serve.graph_timeout_s, "graph", "knowledge graph")
 
     @app.get("/v1/models", response_model=ModelsResponse, responses=_ERRORS, tags=["openai"])
     async def models(rt: Rt, _: Annotated[Principal, Depends(guard())]) -> ModelsResponse:
@@ -376,7 +431,7 @@ def _routes(app: FastAPI) -> None:
                          ) -> EmbeddingsResponse:
         """OpenAI's embeddings route (float or base64 vectors)."""
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        tokens = rt.embed_tokens(texts)
+        tokens = await run_in_threadpool(rt.embed_tokens, texts)
         await charge_tokens(request, rt, who, tokens)
         vectors = await embed_texts(rt, texts)
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
@@ -395,7 +450,7 @@ def _routes(app: FastAPI) -> None:
         """OpenAI's legacy completions route (raw prompt, no chat template)."""
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         new = body.max_tokens or min(16, LIMITS.max_new_tokens)
-        prompt_tokens = rt.gen_tokens(prompt)
+        prompt_tokens = await run_in_threadpool(rt.gen_tokens, prompt)
         check_context(rt, prompt_tokens, new, "prompt")
         await charge_tokens(request, rt, who, prompt_tokens + new)
         call = GenRequest(Sampling(new, body.temperature, body.top_p, tuple(body.stops()),
@@ -411,7 +466,8 @@ def _routes(app: FastAPI) -> None:
                                                                     LIMITS.max_new_tokens)
         messages = tuple((m.role if m.role != "developer" else "system", m.text())
                          for m in body.messages)
-        prompt_tokens = sum(rt.gen_tokens(text) + 4 for _, text in messages)
+        prompt_tokens = await run_in_threadpool(
+            lambda: sum(rt.gen_tokens(text) + 4 for _, text in messages))
         check_context(rt, prompt_tokens, new, "messages")
         await charge_tokens(request, rt, who, prompt_tokens + new)
         call = GenRequest(Sampling(new, body.temperature, body.top_p, tuple(body.stops()),
@@ -454,7 +510,12 @@ async def run_search(rt: Runtime, query: str, top_k: int, filters: dict[str, Any
     if value is not None:
         return SearchResponse.model_validate(value)
     searcher = rt.searcher(state, rerank, graph)
-    hits = (await searcher.search_async([query], top_k, filters))[0]
+
+    async def embed(queries: list[str]) -> np.ndarray:
+        return await embed_texts(rt, queries)
+
+    hits = (await bounded(searcher.search_async([query], top_k, filters, embed=embed),
+                          rt.serve.search_timeout_s, "search", "search"))[0]
     results = state.opened.hydrate(hits)
     response = SearchResponse(index_version=state.opened.version, model=rt.model_id,
                               reranked=searcher.reranker is not None, graph_expanded=graph,
@@ -495,20 +556,22 @@ async def _answer(rt: Runtime, request: Request, who: Principal,
     hits = found.results
     with rt.span("rerank", reranker=rt.can_rerank) as span:
         if rt.reranker is not None and hits:
-            hits = await run_in_threadpool(rerank_hits, rt.reranker, body.question, hits,
-                                           rerank_top)
+            hits = await bounded(run_in_threadpool(rerank_hits, rt.reranker, body.question,
+                                                   hits, rerank_top),
+                                 rt.serve.search_timeout_s, "search", "re-ranker")
         hits = hits[:body.top_k]
         if span is not None:
             span.set_outputs([h.id for h in hits])
     with rt.span("prompt", budget=budget) as span:
         sources = [rag.Source(h.id, h.doc_id, h.title, h.text, h.score) for h in hits]
         try:
-            prompt, used = rag.answer_prompt(rt.gen_tokenizer, body.question, sources, budget)
+            prompt, used = await run_in_threadpool(rag.answer_prompt, rt.gen_tokenizer,
+                                                   body.question, sources, budget)
         except ValueError as exc:  # the question leaves no room for sources
             raise ApiError(400, f"question: {exc} The prompt budget is {budget} tokens "
                            f"(less max_new_tokens={body.max_new_tokens}).", param="question",
                            code="context_length_exceeded") from exc
-        prompt_tokens = rt.gen_tokens(prompt)
+        prompt_tokens = await run_in_threadpool(rt.gen_tokens, prompt)
         if span is not None:
             span.set_attributes({"sources": len(used), "prompt_tokens": prompt_tokens})
     await charge_tokens(request, rt, who, prompt_tokens + body.max_new_tokens)
@@ -583,7 +646,7 @@ async def openai_generation(rt: Runtime, call: GenRequest, stream: bool, kind: s
     async def events() -> AsyncIterator[bytes]:
         if chat:
             yield _sse(chunk({"role": "assistant", "content": ""}, None))
-        async for event in rt.generator.events(call):
+        async for event in generation_events(rt, call):
             if "text" in event:
                 yield _sse(chunk({"content": event["text"]}, None))
             else:

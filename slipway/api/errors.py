@@ -24,12 +24,17 @@ class ApiError(Exception):
     def __str__(self) -> str:
         return f"{self.status} {self.message}"
 
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` for the statuses a client should retry (503, 504)."""
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status in (503, 504) else {}
+
     def body(self) -> dict[str, Any]:
         """The JSON body."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
 
+RETRY_AFTER_SECONDS = 1
 _UNION_TAG = re.compile(r"^(constrained-\w+|str|int|float|bool|none|list\[.*\]|dict\[.*\]|"
                         r"tuple\[.*\]|function-\w+\[.*\]|literal\[.*\])$")
 
@@ -80,3 +85,9 @@ def overloaded() -> ApiError:
     """503 when the server itself is saturated (not the client's budget)."""
     return ApiError(503, "The server is overloaded; retry shortly.", type="server_error",
                     code="overloaded")
+
+
+def timed_out(what: str, seconds: float) -> ApiError:
+    """504 when a backend call (encoder, generator, search, graph) outlived its deadline."""
+    return ApiError(504, f"The {what} did not answer within {seconds:g} s; retry shortly.",
+                    type="server_error", code="timeout")

@@ -8,6 +8,8 @@ report "not ready" for ever."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,9 @@ def _metrics() -> dict[str, Any]:
                           "with 401 or 403.", labelnames=["status"]),
         "overloaded": m.Counter(name="slipway_overloaded_total", documentation="Requests refused "
                                 "with 503 because the worker was saturated."),
+        "timeouts": m.Counter(name="slipway_timeouts_total", documentation="Requests or backend "
+                              "calls that outlived their deadline, by stage.",
+                              labelnames=["stage"]),
     }
 
 
@@ -64,13 +69,38 @@ def _gauges() -> dict[str, Any]:
     }
 
 
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+STAGES = frozenset({"request", "encoder", "generator", "search", "graph"})
+
+
 def request_done(route: str, method: str, status: int, seconds: float) -> None:
-    """Count a finished request and its latency."""
+    """Count a finished request and its latency. Labels come from fixed sets only: ``route``
+    is a route template (or ``unmatched``), an unknown method is ``OTHER``."""
     metrics = _metrics()
+    method = method if method in METHODS else "OTHER"
+    status = status if 100 <= status <= 599 else 500
     metrics["requests"].labels(route=route, method=method, status=str(status)).inc()
     metrics["latency"].labels(route=route, method=method).observe(seconds)
     if status in (401, 403):
         metrics["auth"].labels(status=str(status)).inc()
+
+
+# Paths of the server itself (BentoML's probes and metrics, the API's docs), kept as they are.
+SERVER_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json",
+                          "/openapi.json", "/docs/oauth2-redirect"})
+OTHER_PATH = "other"
+
+
+def path_label(path: str, templates: Sequence[tuple[re.Pattern[str], str]]) -> str:
+    """The label for a request path: a server path as is, else the template of the first
+    route whose pattern matches it, else ``other`` (never the raw path: one label value per
+    random path would grow the metrics without bound)."""
+    if path in SERVER_PATHS:
+        return path
+    for pattern, template in templates:
+        if pattern.match(path):
+            return template
+    return OTHER_PATH
 
 
 def tokens(route: str, prompt: int, completion: int = 0) -> None:
@@ -100,6 +130,11 @@ def rate_limited(bucket: str) -> None:
 def overloaded() -> None:
     """Count a 503 for saturation."""
     _metrics()["overloaded"].inc()
+
+
+def timed_out(stage: str) -> None:
+    """Count a deadline that passed (``stage``: one of :data:`STAGES`)."""
+    _metrics()["timeouts"].labels(stage=stage if stage in STAGES else "request").inc()
 
 
 def readiness(ready: bool) -> None:

@@ -1,17 +1,23 @@
 """One pure-ASGI middleware in front of every API route (streaming-safe: it never buffers a
-response): request ids, overload shedding, body-size and content-type checks, version,
-deprecation and rate-limit headers, metrics, JSON access logs, and a JSON 500 that reveals
-nothing when a handler fails."""
+response). Cheap checks first: path and header sizes, then the gate (credentials and the request
+rate limit), then the body's type and size, then the body itself within a deadline; only then
+is a concurrency slot taken (or the request shed with a 503), and the response must start
+within its deadline (504 otherwise). Also: request ids, version, deprecation and rate-limit
+headers, metrics by route template, JSON access logs, and a JSON 500 that reveals nothing when
+a handler fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from email.utils import format_datetime
@@ -28,6 +34,8 @@ API_VERSION = "v1"
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+MAX_PATH_CHARS = 2048
+MAX_CREDENTIAL_CHARS = 4096
 logger = logging.getLogger("slipway.access")
 errors_logger = logging.getLogger("slipway.api")
 
@@ -57,16 +65,57 @@ class BodyTooLarge(HTTPException):
                          "fewer or shorter texts.")
 
 
+# A check that runs before a body is read or a slot taken (authentication and the request rate
+# limit): None to go on, else the error to answer with. It may store what it learnt in
+# ``scope["state"]`` (the caller) for the handlers.
+Gate = Callable[[dict[str, Any], dict[str, str]], Awaitable["ApiError | None"]]
+
+
+@dataclass
+class Load:
+    """Requests a worker holds a slot for, against its limit: what overload shedding and the
+    readiness probe read."""
+
+    max_concurrency: int
+    in_flight: int = 0
+
+    @property
+    def saturated(self) -> bool:
+        """Whether every slot is taken."""
+        return self.in_flight >= self.max_concurrency
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a request may take: to send its body, to get its response started (whole
+    responses), and to finish a stream once it started."""
+
+    body_seconds: float = 10.0
+    response_seconds: float = 60.0
+    stream_seconds: float = 600.0
+
+
 class ApiMiddleware:
-    """See the module docstring. ``deprecated`` maps route templates to their deprecation."""
+    """See the module docstring. ``deprecated`` maps route templates to their deprecation;
+    ``gate`` guards the paths under ``protected``; ``load`` counts the slots taken."""
 
     def __init__(self, app: Any, max_body_bytes: int, max_concurrency: int,
-                 deprecated: dict[str, Deprecated] | None = None) -> None:
+                 deprecated: dict[str, Deprecated] | None = None, gate: Gate | None = None,
+                 protected: str = "/v1/", deadlines: Deadlines | None = None,
+                 load: Load | None = None) -> None:
         self.app = app
         self.max_body = max_body_bytes
-        self.max_concurrency = max_concurrency
         self.deprecated = deprecated or {}
-        self.in_flight = 0
+        self.gate = gate
+        self.protected = protected
+        self.deadlines = deadlines or Deadlines()
+        self.load = load or Load(max_concurrency)
+        self.load.max_concurrency = max_concurrency
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a slot now."""
+        return self.load.in_flight
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -81,27 +130,51 @@ class ApiMiddleware:
         start = time.perf_counter()
         method = scope.get("method", "GET")
         sent = {"started": False, "status": 500}
+        deadline: asyncio.Timeout | None = None
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 sent["started"], sent["status"] = True, message["status"]
                 message["headers"] = [*message.get("headers", []),
                                       *self._headers(scope, request_id)]
+                if deadline is not None:  # a stream gets its own, longer deadline
+                    deadline.reschedule(asyncio.get_running_loop().time()
+                                        + self.deadlines.stream_seconds)
             await send(message)
 
         try:
-            refusal = self._refusal(method, headers)
+            refusal = await self._refusal(scope, method, headers)
             if refusal is not None:
                 await _send_error(send_wrapper, refusal)
                 return
-            self.in_flight += 1
+            body = await self._read_body(receive, method)
+            if self.load.saturated:
+                metrics.overloaded()
+                await _send_error(send_wrapper, overloaded())
+                return
+            self.load.in_flight += 1
             try:
-                await self.app(scope, self._limited(receive), send_wrapper)
+                async with asyncio.timeout(self.deadlines.response_seconds) as deadline:
+                    await self.app(scope, _replay(body, receive), send_wrapper)
             finally:
-                self.in_flight -= 1
+                deadline = None
+                self.load.in_flight -= 1
         except BodyTooLarge:
             if not sent["started"]:
                 await _send_error(send_wrapper, self._too_large())
+        except _BodyTimeout:
+            await _send_error(send_wrapper, ApiError(
+                408, f"The body did not arrive within {self.deadlines.body_seconds:g} s; send "
+                "it at once.", code="body_timeout"))
+        except _Disconnected:
+            sent["status"] = 499  # the client went away before its body was complete
+        except TimeoutError:
+            if not sent["started"]:
+                await _send_error(send_wrapper, ApiError(
+                    504, "The request took longer than its deadline "
+                    f"({self.deadlines.response_seconds:g} s); retry shortly.",
+                    type="server_error", code="timeout"))
+                metrics.timed_out("request")
         except Exception:
             errors_logger.exception("Unhandled error in %s %s", method, scope.get("path"))
             if not sent["started"]:
@@ -111,15 +184,27 @@ class ApiMiddleware:
             seconds = time.perf_counter() - start
             metrics.request_done(route, method, sent["status"], seconds)
             logger.info("request", extra={
-                "request_id": request_id, "method": method, "path": scope.get("path"),
+                "request_id": request_id, "method": method, "path": scope.get("path", "")[:256],
                 "route": route, "status": sent["status"], "duration_ms": round(seconds * 1e3, 2),
                 "principal": scope["state"].get("principal", "-")})
             REQUEST_ID.reset(token)
 
-    def _refusal(self, method: str, headers: dict[str, str]) -> ApiError | None:
-        if self.in_flight >= self.max_concurrency:
-            metrics.overloaded()
-            return overloaded()
+    async def _refusal(self, scope: dict[str, Any], method: str,
+                       headers: dict[str, str]) -> ApiError | None:
+        """The cheap checks, in order: path and header sizes, the gate (credentials, request
+        rate), then the body's declared type and size."""
+        path = scope.get("path", "")
+        if len(path) > MAX_PATH_CHARS:
+            return ApiError(414, f"The path is longer than {MAX_PATH_CHARS} characters.",
+                            param="path", code="uri_too_long")
+        for name in ("authorization", "x-api-key"):
+            if len(headers.get(name, "")) > MAX_CREDENTIAL_CHARS:
+                return ApiError(431, f"The {name} header is longer than {MAX_CREDENTIAL_CHARS} "
+                                "characters.", param=name, code="header_too_large")
+        if self.gate is not None and path.startswith(self.protected):
+            refused = await self.gate(scope, headers)
+            if refused is not None:
+                return refused
         if method not in _BODY_METHODS:
             return None
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -136,19 +221,27 @@ class ApiMiddleware:
         return ApiError(413, f"The body exceeds {self.max_body} bytes (SLIPWAY_MAX_BODY_BYTES); "
                         "send fewer or shorter texts.", code="body_too_large")
 
-    def _limited(self, receive: Any) -> Any:
+    async def _read_body(self, receive: Any, method: str) -> bytes:
+        """The whole body, read before a slot is taken, within the body deadline and size."""
+        if method not in _BODY_METHODS:
+            return b""
+        chunks: list[bytes] = []
         seen = 0
-
-        async def wrapped() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise BodyTooLarge(self.max_body)
-            return message
-
-        return wrapped
+        try:
+            async with asyncio.timeout(self.deadlines.body_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    seen += len(chunk)
+                    if seen > self.max_body:
+                        raise BodyTooLarge(self.max_body)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError as exc:
+            raise _BodyTimeout from exc
 
     def _headers(self, scope: dict[str, Any], request_id: str) -> list[tuple[bytes, bytes]]:
         out = [(b"x-request-id", request_id.encode()), (b"x-api-version", API_VERSION.encode()),
@@ -162,11 +255,33 @@ class ApiMiddleware:
         return out
 
 
+class _BodyTimeout(Exception):
+    """The client did not finish sending its body in time."""
+
+
+class _Disconnected(Exception):
+    """The client went away while sending its body."""
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that hands the app the body already read, then waits on the client (so
+    a disconnect still reaches a streaming response)."""
+    delivered = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return dict(await receive())
+
+    return replayed
+
+
 async def _send_error(send: Any, error: ApiError) -> None:
     body = json.dumps(error.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if error.status == 503:
-        headers.append((b"retry-after", b"1"))
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -10,18 +10,18 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from slipway.api import metrics
 from slipway.api.auth import Authenticator
-from slipway.api.errors import ApiError
+from slipway.api.errors import ApiError, timed_out
 from slipway.api.keys import key_store
 from slipway.api.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from slipway.cache import MemoryCache, RedisCache, ResultCache, cache_key
@@ -34,6 +34,7 @@ from slipway.retrieval.rerank import Reranker
 from slipway.serving import ServedBundle
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 INDEX_CHECK_SECONDS = 5.0
 TRACED: ContextVar[bool] = ContextVar("traced", default=False)  # this request is sampled
 
@@ -112,19 +113,6 @@ class Coalescer:
         return await self.client.describe()
 
 
-class _SyncEmbedder:
-    """The :class:`~slipway.embedding.Embedder` protocol over an async client, for the
-    searcher's worker threads: each call runs on the service's event loop."""
-
-    def __init__(self, client: EmbedClient, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
-        self.loop = loop
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        future = asyncio.run_coroutine_threadsafe(self.client.embed(list(texts)), self.loop)
-        return np.asarray(future.result(), dtype=np.float32)
-
-
 @dataclass
 class IndexState:
     """The opened published version and searchers over it (by re-rank and graph options)."""
@@ -161,6 +149,11 @@ class Runtime:
         self.trace_rate = self._tracing()
 
     # --- set-up ------------------------------------------------------------------------
+
+    @property
+    def remote_credentials(self) -> bool:
+        """Whether checking a credential or a request budget is a network round trip."""
+        return self.api.key_store == "redis" or self.api.rate_limit_store == "redis"
 
     @cached_property
     def _redis(self) -> Any:
@@ -249,15 +242,15 @@ class Runtime:
         return True
 
     def searcher(self, state: IndexState, rerank: bool, graph: bool) -> HybridSearcher:
-        """A hybrid searcher over ``state`` with or without re-ranking and graph expansion
-        (call it on the event loop: query embeddings go through it)."""
+        """A hybrid searcher over ``state`` with or without re-ranking and graph expansion;
+        it searches with query vectors the caller embedded (``search_async(embed=...)``)."""
         key = (rerank, graph)
         if key not in state.searchers:
             expander = self.graph().expand_many if graph else None
             state.searchers[key] = HybridSearcher(
-                _SyncEmbedder(self.embedder, asyncio.get_running_loop()), state.opened.dense,
-                state.opened.sparse, reranker=self.reranker if rerank else None,
-                text_of=state.opened.text_of, expander=expander)
+                None, state.opened.dense, state.opened.sparse,
+                reranker=self.reranker if rerank else None, text_of=state.opened.text_of,
+                expander=expander)
         return state.searchers[key]
 
     @property
@@ -343,6 +336,35 @@ class Runtime:
         sampled = self.trace_rate > 0 and random.random() < self.trace_rate
         TRACED.set(sampled)
         return sampled
+
+
+async def bounded(work: Awaitable[T], seconds: float, stage: str, what: str) -> T:
+    """``work`` within ``seconds``; past it a 504 (with Retry-After) naming ``what``, counted
+    by ``stage`` (the work is cancelled; a worker thread it started finishes on its own)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError as exc:
+        metrics.timed_out(stage)
+        raise timed_out(what, seconds) from exc
+
+
+async def bounded_events(events: AsyncIterator[dict[str, Any]], seconds: float,
+                         what: str) -> AsyncIterator[dict[str, Any]]:
+    """The items of ``events``, each within ``seconds`` of the last (a stalled stream ends
+    with a 504 before its first item, or is cut off after it)."""
+    iterator = aiter(events)
+    try:
+        while True:
+            try:
+                event = await bounded(anext(iterator), seconds, "generator", what)
+            except StopAsyncIteration:
+                return
+            yield event
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
 
 
 class _SpanWithAttributes(AbstractContextManager[Any]):
