@@ -63,8 +63,13 @@ def serve(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI; default: the active ZenML stack's.")
     ] = None,
+    drain_timeout: Annotated[
+        float, typer.Option(help="On SIGTERM/SIGINT: seconds in-flight requests may finish "
+                                 "before every server process is stopped.", min=0)
+    ] = 30.0,
 ) -> None:
-    """Start the BentoML service on the registered champion (or a given version)."""
+    """Start the BentoML service on the registered champion (or a given version); SIGTERM or
+    SIGINT drains it, then stops every process it started."""
     env = dict(os.environ)
     if bundle_dir is not None:
         if not (bundle_dir / "manifest.json").is_file():
@@ -82,7 +87,9 @@ def serve(
     console.print(f"Serving on http://{host}:{port} (OpenAPI docs: /docs). Try: curl -s "
                   f"http://{host}:{port}/v1/models -H \"Authorization: Bearer $SLIPWAY_KEY\" "
                   "(create a key with `slipway keys create --name me --scope admin`)")
-    raise typer.Exit(code=subprocess.call(cmd, env=env))
+    from slipway.process import run_owned
+
+    raise typer.Exit(code=run_owned(cmd, env, drain_seconds=drain_timeout))
 
 
 def _registered_version(uri: str, version: str | None) -> str:
