@@ -30,7 +30,8 @@ from slipway.api import metrics
 from slipway.api.app import create_app
 from slipway.api.errors import ApiError
 from slipway.api.middleware import configure_json_logging
-from slipway.api.runtime import Runtime, iterate_in_thread, ndjson_events
+from slipway.resources import build_resources
+from slipway.streams import iterate_in_thread, ndjson_events
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
 from slipway.generation import Request, complete, context_length, generation_events, load_generator
@@ -39,7 +40,7 @@ from slipway.serving import resolve_bundle
 
 logger = logging.getLogger("slipway.service")
 LIMITS = ServeSettings()
-api_app = create_app()
+api_app = create_app(LIMITS)  # its resources are set once the Slipway service has started
 # The API's route templates (the catch-all 404 route aside), for bounded metric labels.
 ROUTE_TEMPLATES = [(route.path_regex, route.path) for route in api_app.routes
                    if isinstance(route, APIRoute) and route.name != "not_found"]
@@ -195,10 +196,10 @@ class Slipway:
 
     def __init__(self) -> None:
         configure_json_logging()
-        self.runtime = Runtime(resolve_bundle(LIMITS), _RemoteEmbedder(self.embedder),
-                               _RemoteGenerator(self.generator), LIMITS)
-        api_app.state.runtime = self.runtime
-        self.runtime.ready()  # open the published index now, not on the first request
+        self.resources = build_resources(resolve_bundle(LIMITS), _RemoteEmbedder(self.embedder),
+                                         _RemoteGenerator(self.generator), LIMITS)
+        api_app.state.resources = self.resources
+        self.resources.ready()  # open the published index now, not on the first request
 
     async def __is_ready__(self) -> bool:
         """Ready when the published index is loaded (the models are, once this exists) and a
@@ -207,7 +208,7 @@ class Slipway:
         if load.saturated:
             logger.warning("Not ready: all %d slots taken", load.max_concurrency)
             return False
-        return await asyncio.to_thread(self.runtime.ready)
+        return await asyncio.to_thread(self.resources.ready)
 
     async def __is_alive__(self) -> bool:
         """Alive while the worker's event loop and worker threads make progress (a watchdog

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -213,6 +213,12 @@ class ApiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
 
+    profile: Literal["local", "production"] = Field(
+        default="local",
+        description="Defaults for the adapters: local = keys in a file, rate limits and cache in "
+                    "the worker; production = all three in Redis/Valkey (SLIPWAY_REDIS_URL), "
+                    "shared by every worker and replica. A store set explicitly wins.",
+    )
     api_keys_file: Path | None = Field(
         default=None, description="JSON file of hashed API keys; default: <home>/api_keys.json."
     )
@@ -252,6 +258,19 @@ class ApiSettings(BaseSettings):
     )
     cache_ttl: int = Field(default=600, ge=1, description="Seconds a cached result lives.")
     cache_max_entries: int = Field(default=10_000, ge=1, description="In-process cache bound.")
+
+    @model_validator(mode="after")
+    def _profile_defaults(self) -> ApiSettings:
+        if self.profile == "production":
+            for name in ("key_store", "rate_limit_store", "cache"):
+                if name not in self.model_fields_set:
+                    setattr(self, name, "redis")
+        uses_redis = "redis" in (self.key_store, self.rate_limit_store, self.cache)
+        if uses_redis and not self.redis_url and not self.redis_secret:
+            raise ValueError(f"SLIPWAY_PROFILE={self.profile} with key store {self.key_store}, "
+                             f"rate limits {self.rate_limit_store} and cache {self.cache} needs "
+                             "SLIPWAY_REDIS_URL (e.g. redis://host:6379/0).")
+        return self
 
 
 class Settings(BaseSettings):

@@ -114,7 +114,7 @@ class Authenticator:
             else:
                 raise AuthError(f"JWT algorithm {header.get('alg')!r} is not accepted here "
                                 "(HS256 with SLIPWAY_JWT_SECRET, RS256 with SLIPWAY_JWT_JWKS_FILE).")
-            claims = jwt.decode(token, key, algorithms=[header["alg"]], options=options,
+            claims = jwt.decode(token, key, algorithms=[header["alg"]], options=options,  # type: ignore[arg-type]
                                 audience=self.settings.jwt_audience,
                                 issuer=self.settings.jwt_issuer)
         except KeyError as exc:

@@ -69,17 +69,18 @@ class MemoryRateLimiter:
         with self._lock:
             now = self.clock()
             levels: dict[str, tuple[float, float, float]] = {}
-            for kind, capacity, cost in (("req", limits.requests_per_minute, 1),
-                                         ("tok", limits.tokens_per_minute, tokens)):
-                if capacity:
-                    level, stamp = self._buckets.get((key, kind), (float(capacity), now))
-                    levels[kind] = (_bucket(level, stamp, capacity, now), float(capacity), cost)
+            for kind, limit, cost in (("req", limits.requests_per_minute, 1),
+                                      ("tok", limits.tokens_per_minute, tokens)):
+                if limit:
+                    capacity = float(limit)
+                    level, stamp = self._buckets.get((key, kind), (capacity, now))
+                    levels[kind] = (_bucket(level, stamp, capacity, now), capacity, float(cost))
             wait = max((_wait(lv, cost, cap) for lv, cap, cost in levels.values()
                         if cost > cap or lv < cost), default=0.0)
             too_big = any(cost > cap for _, cap, cost in levels.values())
             allowed = wait == 0.0 and not too_big
-            for kind, (level, capacity, cost) in levels.items():
-                self._buckets[(key, kind)] = (level - cost if allowed else level, now)
+            for kind, (lv, _, charge) in levels.items():
+                self._buckets[(key, kind)] = (lv - charge if allowed else lv, now)
             return _decision(allowed, levels.get("req"), wait, too_big)
 
 

@@ -21,7 +21,9 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Stop = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)]
 Key = Annotated[str, Field(min_length=1, max_length=64)]
 Value = Annotated[str, Field(max_length=256)]
-Filters = dict[Key, Value | Annotated[list[Value], Field(min_length=1, max_length=32)]]
+MAX_FILTER_KEYS = 16
+Filters = Annotated[dict[Key, Value | Annotated[list[Value], Field(min_length=1, max_length=32)]],
+                    Field(max_length=MAX_FILTER_KEYS)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]  # the decoders take a C int
 
 
@@ -38,6 +40,12 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
+
+
+def usage(prompt: int, completion: int = 0) -> Usage:
+    """The usage of a call that read ``prompt`` tokens and wrote ``completion``."""
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion)
 
 
 class ErrorDetail(BaseModel):

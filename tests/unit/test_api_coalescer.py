@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slipway.api.runtime import Coalescer
+from slipway.resources import Coalescer
 from slipway.embedding import OnnxEmbedder
 
 pytestmark = pytest.mark.anyio

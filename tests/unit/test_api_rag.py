@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from slipway.api import rag
+from slipway.rag import prompts as rag
 from slipway.documents.chunking import load_tokenizer
 from slipway.models import embedder_source
 

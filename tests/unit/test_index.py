@@ -228,7 +228,7 @@ def test_cross_encoder_reranker_reorders_the_top_hits(tiny_embedder: Path, refre
     assert [c for c, _ in after[:5]] == [c for _, c in sorted(zip(scores, head), key=lambda p: -p[0])]
     assert after[5:] == before[5:]
     # the API's answer route re-ranks retrieved hits itself: the same order and scores
-    from slipway.api.app import rerank_hits
+    from slipway.rag.search import rerank_hits
 
     hits = rerank_hits(reranker, query, opened.hydrate(before), 5)
     assert [(h.id, h.score) for h in hits] == after

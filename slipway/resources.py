@@ -1,27 +1,25 @@
-"""What the API's routes work with: the model clients, tokenizers, the published index (hot
-reloaded when a new version is published), the knowledge graph, credentials, rate limits,
-the result cache and tracing. No web framework here: ``slipway.api.app`` serves it."""
+"""What a request works with, built once per API worker from settings: the model clients,
+tokenizers, the published index (hot reloaded when a new version is published), the knowledge
+graph, credentials, rate limits, the result cache and tracing. This is the one place that picks
+adapters (file or Redis keys, in-process or Redis limits and cache), from the ``profile``
+(``local`` or ``production``) and the settings that override it. No web framework here."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 
 from slipway.api import metrics
 from slipway.api.auth import Authenticator
-from slipway.api.errors import ApiError, timed_out
+from slipway.api.errors import ApiError
 from slipway.api.keys import key_store
 from slipway.api.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from slipway.cache import MemoryCache, RedisCache, ResultCache, cache_key
@@ -32,11 +30,10 @@ from slipway.retrieval.hybrid import HybridSearcher
 from slipway.retrieval.index import OpenIndex
 from slipway.retrieval.rerank import Reranker
 from slipway.serving import ServedBundle
+from slipway.tracing import Tracer
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 INDEX_CHECK_SECONDS = 5.0
-TRACED: ContextVar[bool] = ContextVar("traced", default=False)  # this request is sampled
 
 
 class EmbedClient(Protocol):
@@ -121,8 +118,8 @@ class IndexState:
     searchers: dict[tuple[bool, bool], HybridSearcher] = field(default_factory=dict)
 
 
-class Runtime:
-    """Everything a request needs, created once per API worker."""
+class Resources:
+    """Everything a request needs, built once per API worker by :func:`build_resources`."""
 
     def __init__(self, served: ServedBundle, embedder: EmbedClient, generator: GenerateClient,
                  serve: ServeSettings | None = None, api: ApiSettings | None = None,
@@ -146,7 +143,8 @@ class Runtime:
         self._index_lock = threading.Lock()
         self._graph: Any = None
         self._graph_lock = threading.Lock()
-        self.trace_rate = self._tracing()
+        self.tracer = Tracer(self.serve.trace_sample_rate, get_settings().mlflow_tracking_uri,
+                             self.serve.trace_experiment)
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -180,21 +178,6 @@ class Runtime:
         if self.api.cache == "redis":
             return RedisCache(self._redis, ttl_seconds=self.api.cache_ttl)
         return MemoryCache(self.api.cache_max_entries, float(self.api.cache_ttl))
-
-    def _tracing(self) -> float:
-        rate = self.serve.trace_sample_rate
-        if rate <= 0:
-            return 0.0
-        uri = get_settings().mlflow_tracking_uri
-        if not uri:
-            logger.warning("SLIPWAY_TRACE_SAMPLE_RATE=%s but no MLflow tracking URI: tracing is "
-                           "off (set SLIPWAY_MLFLOW_TRACKING_URI).", rate)
-            return 0.0
-        import mlflow
-
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(self.serve.trace_experiment)
-        return rate
 
     # --- the index ---------------------------------------------------------------------
 
@@ -320,110 +303,14 @@ class Runtime:
         """Generator tokens of ``text``."""
         return len(self.gen_tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
-        """An MLflow span inside a sampled request (see :meth:`traced`), else nothing."""
-        if not TRACED.get():
-            return nullcontext(None)
-        import mlflow
 
-        span_type = {"retrieve": "RETRIEVER", "rerank": "RERANKER", "prompt": "PARSER",
-                     "generate": "LLM", "answer": "CHAIN"}.get(name, "UNKNOWN")
-        cm = mlflow.start_span(name=name, span_type=span_type)
-        return _SpanWithAttributes(cm, attributes)
-
-    def sample_trace(self) -> bool:
-        """Whether to trace this request (and mark it so: :meth:`span` then records)."""
-        sampled = self.trace_rate > 0 and random.random() < self.trace_rate
-        TRACED.set(sampled)
-        return sampled
-
-
-async def bounded(work: Awaitable[T], seconds: float, stage: str, what: str) -> T:
-    """``work`` within ``seconds``; past it a 504 (with Retry-After) naming ``what``, counted
-    by ``stage`` (the work is cancelled; a worker thread it started finishes on its own)."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await work
-    except TimeoutError as exc:
-        metrics.timed_out(stage)
-        raise timed_out(what, seconds) from exc
-
-
-async def bounded_events(events: AsyncIterator[dict[str, Any]], seconds: float,
-                         what: str) -> AsyncIterator[dict[str, Any]]:
-    """The items of ``events``, each within ``seconds`` of the last (a stalled stream ends
-    with a 504 before its first item, or is cut off after it)."""
-    iterator = aiter(events)
-    try:
-        while True:
-            try:
-                event = await bounded(anext(iterator), seconds, "generator", what)
-            except StopAsyncIteration:
-                return
-            yield event
-    finally:
-        close = getattr(iterator, "aclose", None)
-        if close is not None:
-            await close()
-
-
-class _SpanWithAttributes(AbstractContextManager[Any]):
-    def __init__(self, cm: Any, attributes: dict[str, Any]) -> None:
-        self.cm = cm
-        self.attributes = attributes
-
-    def __enter__(self) -> Any:
-        span = self.cm.__enter__()
-        if self.attributes:
-            span.set_attributes(self.attributes)
-        return span
-
-    def __exit__(self, *exc: object) -> Any:
-        return self.cm.__exit__(*exc)
-
-
-async def iterate_in_thread(factory: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Items of a blocking iterator, produced in a worker thread, for an event loop."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=64)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in factory():
-                if stop.is_set():
-                    return
-                asyncio.run_coroutine_threadsafe(queue.put(("item", item)), loop).result()
-            asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
-
-    loop.run_in_executor(None, produce)
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "end":
-                break
-            if kind == "error":
-                raise value
-            yield value
-    finally:  # a client that went away stops the producer at its next item
-        stop.set()
-        while not queue.empty():
-            queue.get_nowait()
-
-
-async def ndjson_events(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """Parse newline-delimited JSON from a stream of text chunks cut anywhere."""
-    buffer = ""
-    async for chunk in chunks:
-        buffer += chunk
-        *lines, buffer = buffer.split("\n")
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
-    if buffer.strip():
-        yield json.loads(buffer)
+def build_resources(served: ServedBundle, embedder: EmbedClient, generator: GenerateClient,
+                    serve: ServeSettings | None = None, api: ApiSettings | None = None,
+                    index: IndexSettings | None = None) -> Resources:
+    """The resources of one API worker over ``served`` and its model clients; settings
+    default to the environment's."""
+    return Resources(served, embedder, generator, serve or ServeSettings(), api or ApiSettings(),
+                     index or IndexSettings())
 
 
 def manifest_brief(manifest: dict[str, Any], role: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The API's routers: Slipway's own routes and the OpenAI-compatible ones."""

@@ -1,0 +1,69 @@
+"""The inference facade every route and use case goes through: embeddings and generations from
+the model clients, through the result cache, each call within its deadline; token counts in
+worker threads (tokenizing a large body would stall the event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from slipway.deadlines import bounded, bounded_events
+from slipway.generation import Request
+from slipway.resources import Resources
+
+# Charges tokens to the caller's budget; raises (429) when it cannot pay.
+Charge = Callable[[int], Awaitable[None]]
+
+
+async def embed_texts(res: Resources, texts: list[str]) -> np.ndarray:
+    """Vectors for ``texts``: cached ones from the cache, the rest in one encoder call."""
+    versions = res.versions()
+    keys: list[str] = []
+    found: dict[int, list[float]] = {}
+    for i, text in enumerate(texts):
+        key, value = res.cached("embed", versions, text)
+        keys.append(key)
+        if value is not None:
+            found[i] = value
+    missing = [i for i in range(len(texts)) if i not in found]
+    if missing:
+        vectors = np.asarray(await bounded(res.embedder.embed([texts[i] for i in missing]),
+                                           res.serve.encoder_timeout_s, "encoder", "encoder"),
+                             np.float32)
+        for i, vector in zip(missing, vectors, strict=True):
+            found[i] = vector.tolist()
+            res.remember(keys[i], found[i])
+    return np.asarray([found[i] for i in range(len(texts))], dtype=np.float32)
+
+
+async def generate_text(res: Resources, request: Request) -> dict[str, Any]:
+    """A whole generation; greedy ones are cached per model version."""
+    cacheable = request.sampling.greedy
+    key, value = (res.cached("generate", res.versions(), request.to_dict()) if cacheable
+                  else ("", None))
+    if value is not None:
+        return dict(value)
+    out = await bounded(res.generator.complete(request), res.serve.generator_timeout_s,
+                        "generator", "generator")
+    if cacheable:
+        res.remember(key, out)
+    return out
+
+
+def generation_events(res: Resources, request: Request) -> AsyncIterator[dict[str, Any]]:
+    """A generation's events, each within the generator's deadline of the last."""
+    return bounded_events(res.generator.events(request), res.serve.generator_timeout_s,
+                          "generator")
+
+
+async def embed_tokens(res: Resources, texts: Sequence[str]) -> int:
+    """Encoder tokens of ``texts``, counted in a worker thread."""
+    return await asyncio.to_thread(res.embed_tokens, texts)
+
+
+async def gen_tokens(res: Resources, *texts: str, per_text: int = 0) -> int:
+    """Generator tokens of ``texts`` (plus ``per_text`` each), counted in a worker thread."""
+    return await asyncio.to_thread(lambda: sum(res.gen_tokens(t) + per_text for t in texts))

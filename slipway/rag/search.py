@@ -1,0 +1,60 @@
+"""Search: the published index, hybrid (dense + BM25, fused), filtered, optionally re-ranked and
+graph-expanded; cached per model and index version. Queries are embedded first (through the
+encoder), then searched with their vectors, within the search deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from slipway.api.schemas import SearchRequest, SearchResponse
+from slipway.deadlines import bounded
+from slipway.rag.inference import embed_texts
+from slipway.resources import Resources
+from slipway.retrieval.index import ChunkHit, indexed_text
+from slipway.retrieval.rerank import Reranker, rerank
+
+
+async def search(query: SearchRequest, res: Resources) -> SearchResponse:
+    """The top hits for ``query`` in the published index."""
+    state = res.index_state()
+    rerank_on = query.rerank and res.can_rerank
+    payload: dict[str, Any] = {"q": query.query, "k": query.top_k, "f": query.filters,
+                               "r": rerank_on, "g": query.graph}
+    key, value = res.cached("search", res.versions(state), payload)
+    if value is not None:
+        return SearchResponse.model_validate(value)
+    searcher = res.searcher(state, query.rerank, query.graph)
+
+    async def embed(queries: list[str]) -> np.ndarray:
+        return await embed_texts(res, queries)
+
+    hits = (await bounded(searcher.search_async([query.query], query.top_k, query.filters,
+                                                embed=embed),
+                          res.serve.search_timeout_s, "search", "search"))[0]
+    response = SearchResponse(index_version=state.opened.version, model=res.model_id,
+                              reranked=searcher.reranker is not None, graph_expanded=query.graph,
+                              results=state.opened.hydrate(hits))
+    res.remember(key, response.model_dump())
+    return response
+
+
+async def rerank_top(res: Resources, query: str, hits: list[ChunkHit],
+                     top_n: int) -> list[ChunkHit]:
+    """``hits`` re-ranked by the configured re-ranker (as they are without one), in a worker
+    thread within the search deadline."""
+    if res.reranker is None or not hits:
+        return hits
+    return await bounded(asyncio.to_thread(rerank_hits, res.reranker, query, hits, top_n),
+                         res.serve.search_timeout_s, "search", "re-ranker")
+
+
+def rerank_hits(reranker: Reranker, query: str, hits: list[ChunkHit],
+                top_n: int) -> list[ChunkHit]:
+    """``hits`` with the first ``top_n`` re-ordered (and re-scored) by the re-ranker."""
+    by_id = {h.id: h for h in hits}
+    order = rerank(reranker, query, [(h.id, h.score) for h in hits],
+                   [indexed_text(h.title, h.text) for h in hits[:top_n]], top_n)
+    return [by_id[chunk_id].model_copy(update={"score": score}) for chunk_id, score in order]

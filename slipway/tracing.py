@@ -1,0 +1,61 @@
+"""Request tracing to MLflow: a share of requests is sampled; inside a sampled request
+:meth:`Tracer.span` records an MLflow span, elsewhere it is a no-op."""
+
+from __future__ import annotations
+
+import logging
+import random
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
+from typing import Any
+
+logger = logging.getLogger(__name__)
+TRACED: ContextVar[bool] = ContextVar("traced", default=False)  # this request is sampled
+SPAN_TYPES = {"retrieve": "RETRIEVER", "rerank": "RERANKER", "prompt": "PARSER",
+              "generate": "LLM", "answer": "CHAIN"}
+
+
+class Tracer:
+    """Samples requests at ``rate`` into the MLflow ``experiment`` at ``tracking_uri``."""
+
+    def __init__(self, rate: float, tracking_uri: str | None, experiment: str) -> None:
+        self.rate = rate
+        if rate > 0 and not tracking_uri:
+            logger.warning("SLIPWAY_TRACE_SAMPLE_RATE=%s but no MLflow tracking URI: tracing is "
+                           "off (set SLIPWAY_MLFLOW_TRACKING_URI).", rate)
+            self.rate = 0.0
+        if self.rate > 0:
+            import mlflow
+
+            mlflow.set_tracking_uri(str(tracking_uri))
+            mlflow.set_experiment(experiment)
+
+    def sample(self) -> bool:
+        """Whether to trace this request (and mark it so: :meth:`span` then records)."""
+        sampled = self.rate > 0 and random.random() < self.rate
+        TRACED.set(sampled)
+        return sampled
+
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
+        """An MLflow span inside a sampled request, else nothing (``None``)."""
+        if not TRACED.get():
+            return nullcontext(None)
+        import mlflow
+
+        cm = mlflow.start_span(name=name, span_type=SPAN_TYPES.get(name, "UNKNOWN"))
+        return _SpanWithAttributes(cm, attributes)
+
+
+class _SpanWithAttributes(AbstractContextManager[Any]):
+    def __init__(self, cm: Any, attributes: dict[str, Any]) -> None:
+        self.cm = cm
+        self.attributes = attributes
+
+    def __enter__(self) -> Any:
+        span = self.cm.__enter__()
+        if self.attributes:
+            span.set_attributes(self.attributes)
+        return span
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.cm.__exit__(*exc)
