@@ -40,7 +40,7 @@ def stack_tracking_uri() -> str:
     tracker = Client().active_stack.experiment_tracker
     if tracker is None:
         fail("The active ZenML stack has no experiment tracker; run `python -m stacks.register`.")
-    return tracker.get_tracking_uri()  # type: ignore[union-attr]
+    return str(tracker.get_tracking_uri())  # type: ignore[attr-defined]
 
 
 def zenml_secret(name: str) -> dict[str, str]:
@@ -207,7 +207,7 @@ def index_rollback(
     pointer = index.pointer()
     if pointer is None or (to is None and len(pointer.history) < 2):
         fail(f"Index {name!r} has no earlier published version to roll back to.")
-    target = to or pointer.history[1]  # type: ignore[union-attr]
+    target = to or pointer.history[1]
     if not index.complete(target):
         fail(f"Index {name!r} has no complete version {target!r}; see `slipway index status`.")
     vector_store(index).reader(index.manifest(target).handle)  # still readable?
@@ -234,7 +234,7 @@ def index_search(
     version = index.published()
     if version is None:
         fail(f"Index {name!r} has no published version; run the index_refresh pipeline first.")
-    manifest = index.manifest(version)  # type: ignore[arg-type]
+    manifest = index.manifest(version)
     model_dir = Path(manifest.embedder_dir)
     if not (model_dir / "model.onnx").is_file() or model_fingerprint(model_dir) != manifest.embedder:
         fail(f"The embedder that built {name!r} {version} is not at {model_dir} any more; run the "

@@ -20,7 +20,7 @@ import copy
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -298,7 +298,7 @@ class _PairDot(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, pairs: np.ndarray) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, z: torch.Tensor, pairs: np.ndarray) -> torch.Tensor:
         """One dot product per pair."""
         n, count = z.shape[0], len(pairs)
         rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
@@ -311,7 +311,7 @@ class _PairDot(torch.autograd.Function):
         return _dots(z, pairs)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         """d(sum g_p z_s . z_d)/dz = G z, with G[s, d] = G[d, s] = g_p."""
         (z,) = ctx.saved_tensors
         crow, col, pair = ctx.structure

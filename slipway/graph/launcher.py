@@ -75,8 +75,8 @@ def stop_event() -> threading.Event:
 def serve(args: argparse.Namespace, password: str, stop: threading.Event) -> None:
     """Start the server with the Bolt plugin, open the database, run until ``stop`` is set."""
     started = time.monotonic()
-    from arcadedb_embedded import create_server  # type: ignore[import-untyped]
-    from arcadedb_embedded.jvm import start_jvm  # type: ignore[import-untyped]
+    from arcadedb_embedded import create_server
+    from arcadedb_embedded.jvm import start_jvm
 
     start_jvm(heap_size=args.heap)
     server = create_server(root_path=str(args.root), root_password=password, config={

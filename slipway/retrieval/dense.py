@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -101,7 +101,7 @@ def _schema(dimension: int) -> pa.Schema:
 class LanceDBReader:
     """A LanceDB table checked out at a tagged version."""
 
-    def __init__(self, table: object) -> None:
+    def __init__(self, table: Any) -> None:
         self.table = table
 
     def search(self, vectors: np.ndarray, k: int = 10,
@@ -147,9 +147,9 @@ class LanceDBStore:
         self.db = lancedb.connect(str(path))
         self.ann_min_rows = ann_min_rows
         self.table_name = table
-        self._table: object | None = None
+        self._table: Any = None
 
-    def _open(self) -> object | None:
+    def _open(self) -> Any:
         names = self.db.list_tables().tables if hasattr(self.db, "list_tables") else self.db.table_names()
         return self.db.open_table(self.table_name) if self.table_name in names else None
 
@@ -165,7 +165,7 @@ class LanceDBStore:
         table.restore(base)
         self._table = table
 
-    def _staged(self) -> object:
+    def _staged(self) -> Any:
         if self._table is None:
             raise RuntimeError("stage() a version before writing to it.")
         return self._table
