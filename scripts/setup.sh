@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Slipway set-up. One command for each of the README's two jobs:
 #   bash scripts/setup.sh run    # install, init ZenML + the local stack, run the main job, serve
-#   bash scripts/setup.sh test   # install, run the whole test suite
+#   bash scripts/setup.sh test   # install, lint and type-check, run the whole test suite
 # Re-runnable: every step is idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,14 @@ system_tools() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# The same checks as .pre-commit-config.yaml: lint, format and types, before any test runs.
+lint() {
+  echo "== lint: ruff check, ruff format --check, mypy slipway"
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy"
+}
+
 init_zenml() {
   echo "== initialising ZenML and the local stack"
   [ -d .zen ] || "$VENV/bin/zenml" init
@@ -58,8 +66,13 @@ case "${1:-}" in
     echo "== starting the service"
     exec "$VENV/bin/slipway" serve --host 127.0.0.1 --port "${SLIPWAY_PORT:-3000}"
     ;;
+  lint)
+    install
+    lint
+    ;;
   test)
     install
+    lint
     system_tools
     echo "== running the test suite"
     set +e
@@ -68,5 +81,5 @@ case "${1:-}" in
     [ $rc -eq 5 ] && { echo "error: pytest collected no tests" >&2; exit 1; }
     exit $rc
     ;;
-  *) echo "usage: bash scripts/setup.sh {run|test|install}" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/setup.sh {run|test|lint|install}" >&2; exit 2 ;;
 esac

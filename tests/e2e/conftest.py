@@ -97,9 +97,11 @@ def _create_keys(home: Path) -> dict[str, str]:
 
 @contextmanager
 def serving(tracking_uri: str, log_path: Path, ready: bool = True,
+            args: tuple[str, ...] = (), started: list[subprocess.Popen[bytes]] | None = None,
             **settings: str) -> Iterator[str]:
-    """`slipway serve` on the registered e2e champion with ``SLIPWAY_*`` ``settings``, as a
-    user starts it; yields its URL once it is live (and ready, unless ``ready`` is false)."""
+    """`slipway serve` on the registered e2e champion with ``SLIPWAY_*`` ``settings`` (and
+    more ``args``), as a user starts it; yields its URL once it is live (and ready, unless
+    ``ready`` is false). ``started`` receives the `slipway serve` process."""
     port = free_port()
     # its own BentoML home: a starting server empties the Prometheus multiprocess directory
     # under BENTOML_HOME, which would wipe the metrics of another server sharing it
@@ -110,9 +112,11 @@ def serving(tracking_uri: str, log_path: Path, ready: bool = True,
     log = open(log_path, "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "slipway.cli", "serve", "--port", str(port),
-         "--tracking-uri", tracking_uri],
+         "--tracking-uri", tracking_uri, *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    if started is not None:
+        started.append(proc)
     base = f"http://127.0.0.1:{port}"
     probe = "/readyz" if ready else "/livez"
     deadline = time.monotonic() + 240
@@ -148,12 +152,36 @@ def server(registered: dict[str, str], graph_server: object,
         yield Server(base, keys, log_path, registered["tracking_uri"])
 
 
+def server_sessions(proc: subprocess.Popen[bytes]) -> set[int]:
+    """The sessions of ``proc`` and everything it started (`slipway serve` starts BentoML in
+    a session of its own)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return set()
+    sessions = set()
+    for member in family:
+        try:
+            sessions.add(os.getsid(member.pid))
+        except ProcessLookupError:
+            continue
+    return sessions
+
+
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a process group, SIGKILL it after 30 s; nothing if it is gone."""
+    """SIGTERM `slipway serve` (it drains and stops its server), then make sure: SIGTERM and
+    SIGKILL whatever of its sessions is left; nothing if it is gone."""
+    from slipway.process import stop_session
+
+    sessions = server_sessions(proc)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     except ProcessLookupError:
-        return
+        pass
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    for sid in sessions:
+        stop_session(sid)
