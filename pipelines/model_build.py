@@ -6,6 +6,7 @@ from typing import Any
 
 from zenml import pipeline
 
+from slipway.onnx.calibration import CalibrationSet
 from steps.bento import build_bento
 from steps.models import load_base_models
 from steps.onnx import export_models, measure_latency, optimize_models, parity_gate, quantize_models
@@ -20,14 +21,17 @@ def model_build(
     bento: bool = True,
     embedder_path: str | None = None,
     generator_path: str | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> None:
-    """Build, check, register and package the embedder and generator."""
+    """Build, check, register and package the embedder and generator. ``calibration``: the
+    sample of the corpus the parity gate embeds (the main job passes its chunks' sample; run
+    alone, the gate uses built-in texts)."""
     base_models = load_base_models(embedder_path=embedder_path, generator_path=generator_path)
     exported = export_models(base_models, build=build, roles=roles)
     optimized = optimize_models(exported, build=build)
     quantized = quantize_models(optimized, build=build)
-    gated = parity_gate(quantized, exported=exported)
-    measured = measure_latency(gated)
+    gated = parity_gate(quantized, exported=exported, calibration=calibration)
+    measured = measure_latency(gated, calibration=calibration)
     registered = track_and_register(measured, build=build, model_name=model_name)
     if bento:
         build_bento(registered)

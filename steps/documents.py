@@ -1,4 +1,5 @@
-"""Steps: read and clean the document corpus; cut it into chunks for the embedder."""
+"""Steps: read and clean the document corpus; cut it into chunks for the embedder; the
+evaluation set that judges it and the sample of it that calibrates the parity gate."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Annotated
 from zenml import step
 
 from materializers.documents import TextSetMaterializer
-from slipway.config import ModelSettings, get_settings
+from slipway.config import ModelSettings
 from slipway.documents import DocumentSet, default_corpus, read_corpus, source_fingerprint
 from slipway.documents.chunking import ChunkSet, chunk_documents, load_tokenizer
+from slipway.documents.demo import evaluation_dir
 from slipway.documents.readers import CsvColumns, SourceFormat
 from slipway.models import embedder_source
+from slipway.onnx.calibration import CalibrationSet, calibration_set
 from steps.common import SLIPWAY_CACHE
 
 
@@ -27,11 +30,12 @@ def preprocess_documents(
     csv_metadata_columns: list[str] | None = None,
     source_fingerprint: str | None = None,
 ) -> Annotated[DocumentSet, "documents"]:
-    """Cleaned, de-duplicated documents from ``corpus`` (default: shared XQuAD passages).
+    """Cleaned, de-duplicated documents from ``corpus`` (default: the packaged demo corpus,
+    XQuAD's 240 English passages).
 
     ``source_fingerprint`` (see :func:`corpus_fingerprint`) is only part of the cache key: an
     edited corpus at the same path is read again, an unchanged one comes from the cache."""
-    path = Path(corpus) if corpus else default_corpus(get_settings().data_dir)
+    path = Path(corpus) if corpus else default_corpus()
     columns = CsvColumns(csv_id_column, csv_text_column, csv_title_column,
                          tuple(csv_metadata_columns or ()))
     return read_corpus(path, source_format, min_chars, columns)
@@ -39,7 +43,7 @@ def preprocess_documents(
 
 def corpus_fingerprint(corpus: str | None) -> str:
     """The fingerprint of the corpus a run will read (files, sizes, modification times)."""
-    return source_fingerprint(Path(corpus) if corpus else default_corpus(get_settings().data_dir))
+    return source_fingerprint(Path(corpus) if corpus else default_corpus())
 
 
 @step(cache_policy=SLIPWAY_CACHE, output_materializers=TextSetMaterializer)
@@ -53,3 +57,24 @@ def chunk_corpus(
     source = embedder_source(Path(embedder_path) if embedder_path else ModelSettings().embedder_path)
     return chunk_documents(documents.documents, load_tokenizer(source.path), chunk_tokens,
                            overlap_tokens, tokenizer_name=source.origin)
+
+
+@step(enable_cache=False)
+def evaluation_set(
+    corpus: str | None = None, eval_dir: str | None = None
+) -> Annotated[str, "eval_dir"]:
+    """The BEIR folder whose judgements gate the index of ``corpus`` (``""``: no gate): the
+    given ``eval_dir`` (an error naming ``index.eval_dir`` when it is missing), the packaged
+    judgements for the packaged demo corpus, else none, with a warning."""
+    found = evaluation_dir(corpus, eval_dir)
+    return str(found) if found else ""
+
+
+@step(cache_policy=SLIPWAY_CACHE)
+def calibration_sample(
+    chunks: ChunkSet, corpus: str | None = None, limit: int = 256, seed: int = 0
+) -> Annotated[CalibrationSet, "calibration_set"]:
+    """A seeded sample of the chunks of ``corpus`` (the texts the embedder will see) on which
+    the parity gate compares the ONNX embedder with its original."""
+    return calibration_set((c.text for c in chunks.chunks), corpus or str(default_corpus()),
+                           limit, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,9 +13,11 @@ from slipway.config import get_settings
 from slipway.models import ModelSource
 from slipway.onnx import evaluate, stages
 from slipway.onnx.bundle import OnnxBundle
+from slipway.onnx.calibration import CalibrationSet
 from slipway.onnx.parity import ParityThresholds, raise_on_failure
 from steps.common import SLIPWAY_CACHE
 
+logger = logging.getLogger(__name__)
 BuildOverrides = dict[str, dict[str, Any]] | None
 
 
@@ -51,6 +54,7 @@ def quantize_models(
 def parity_gate(
     bundle: OnnxBundle,
     exported: OnnxBundle | None = None,
+    calibration: CalibrationSet | None = None,
     embed_min_cosine: float = 0.99,
     gen_min_exact_match: float = 0.95,
     gen_quantized_min_token_agreement: float = 0.9,
@@ -59,23 +63,26 @@ def parity_gate(
     n_prompts: int = 20,
     max_new_tokens: int = 32,
 ) -> Annotated[OnnxBundle, "gated_bundle"]:
-    """Compare the final models (and a quantized generator's fp32 export) with PyTorch."""
+    """Compare the final models (and a quantized generator's fp32 export) with PyTorch, the
+    embedder on ``calibration`` (a sample of the corpus; built-in texts without one)."""
     thresholds = ParityThresholds(
         embed_min_cosine, gen_min_exact_match, gen_quantized_min_token_agreement, gen_max_mean_kl
     )
-    settings = get_settings()
-    report = evaluate.parity(bundle, thresholds, settings.data_dir, n_texts, n_prompts,
-                             max_new_tokens, settings.threads, exported=exported)
+    logger.info("Parity on %s", calibration.summary() if calibration else "built-in texts")
+    report = evaluate.parity(bundle, thresholds, calibration.texts if calibration else None,
+                             n_texts, n_prompts, max_new_tokens, get_settings().threads,
+                             exported=exported)
     raise_on_failure(report)
     return bundle
 
 
 @step(cache_policy=SLIPWAY_CACHE, output_materializers=OnnxBundleMaterializer)
 def measure_latency(
-    bundle: OnnxBundle, rounds: int = 5, batch: int = 32, new_tokens: int = 32
+    bundle: OnnxBundle, calibration: CalibrationSet | None = None, rounds: int = 5,
+    batch: int = 32, new_tokens: int = 32,
 ) -> Annotated[OnnxBundle, "measured_bundle"]:
-    """Latency and throughput of each ONNX model against its PyTorch original."""
-    settings = get_settings()
-    evaluate.latency(bundle, settings.data_dir, rounds, batch, new_tokens, settings.threads,
-                     plot_path=bundle.root / "latency.png")
+    """Latency and throughput of each ONNX model against its PyTorch original (the embedder
+    on a batch of ``calibration`` texts)."""
+    evaluate.latency(bundle, calibration.texts if calibration else None, rounds, batch,
+                     new_tokens, get_settings().threads, plot_path=bundle.root / "latency.png")
     return bundle

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from slipway.documents.demo import DEMO_CORPUS
 from slipway.documents.readers import CsvColumns, Skipped, SourceFormat, read_source
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_CORPUS = Path(__file__).parent / "data" / "corpus.jsonl"
 LOGGED_SKIPS = 20
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -58,11 +58,10 @@ def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(f"{title}\x00{text}".encode()).hexdigest()
 
 
-def default_corpus(data_dir: Path | None) -> Path:
-    """XQuAD passages from the shared data when present, else the packaged sample."""
-    if data_dir is not None and (data_dir / "xquad_en" / "beir" / "corpus.jsonl").is_file():
-        return data_dir / "xquad_en" / "beir" / "corpus.jsonl"
-    return PACKAGED_CORPUS
+def default_corpus() -> Path:
+    """The packaged demo corpus: XQuAD's 240 English passages (a BEIR folder, see
+    ``slipway/documents/data/xquad_en/README.md``)."""
+    return DEMO_CORPUS
 
 
 def source_fingerprint(path: Path) -> str:

@@ -1,10 +1,16 @@
-"""Calibration texts and prompts for the parity gate: shared data when present, else built in."""
+"""Calibration texts and prompts for the parity gate: a seeded sample of the corpus being
+processed (the built-in set only without one), and questions of the packaged demo set."""
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from pydantic import BaseModel
+
+from slipway.documents.demo import DEMO_QA
 
 BUILTIN_TEXTS: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog.",
@@ -48,6 +54,33 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
 )
 
 
+class CalibrationSet(BaseModel):
+    """Texts the parity gate embeds: a seeded sample of a corpus's chunks, and which corpus."""
+
+    source: str
+    seed: int
+    texts: list[str]
+
+    def summary(self) -> str:
+        """One line: how many texts, from where."""
+        return f"{len(self.texts)} calibration texts from {self.source} (seed {self.seed})"
+
+
+def corpus_sample(texts: Iterable[str], limit: int = 256, seed: int = 0) -> list[str]:
+    """Up to ``limit`` distinct non-blank texts, a seeded uniform sample (in shuffled order,
+    so any prefix of it is a sample too)."""
+    pool = list(dict.fromkeys(t for t in texts if t.strip()))
+    random.Random(seed).shuffle(pool)
+    return pool[:limit]
+
+
+def calibration_set(
+    texts: Iterable[str], source: str, limit: int = 256, seed: int = 0
+) -> CalibrationSet:
+    """A :class:`CalibrationSet` of a corpus's texts (its chunks: what the embedder sees)."""
+    return CalibrationSet(source=source, seed=seed, texts=corpus_sample(texts, limit, seed))
+
+
 def _jsonl_field(path: Path, field: str, limit: int) -> list[str]:
     out: list[str] = []
     with path.open(encoding="utf-8") as handle:
@@ -60,30 +93,23 @@ def _jsonl_field(path: Path, field: str, limit: int) -> list[str]:
     return out
 
 
-def calibration_texts(data_dir: Path | None, limit: int = 256, seed: int = 0) -> list[str]:
-    """Documents and queries from the shared data sets, plus built-in edge cases."""
-    texts: list[str] = list(BUILTIN_TEXTS)
-    if data_dir is not None and data_dir.is_dir():
-        pool: list[str] = []
-        for rel, field in (
-            ("cranfield/corpus.jsonl", "text"),
-            ("cranfield/queries.jsonl", "text"),
-            ("xquad_en/passages.jsonl", "text"),
-        ):
-            if (data_dir / rel).is_file():
-                pool += _jsonl_field(data_dir / rel, field, limit * 4)
-        random.Random(seed).shuffle(pool)
-        texts += pool[: max(0, limit - len(texts))]
-    return texts[:limit] if len(texts) > limit else texts
+def calibration_texts(corpus: Sequence[str] | None = None, limit: int = 256) -> list[str]:
+    """Texts for embedder parity: the corpus's sample (its first ``limit``), topped up with
+    the built-in edge cases when it has fewer; the built-in set alone without a corpus."""
+    texts = list(corpus or ())[:limit]
+    texts += [t for t in BUILTIN_TEXTS if t not in texts][: max(0, limit - len(texts))]
+    return texts
 
 
-def calibration_prompts(data_dir: Path | None, limit: int = 20, seed: int = 0) -> list[str]:
-    """Prompts for greedy agreement: XQuAD questions when present, else built-in ones."""
+def calibration_prompts(
+    limit: int = 20, seed: int = 0, questions: Path | None = DEMO_QA
+) -> list[str]:
+    """Prompts for greedy agreement: half of them questions of the packaged demo set (a
+    seeded sample), the rest built in."""
     prompts: list[str] = []
-    qa = data_dir / "xquad_en" / "qa.jsonl" if data_dir is not None else None
-    if qa is not None and qa.is_file():
-        questions = _jsonl_field(qa, "question", 400)
-        random.Random(seed).shuffle(questions)
-        prompts = questions[: limit // 2]
+    if questions is not None and questions.is_file():
+        pool = _jsonl_field(questions, "question", 400)
+        random.Random(seed).shuffle(pool)
+        prompts = pool[: limit // 2]
     prompts += list(BUILTIN_PROMPTS)
     return prompts[:limit]

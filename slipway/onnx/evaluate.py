@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 def parity(
     bundle: OnnxBundle,
     thresholds: ParityThresholds,
-    data_dir: Path | None,
+    corpus_texts: Sequence[str] | None = None,
     n_texts: int = 128,
     n_prompts: int = 20,
     max_new_tokens: int = 32,
@@ -35,19 +36,22 @@ def parity(
 ) -> dict[str, Any]:
     """Run the parity checks of every role, record the report in the bundle, return it.
 
+    The embedder is checked on ``corpus_texts`` (a sample of the corpus being processed, see
+    :mod:`slipway.onnx.calibration`; the built-in set without one, or to top it up).
+
     With ``exported`` (the fp32 export) and a quantized final generator, the fp32 export is
     checked too (``generator_fp32``: exact greedy match), besides the final one's bounds.
     """
     parts: dict[str, EmbedderParity | GeneratorParity] = {}
     if "embedder" in bundle.roles:
-        texts = calibration_texts(data_dir, limit=n_texts)
+        texts = calibration_texts(corpus_texts, limit=n_texts)
         logger.info("Embedder parity on %d texts", len(texts))
         parts["embedder"] = embedder_parity(
             bundle.role_dir("embedder"), bundle.source_path("embedder"), texts, threads
         ).check(thresholds)
     if "generator" in bundle.roles:
         info = bundle.info("generator")
-        prompts = calibration_prompts(data_dir, limit=n_prompts)
+        prompts = calibration_prompts(limit=n_prompts)
         logger.info("Generator parity on %d prompts, %d tokens", len(prompts), max_new_tokens)
         runtime = bundle.runtime("generator")
         quantized = info.get("precision", "fp32") != "fp32"
@@ -73,7 +77,7 @@ def parity_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 def latency(
     bundle: OnnxBundle,
-    data_dir: Path | None,
+    corpus_texts: Sequence[str] | None = None,
     rounds: int = 5,
     batch: int = 32,
     new_tokens: int = 32,
@@ -90,7 +94,7 @@ def latency(
     if "embedder" in bundle.roles:
         from sentence_transformers import SentenceTransformer
 
-        texts = calibration_texts(data_dir, limit=batch)
+        texts = calibration_texts(corpus_texts, limit=batch)
         onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=threads)
         ref = SentenceTransformer(str(bundle.source_path("embedder")), device="cpu",
                                   local_files_only=True)
@@ -113,7 +117,7 @@ def latency(
         gen = load_generator(bundle.role_dir("generator"), bundle.runtime("generator"), threads)
         model = AutoModelForCausalLM.from_pretrained(bundle.source_path("generator"), dtype=torch.float32,
                                                      local_files_only=True).eval()
-        ids = gen.prompt_ids(calibration_prompts(data_dir, limit=1)[0])
+        ids = gen.prompt_ids(calibration_prompts(limit=1)[0])
         sampling = Sampling(max_new_tokens=new_tokens, ignore_eos=True)
 
         def gen_onnx() -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,13 @@ from slipway.embedding import PoolingConfig, cosine_rows, pool
 from slipway.generation import _partial_stop_len, _stop_index
 from slipway.onnx.build import BuildConfig, BuildError, genai_precision
 from slipway.onnx.bundle import BundleError, OnnxBundle
-from slipway.onnx.calibration import BUILTIN_TEXTS, calibration_prompts, calibration_texts
+from slipway.onnx.calibration import (
+    BUILTIN_PROMPTS,
+    BUILTIN_TEXTS,
+    calibration_prompts,
+    calibration_set,
+    calibration_texts,
+)
 from slipway.onnx.cpu import CpuInfo, read_cpu_info
 from slipway.onnx.latency import interleaved
 from slipway.onnx.parity import (
@@ -158,12 +163,19 @@ def test_interleaved_timing_counts_units() -> None:
     assert set(fast.as_metrics()) == {"onnx_throughput", "onnx_p50_ms", "onnx_p95_ms"}
 
 
-def test_calibration_sets_without_and_with_data(tmp_path: Path) -> None:
-    assert calibration_texts(None) == list(BUILTIN_TEXTS)
-    assert len(calibration_prompts(None, limit=5)) == 5
-    corpus = tmp_path / "cranfield"
-    corpus.mkdir()
-    (corpus / "corpus.jsonl").write_text(
-        "\n".join(json.dumps({"_id": str(i), "text": f"doc {i}"}) for i in range(50)))
-    texts = calibration_texts(tmp_path, limit=40)
-    assert len(texts) == 40 and any(t.startswith("doc ") for t in texts)
+def test_calibration_sets_without_and_with_a_corpus(tmp_path: Path) -> None:
+    assert calibration_texts(None) == list(BUILTIN_TEXTS)  # model_build alone: no corpus
+    chunks = [f"chunk {i}" for i in range(50)] + ["chunk 3", "   "]  # a repeat and a blank
+    sample = calibration_set(chunks, "mail.csv", limit=40, seed=7)
+    assert sample.source == "mail.csv" and len(sample.texts) == 40 == len(set(sample.texts))
+    assert sample == calibration_set(chunks, "mail.csv", limit=40, seed=7)  # seeded
+    assert sample.texts != calibration_set(chunks, "mail.csv", limit=40, seed=8).texts
+    assert calibration_texts(sample.texts, limit=16) == sample.texts[:16]  # corpus texts only
+    small = calibration_texts(["only one chunk"], limit=4)  # topped up with built-in texts
+    assert small == ["only one chunk", *BUILTIN_TEXTS[:3]]
+    # prompts: questions of the packaged demo set, then built-in ones; no ../shared involved
+    prompts = calibration_prompts(limit=6)
+    assert len(prompts) == 6 and prompts[3:] == list(BUILTIN_PROMPTS[:3])
+    assert prompts == calibration_prompts(limit=6)
+    assert calibration_prompts(limit=4, questions=tmp_path / "none.jsonl") == list(
+        BUILTIN_PROMPTS[:4])

@@ -160,3 +160,42 @@ def test_gzipped_jsonl_and_csv_are_read_as_streams(tmp_path: Path) -> None:
         out.write("Message ID,Message\n7,a compressed e-mail about the meeting\n")
     docs = read_corpus(tmp_path / "m.csv.gz", columns=CsvColumns("Message ID", "Message", None))
     assert [d.id for d in docs.documents] == ["7"]
+
+
+def test_the_demo_corpus_and_its_judgements_ship_in_the_package() -> None:
+    from slipway.documents import default_corpus
+    from slipway.documents.demo import DEMO_DIR, DEMO_EVAL_DIR, DEMO_QA
+    from slipway.retrieval.evaluation import JudgedQueries
+
+    docs = read_corpus(default_corpus())
+    assert len(docs.documents) == 240 and not docs.skipped and docs.duplicates == 0
+    assert Path(docs.source).is_relative_to(Path(__file__).parents[2] / "slipway")
+    judged = JudgedQueries.from_beir(DEMO_EVAL_DIR)
+    assert len(judged.queries) == 1190
+    assert {d for rel in judged.qrels.values() for d in rel} <= {d.id for d in docs.documents}
+    assert sum(1 for _ in DEMO_QA.open()) == 1190
+    assert (DEMO_DIR / "LICENSE-CC-BY-SA-4.0.txt").is_file()
+    assert "CC BY-SA 4.0" in (DEMO_DIR / "README.md").read_text()
+
+
+def test_evaluation_dir_defaults_to_the_demo_judgements_only_for_the_demo_corpus(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from slipway.documents.demo import DEMO_CORPUS, DEMO_EVAL_DIR, evaluation_dir
+
+    assert evaluation_dir(None, None) == DEMO_EVAL_DIR
+    assert evaluation_dir(str(DEMO_CORPUS / "corpus.jsonl"), "") == DEMO_EVAL_DIR
+    mine = tmp_path / "mail.csv"
+    with caplog.at_level("WARNING", logger="slipway.documents.demo"):
+        assert evaluation_dir(str(mine), None) is None  # no crash: no gate, and it says so
+    assert "index.eval_dir is not set: the index quality gate is SKIPPED" in caplog.text
+    assert str(mine) in caplog.text
+    judged = tmp_path / "eval"
+    (judged / "qrels").mkdir(parents=True)
+    (judged / "queries.jsonl").write_text('{"_id": "q", "text": "hello"}\n')
+    (judged / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\t1\n")
+    assert evaluation_dir(str(mine), str(judged)) == judged.resolve()
+    with pytest.raises(FileNotFoundError, match=r"index\.eval_dir: .*nowhere.* does not exist"):
+        evaluation_dir(None, str(tmp_path / "nowhere"))
+    (judged / "qrels" / "test.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"index\.eval_dir: .* has no qrels/test\.tsv"):
+        evaluation_dir(str(mine), str(judged))
