@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import platform
+import signal
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnxruntime as ort
+import psutil
 
 from slipway.config import get_settings
 from slipway.models import embedder_source, generator_source
@@ -46,3 +52,86 @@ def bundle_for(role: str, given: Path | None, quantization: str | None = None) -
     bundle = stages.export_stage({role: source}, configs)
     bundle = stages.optimize_stage(bundle, configs)
     return stages.quantize_stage(bundle, configs)
+
+
+# --- processes a benchmark started -------------------------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``prctl``), so that a
+    server's workers stay in our process tree even when their parent dies first."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants now (empty when it is gone)."""
+    try:
+        top = psutil.Process(pid)
+        return [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def session_members(sids: int | Iterable[int]) -> list[psutil.Process]:
+    """Processes in the sessions ``sids``: sessions a benchmark's server created (its own,
+    made with ``start_new_session``, and any a process of its tree leads): everything in them
+    was started by that server, even once re-parented."""
+    wanted = {sids} if isinstance(sids, int) else set(sids)
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) in wanted:
+                out.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+def running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` that still run: the same process (psutil checks the start time, so a
+    re-used pid does not count) and not a zombie."""
+    out = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    """Send ``sig`` to each of ``procs`` by pid (psutil refuses a pid that was re-used)."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def end_processes(procs: Iterable[psutil.Process], grace: float = 3.0,
+                  term_timeout: float = 5.0) -> str:
+    """End every one of ``procs`` (a snapshot of a tree, taken before its top was signalled)
+    that still runs: ``grace`` seconds to finish on its own, then SIGTERM, then SIGKILL, each
+    by pid. Returns what it took, in words."""
+    procs = list(procs)
+    deadline = time.monotonic() + grace
+    while running(procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = running(procs)
+    notes = []
+    if left:
+        notes.append(f"{len(left)} still running {grace:g} s later, SIGTERM to "
+                     + " ".join(str(p.pid) for p in left))
+        signal_all(left, signal.SIGTERM)
+        psutil.wait_procs(left, timeout=term_timeout)
+        left = running(left)
+        if left:
+            notes.append("SIGKILL to " + " ".join(str(p.pid) for p in left))
+            signal_all(left, signal.SIGKILL)
+            psutil.wait_procs(left, timeout=term_timeout)
+    return "; ".join(notes) or "none outlived it"

@@ -10,6 +10,13 @@
 3. Rate limiting: key A sends 10x its requests-per-minute allowance while key B keeps a modest
    rate; A's excess must get 429 with Retry-After, B's p99 must stay within 2x of B alone (B
    alone and B under A's flood alternate), and the server must stay up.
+4. Generation concurrency: 8 concurrent streaming ``/v1/generate`` requests of 64 new tokens
+   against one, aggregate tokens/s (``gen_concurrency_gain``), time to first token per stream.
+
+Part 1 also reports ``served_cpu_ratio_embed``: CPU seconds of every process of the server
+per embedded text, over the in-process CPU seconds per text. Every server is stopped with its
+whole process tree (snapshotted first, SIGTERM to the top, then SIGTERM / SIGKILL by pid to any
+descendant left), also on errors, Ctrl-C and SIGTERM, and a line says whether any remains.
 
 Texts are XQuAD-en questions (short queries, ~15 tokens; the published index is XQuAD), sent
 one per ``/v1/embed`` request unless ``--texts-per-request`` says otherwise. The result cache
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -33,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +51,15 @@ import httpx
 import numpy as np
 import psutil
 
-from bench._common import DATA, print_machine
+from bench._common import (
+    DATA,
+    become_subreaper,
+    end_processes,
+    print_machine,
+    process_tree,
+    running,
+    session_members,
+)
 from slipway.api.keys import FileKeyStore, Scope, create_key
 from slipway.config import get_settings
 from slipway.embedding import OnnxEmbedder
@@ -89,15 +106,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def label_of(proc: psutil.Process) -> str:
+    """What one process of a served tree is: arbiter, api, embedder, generator or other."""
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "other"
+    if "slipway-embedder" in cmd:
+        return "embedder"
+    if "slipway-generator" in cmd:
+        return "generator"
+    if "_bentoml_impl.worker.service" in cmd:
+        return "api"
+    if "bentoml serve" in cmd or "-m bentoml" in cmd:
+        return "arbiter"
+    if "slipway.cli" in cmd:
+        return "cli"
+    return "other"
+
+
 @dataclass
 class Server:
-    """One ``slipway serve`` process group and its log."""
+    """One ``slipway serve`` process tree (its own session) and its log."""
 
     name: str
     port: int
     log: Path
     process: subprocess.Popen[bytes]
     workers: dict[str, psutil.Process] = field(default_factory=dict)
+    seen: dict[int, psutil.Process] = field(default_factory=dict)  # every process of the tree
+    sids: set[int] = field(default_factory=set)  # sessions of the tree
+    stopped: bool = False
 
     @property
     def url(self) -> str:
@@ -115,57 +154,139 @@ class Server:
         except OSError as exc:
             return f"(no log: {exc})"
 
+    def tree(self) -> list[psutil.Process]:
+        """The running processes of the server now: the top and its descendants, and anything
+        re-parented out of it that is still in its session; remembered for :meth:`stop`."""
+        procs = {p.pid: p for p in process_tree(self.process.pid)}
+        for proc in session_members(self.sessions(procs.values())):
+            procs.setdefault(proc.pid, proc)
+        for pid, proc in procs.items():
+            known = self.seen.get(pid)
+            if known is None or not running([known]):
+                self.seen[pid] = proc
+        return running(self.seen[pid] for pid in procs)
+
+    def sessions(self, procs: Iterable[psutil.Process] = ()) -> set[int]:
+        """The server's own session and those that processes of its tree lead (remembered:
+        a session outlives its leader)."""
+        self.sids.add(self.process.pid)
+        for proc in procs:
+            try:
+                if os.getsid(proc.pid) == proc.pid and proc.is_running():
+                    self.sids.add(proc.pid)
+            except (OSError, psutil.Error):
+                continue
+        return set(self.sids)
+
     def find_workers(self) -> None:
         """Label the process tree: arbiter, api, embedder, generator."""
-        top = psutil.Process(self.process.pid)
-        for proc in [top, *top.children(recursive=True)]:
-            try:
-                cmd = " ".join(proc.cmdline())
-            except psutil.Error:
-                continue
-            if "slipway-embedder" in cmd:
-                label = "embedder"
-            elif "slipway-generator" in cmd:
-                label = "generator"
-            elif "_bentoml_impl.worker.service" in cmd:
-                label = "api"
-            elif "bentoml serve" in cmd or "-m bentoml" in cmd:
-                label = "arbiter"
-            else:
-                continue
-            self.workers[label] = proc
+        for proc in self.tree():
+            label = label_of(proc)
+            if label not in ("cli", "other"):
+                self.workers[label] = proc
 
     def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU seconds so far of each labelled process."""
+        """User + system CPU seconds so far of the server's processes, summed per label (every
+        process of the tree: unlabelled ones as ``cli`` / ``other``). A process that ended
+        takes its seconds with it."""
         out: dict[str, float] = {}
-        for label, proc in self.workers.items():
+        for proc in self.tree():
+            label = label_of(proc)
             try:
                 t = proc.cpu_times()
-                out[label] = t.user + t.system
             except psutil.Error:
-                out[label] = float("nan")
+                continue
+            out[label] = out.get(label, 0.0) + t.user + t.system
         return out
 
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after a timeout."""
-        if self.process.poll() is not None:
+    def rss(self) -> list[tuple[str, int, float]]:
+        """(label, pid, resident MB) of every process of the server."""
+        out = []
+        for proc in self.tree():
+            try:
+                out.append((label_of(proc), proc.pid, proc.memory_info().rss / 2**20))
+            except psutil.Error:
+                continue
+        return sorted(out)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S, grace: float = 3.0,
+             term_timeout: float = 5.0) -> None:
+        """End every process the server started: snapshot the tree, SIGTERM the top (the way
+        an orchestrator stops ``slipway serve``), wait, then SIGTERM / SIGKILL by pid whatever
+        of the snapshot outlived it. Prints whether anything is left."""
+        if self.stopped:
             return
+        self.stopped = True
+        procs = self.tree()  # before any signal: children are re-parented once the top dies
+        top_pid = self.process.pid
+        start = time.monotonic()
+        how = "the top had already exited"
+        if self.alive():
+            try:
+                self.process.send_signal(signal.SIGTERM)
+                self.process.wait(timeout)
+                how = f"the top exited {time.monotonic() - start:.1f} s after SIGTERM"
+            except subprocess.TimeoutExpired:
+                how = f"the top ignored SIGTERM for {timeout:g} s"
+        rest = end_processes([p for p in procs if p.pid != top_pid]
+                             + [p for p in self.seen.values() if p.pid != top_pid
+                                and p not in procs], grace, term_timeout)
+        if self.alive():  # the top too, if it ignored SIGTERM
+            self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+        left = running(self.seen.values()) + [
+            p for p in running(session_members(self.sessions())) if p.pid not in self.seen]
+        state = ("no process of its tree remains" if not left else "STILL RUNNING: " + ", ".join(
+            f"{p.pid} {label_of(p)}" for p in left))
+        print(f"server {self.name} stopped ({len(self.seen)} processes seen; {how}; "
+              f"descendants: {rest}): {state}", flush=True)
+
+
+_STARTED: list[Server] = []
+
+
+def stop_all() -> None:
+    """Stop every server this process started (atexit, and the benchmarks' ``finally``), then
+    anything still descending from this process: as the subreaper of its own tree (see
+    :func:`guard_processes`) it adopts what a server's processes left orphaned, and servers are
+    all it starts."""
+    if not _STARTED:
+        return
+    for server in _STARTED:
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # the workers too, even when the top process is already gone
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+            server.stop()
+        except Exception as exc:
+            print(f"stopping server {server.name}: {exc!r}", file=sys.stderr)
+    _STARTED.clear()
+    left = running(process_tree(os.getpid())[1:])
+    if left:
+        how = end_processes(left, grace=0.0)
+        print(f"{len(left)} more processes descended from this benchmark ("
+              + ", ".join(f"{p.pid} {label_of(p)}" for p in left) + f"): {how}", flush=True)
+    else:
+        print("no process started by this benchmark remains", flush=True)
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    # The servers first: unwinding the benchmark (cancelling thousands of requests in flight)
+    # may take long, and must not be what keeps them alive.
+    print(f"\n{signal.Signals(signum).name}: stopping the servers", file=sys.stderr, flush=True)
+    stop_all()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def guard_processes() -> None:
+    """Whatever ends this benchmark (an error, Ctrl-C, SIGTERM, SIGHUP), its servers end too:
+    a signal stops them at once, then becomes ``SystemExit`` / ``KeyboardInterrupt`` (so
+    ``finally`` blocks run); :func:`stop_all` runs at exit too; and this process adopts
+    orphaned descendants (so a worker whose parent died is still found and reaped)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
+    atexit.register(stop_all)
+    become_subreaper()
 
 
 def start_server(name: str, home: Path, bundle: Path, env_extra: dict[str, str]) -> Server:
@@ -182,7 +303,9 @@ def start_server(name: str, home: Path, bundle: Path, env_extra: dict[str, str])
     with log.open("wb") as handle:
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    return Server(name, port, log, process)
+    server = Server(name, port, log, process)
+    _STARTED.append(server)
+    return server
 
 
 def wait_ready(servers: Sequence[Server], timeout: float = READY_TIMEOUT_S) -> float:
@@ -541,6 +664,118 @@ async def part_limits(server: Server, token_a: str, token_b: str, texts: list[st
     return out
 
 
+@dataclass
+class StreamRun:
+    """One run of ``streams`` concurrent streaming generations."""
+
+    streams: int
+    ttft: list[float] = field(default_factory=list)  # seconds to the first text piece
+    totals: list[float] = field(default_factory=list)  # seconds to the end of the stream
+    statuses: Counter[int] = field(default_factory=Counter)  # 0 = transport error
+    tokens: int = 0  # completion tokens of the streams that finished
+    elapsed: float = 0.0  # first send to last end
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Aggregate completion tokens per second."""
+        return self.tokens / self.elapsed if self.elapsed else 0.0
+
+
+def sse_data(line: str) -> Any:
+    """The payload of one server-sent-events ``data:`` line (``None`` for other lines,
+    ``"[DONE]"`` for the end marker)."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    return data if data == "[DONE]" else json.loads(data)
+
+
+def piece_of(event: Any, chat: bool) -> tuple[str, int | None]:
+    """(text, completion tokens or None) of one streamed event of ``/v1/generate`` or chat."""
+    if not isinstance(event, dict):
+        return "", None
+    usage = event.get("usage") or {}
+    tokens = usage.get("completion_tokens")
+    if chat:
+        choices = event.get("choices") or [{}]
+        return (choices[0].get("delta") or {}).get("content") or "", tokens
+    return event.get("text") or "", tokens
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any],
+                     chat: bool, run: StreamRun) -> None:
+    """One streaming generation, recorded into ``run``."""
+    start = time.perf_counter()
+    first = None
+    tokens = None
+    try:
+        async with client.stream("POST", url, json=body,
+                                 headers={"Authorization": f"Bearer {token}"}) as response:
+            status = response.status_code
+            if status == 200:
+                done = False
+                async for line in response.aiter_lines():
+                    event = sse_data(line)
+                    if event == "[DONE]":
+                        done = True
+                        break
+                    text, count = piece_of(event, chat)
+                    if text and first is None:
+                        first = time.perf_counter() - start
+                    tokens = count if count is not None else tokens
+                if not done or tokens is None:
+                    status = -1  # a stream that ended early counts as an error
+            else:
+                await response.aread()
+    except httpx.HTTPError:
+        status = 0
+    run.statuses[status] += 1
+    if status == 200:
+        run.totals.append(time.perf_counter() - start)
+        run.ttft.append(first if first is not None else run.totals[-1])
+        run.tokens += tokens or 0
+
+
+async def part_generation(server: Server, token: str, questions: list[str], streams: int,
+                          new_tokens: int, rounds: int, chat: bool) -> tuple[StreamRun, StreamRun]:
+    """1 stream vs ``streams`` concurrent streams of ``new_tokens`` each, interleaved rounds."""
+    path = "/v1/chat/completions" if chat else "/v1/generate"
+    prompts = (f"Write a long, detailed essay on this question: {q}"
+               for q in itertools.cycle(questions))
+
+    def body() -> dict[str, Any]:
+        prompt = next(prompts)
+        if chat:
+            return {"messages": [{"role": "user", "content": prompt}], "stream": True,
+                    "max_tokens": new_tokens, "temperature": 0.0}
+        return {"prompt": prompt, "stream": True, "max_new_tokens": new_tokens,
+                "temperature": 0.0}
+
+    one, many = StreamRun(1), StreamRun(streams)
+    async with new_client(streams + 4) as client:
+        warm = StreamRun(1)
+        await stream_one(client, f"{server.url}{path}", token, body(), chat, warm)
+        if warm.statuses.get(200) != 1:
+            print(f"  warm-up: {dict(warm.statuses)}")
+        for r in range(rounds):
+            for run in (one, many) if r % 2 == 0 else (many, one):
+                part = StreamRun(run.streams)
+                start = time.perf_counter()
+                await asyncio.gather(*(stream_one(client, f"{server.url}{path}", token, body(),
+                                                  chat, part) for _ in range(run.streams)))
+                part.elapsed = time.perf_counter() - start
+                print(f"  round {r + 1} {run.streams} stream(s): {part.tokens_per_s:6.1f} "
+                      f"tokens/s ({part.tokens} tokens in {part.elapsed:.2f} s), time to first "
+                      f"token p50 {percentile_ms(part.ttft, 50):.0f} ms, "
+                      f"{dict(sorted(part.statuses.items()))}")
+                run.ttft += part.ttft
+                run.totals += part.totals
+                run.statuses.update(part.statuses)
+                run.tokens += part.tokens
+                run.elapsed += part.elapsed
+    return one, many
+
+
 # --- main --------------------------------------------------------------------------------
 
 def newest_bundle() -> Path | None:
@@ -561,7 +796,7 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="ONNX threads, in the servers (SLIPWAY_THREADS) and in-process.")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--parts", default="1,2,3", help="Which parts to run, e.g. 1 or 2,3.")
+    p.add_argument("--parts", default="1,2,3,4", help="Which parts to run, e.g. 1 or 2,3.")
     p.add_argument("--seconds", type=float, default=8.0, help="Length of one part-1 phase.")
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--clients", type=int, default=32)
@@ -583,17 +818,22 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--limit-seconds", type=float, default=30.0,
                    help="Length of each B phase (300 samples at 10/s: a p99 that is not the max).")
     p.add_argument("--limit-rounds", type=int, default=None, help="Default: --rounds.")
-    return p.parse_args()
+    p.add_argument("--gen-streams", type=int, default=8, help="Part 4: concurrent streams.")
+    p.add_argument("--gen-tokens", type=int, default=64, help="Part 4: new tokens per stream.")
+    p.add_argument("--gen-rounds", type=int, default=None, help="Part 4 rounds; default --rounds.")
+    p.add_argument("--gen-route", choices=("generate", "chat"), default="generate",
+                   help="Part 4: /v1/generate or /v1/chat/completions, both with stream: true.")
+    args = p.parse_args()
+    args.gen_rounds = args.gen_rounds or args.rounds
+    return args
 
 
 def busy_processes() -> str:
     """Other processes using CPU right now (the machine is shared)."""
     procs = list(psutil.process_iter(["pid", "name", "cmdline"]))
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.cpu_percent(None)
-        except psutil.Error:
-            pass
     time.sleep(1.0)
     busy = []
     for proc in procs:
@@ -631,7 +871,19 @@ def report_embed(args: argparse.Namespace, on: Server, off: Server, model: OnnxE
     print(f"  batching speedup {speedup:.2f}x (target >= 3) | served / in-process "
           f"{fraction:.2f} (target >= 0.7) | batching-on error rate {error_rate:.1%} "
           f"(throughput and latency count successful requests only)")
+    served_cpu = sum(embed.on.server_cpu.values())  # every process of the server
+    served_per_text = served_cpu / embed.on.texts if embed.on.texts else nan
+    local_per_text = embed.local.client_cpu / embed.local.texts if embed.local.texts else nan
+    cpu_ratio = served_per_text / local_per_text if local_per_text else nan
+    print(f"  cpu per text: served {served_per_text * 1e3:.2f} ms (all {len(embed.on.server_cpu)}"
+          f" kinds of server process: " + " ".join(
+              f"{k}={v / max(embed.on.texts, 1) * 1e3:.2f}"
+              for k, v in sorted(embed.on.server_cpu.items()))
+          + f") | in-process {local_per_text * 1e3:.2f} ms | ratio {cpu_ratio:.2f} | load "
+          f"generator (this process) {embed.on.client_cpu / max(embed.on.texts, 1) * 1e3:.2f} ms"
+          f" per text, {embed.on.client_cpu / max(embed.on.elapsed, 1e-9):.2f} cores")
     return {"batching_speedup": speedup, "served_fraction": fraction,
+            "served_cpu_ratio_embed": cpu_ratio,
             "embed_p99_ms": embed.on.p(99), "embed_error_rate": error_rate,
             "encoder_batch_gain": ceiling}
 
@@ -691,10 +943,39 @@ def report_limits(args: argparse.Namespace, on: Server, token_a: str, token_b: s
     return {"overload_other_p99_ratio": float(np.median(ratios))}
 
 
+def report_generation(args: argparse.Namespace, on: Server, token: str,
+                      texts: list[str]) -> dict[str, float]:
+    """Part 4, printed; its RESULT fields."""
+    route = "/v1/chat/completions" if args.gen_route == "chat" else "/v1/generate"
+    print(f"\n[4] generation concurrency: {args.gen_streams} concurrent streaming {route} "
+          f"requests against 1, {args.gen_tokens} new tokens each (greedy; a stream may stop "
+          f"early at end-of-sequence, tokens are counted from its usage), {args.gen_rounds} "
+          f"rounds alternating")
+    cpu0, srv0 = time.process_time(), on.cpu_seconds()
+    one, many = asyncio.run(part_generation(on, token, texts, args.gen_streams, args.gen_tokens,
+                                            args.gen_rounds, args.gen_route == "chat"))
+    cpu, srv1 = time.process_time() - cpu0, on.cpu_seconds()
+    for run in (one, many):
+        n = max(len(run.totals), 1)
+        print(f"  {run.streams} stream(s): {run.tokens_per_s:6.1f} tokens/s aggregate, "
+              f"{run.tokens / n:.1f} tokens per stream, time to first token p50 "
+              f"{percentile_ms(run.ttft, 50):.0f} ms p99 {percentile_ms(run.ttft, 99):.0f} ms, "
+              f"stream time p50 {percentile_ms(run.totals, 50):.0f} ms p99 "
+              f"{percentile_ms(run.totals, 99):.0f} ms, {dict(sorted(run.statuses.items()))}")
+    gain = many.tokens_per_s / one.tokens_per_s if one.tokens_per_s else float("nan")
+    elapsed = one.elapsed + many.elapsed
+    server_cpu = sum(srv1.get(k, 0.0) - srv0.get(k, 0.0) for k in srv1)
+    print(f"  concurrency gain {gain:.2f}x ({args.gen_streams} streams vs 1, aggregate "
+          f"tokens/s) | server cpu {server_cpu / max(elapsed, 1e-9):.2f} cores | load "
+          f"generator cpu {cpu / max(elapsed, 1e-9):.2f} cores")
+    return {"gen_concurrency_gain": gain}
+
+
 def main() -> None:
     """Run the parts asked for and print the RESULT line."""
     args = arguments()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill too
+    began = time.monotonic()
+    guard_processes()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     parts = {int(x) for x in args.parts.split(",")}
@@ -754,9 +1035,16 @@ def main() -> None:
             result.update(report_steady(args, on, bench_token, texts))
         if 3 in parts:
             result.update(report_limits(args, on, token_a, token_b, texts))
+        if 4 in parts:
+            result.update(report_generation(args, on, bench_token, texts))
         print(f"\nbusy processes at the end: {busy_processes()}")
-        keys = ("batching_speedup", "served_fraction", "embed_p99_ms", "search_p99_ms",
-                "answer_p99_ms", "overload_other_p99_ratio", "embed_error_rate", "encoder_batch_gain")
+        cpu = psutil.Process().cpu_times()
+        print(f"load generator (this process, in-process baseline included): "
+              f"{cpu.user + cpu.system:.1f} cpu s over {time.monotonic() - began:.0f} s")
+        stop_all()
+        keys = ("batching_speedup", "served_fraction", "served_cpu_ratio_embed", "embed_p99_ms",
+                "search_p99_ms", "answer_p99_ms", "overload_other_p99_ratio", "embed_error_rate",
+                "encoder_batch_gain", "gen_concurrency_gain")
         digits = {"embed_p99_ms": 1, "search_p99_ms": 1, "answer_p99_ms": 1,
                   "embed_error_rate": 3}
         print("\nRESULT " + " ".join(f"{k}={result.get(k, float('nan')):.{digits.get(k, 2)}f}"
@@ -768,8 +1056,7 @@ def main() -> None:
                       file=sys.stderr)
         raise
     finally:
-        for server in servers:
-            server.stop()
+        stop_all()
         print(f"servers stopped; logs in {home}", file=sys.stderr)
 
 
