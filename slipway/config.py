@@ -82,32 +82,41 @@ class ServeSettings(BaseSettings):
         default=15.0, gt=0, description="Deadline of one call of the encoder (504 after)."
     )
     generator_timeout_s: float = Field(
-        default=110.0, gt=0,
+        default=110.0,
+        gt=0,
         description="Deadline of a whole generation, and of each streamed piece (504 after).",
     )
     search_timeout_s: float = Field(
-        default=15.0, gt=0, description="Deadline of a search, query embedding included (504 after)."
+        default=15.0,
+        gt=0,
+        description="Deadline of a search, query embedding included (504 after).",
     )
     graph_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of a knowledge-graph lookup (504 after)."
     )
     watchdog_stall_s: float = Field(
-        default=30.0, gt=0,
+        default=30.0,
+        gt=0,
         description="/livez fails once the event loop or its worker threads made no progress for "
-                    "this long (the orchestrator then restarts the worker).",
+        "this long (the orchestrator then restarts the worker).",
     )
     context_tokens: int = Field(
-        default=2048, ge=128,
-        description="Prompt budget of /v1/answer and /v1/summarize (capped by the model's context).",
+        default=2048,
+        ge=128,
+        description="Prompt budget of /v1/answer and /v1/summarize (capped by the model's "
+        "context).",
     )
-    index_name: str = Field(default="default", description="Published index that /v1/search serves.")
+    index_name: str = Field(
+        default="default", description="Published index that /v1/search serves."
+    )
     embed_max_batch: int = Field(
         default=128, ge=1, description="Adaptive batching: most texts per encoder call (1 = off)."
     )
     embed_max_latency_ms: int = Field(
-        default=1000, ge=1,
+        default=1000,
+        ge=1,
         description="Adaptive batching: latency budget; BentoML sheds (503) requests it predicts "
-                    "would exceed it.",
+        "would exceed it.",
     )
     api_workers: int = Field(default=1, ge=1, description="Worker processes of the API service.")
     trace_sample_rate: float = Field(
@@ -119,7 +128,7 @@ class ServeSettings(BaseSettings):
     deprecated_routes: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Routes to mark deprecated: {"/v1/completions": {"since": "2026-11-01", '
-                    '"sunset": "2027-06-30", "successor": "/v1/chat/completions"}}.',
+        '"sunset": "2027-06-30", "successor": "/v1/chat/completions"}}.',
     )
 
 
@@ -129,7 +138,8 @@ class IndexSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLIPWAY_", extra="ignore")
 
     index_root: Path | None = Field(
-        default=None, description="Directory of index versions and pointers; default: <home>/indexes."
+        default=None,
+        description="Directory of index versions and pointers; default: <home>/indexes.",
     )
     vector_store: Literal["lancedb", "pinecone"] = Field(
         default="lancedb", description="Dense store: LanceDB on disk, or Pinecone serverless."
@@ -142,13 +152,16 @@ class IndexSettings(BaseSettings):
     pinecone_secret: str | None = Field(
         default=None,
         description="Name of a ZenML secret holding api_key (and index, host); read by the "
-                    "pipeline steps instead of the variables above.",
+        "pipeline steps instead of the variables above.",
     )
     index_retain: int = Field(
-        default=3, ge=1, description="Published index versions kept for rollback; older ones are deleted."
+        default=3,
+        ge=1,
+        description="Published index versions kept for rollback; older ones are deleted.",
     )
     quality_margin: float = Field(
-        default=0.01, ge=0.0,
+        default=0.01,
+        ge=0.0,
         description="Largest drop of hybrid nDCG@10 below the published version that may publish.",
     )
     reranker_path: Path | None = Field(
@@ -164,7 +177,7 @@ class GraphSettings(BaseSettings):
     neo4j_uri: str | None = Field(
         default=None,
         description="Bolt URI of a Neo4j 5 server or cluster (bolt://, neo4j://, +s/+ssc for TLS); "
-                    "unset: Slipway starts the embedded ArcadeDB Bolt server.",
+        "unset: Slipway starts the embedded ArcadeDB Bolt server.",
     )
     neo4j_user: str = Field(default="neo4j", description="User of SLIPWAY_NEO4J_URI.")
     neo4j_password: SecretStr | None = Field(default=None, description="Password of that user.")
@@ -174,7 +187,7 @@ class GraphSettings(BaseSettings):
     neo4j_secret: str | None = Field(
         default=None,
         description="Name of a ZenML secret holding uri, user, password (and database); "
-                    "read by the pipeline steps instead of the variables above.",
+        "read by the pipeline steps instead of the variables above.",
     )
     graph_dir: Path | None = Field(
         default=None, description="Data directory of the embedded server; default: <home>/graph."
@@ -203,8 +216,9 @@ class GraphSettings(BaseSettings):
             return None
         schemes = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
         if not value.startswith(schemes):
-            raise ValueError(f"SLIPWAY_NEO4J_URI must start with one of {', '.join(schemes)}; "
-                             f"got {value!r}")
+            raise ValueError(
+                f"SLIPWAY_NEO4J_URI must start with one of {', '.join(schemes)}; got {value!r}"
+            )
         return value
 
 
@@ -216,8 +230,8 @@ class ApiSettings(BaseSettings):
     profile: Literal["local", "production"] = Field(
         default="local",
         description="Defaults for the adapters: local = keys in a file, rate limits and cache in "
-                    "the worker; production = all three in Redis/Valkey (SLIPWAY_REDIS_URL), "
-                    "shared by every worker and replica. A store set explicitly wins.",
+        "the worker; production = all three in Redis/Valkey (SLIPWAY_REDIS_URL), "
+        "shared by every worker and replica. A store set explicitly wins.",
     )
     api_keys_file: Path | None = Field(
         default=None, description="JSON file of hashed API keys; default: <home>/api_keys.json."
@@ -231,7 +245,7 @@ class ApiSettings(BaseSettings):
     redis_secret: str | None = Field(
         default=None,
         description="Name of a ZenML secret holding url; read by `slipway keys` instead of "
-                    "SLIPWAY_REDIS_URL.",
+        "SLIPWAY_REDIS_URL.",
     )
     auth: bool = Field(
         default=True, description="Require credentials on /v1 routes (false: open, logged loudly)."
@@ -243,7 +257,9 @@ class ApiSettings(BaseSettings):
         default=600, ge=1, description="Requests per minute of a key that sets none."
     )
     default_tokens_per_minute: int | None = Field(
-        default=None, ge=1, description="Tokens per minute of a key that sets none (none: no limit)."
+        default=None,
+        ge=1,
+        description="Tokens per minute of a key that sets none (none: no limit).",
     )
     jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 secret: accept JWT bearer tokens signed with it."
@@ -265,11 +281,6 @@ class ApiSettings(BaseSettings):
             for name in ("key_store", "rate_limit_store", "cache"):
                 if name not in self.model_fields_set:
                     setattr(self, name, "redis")
-        uses_redis = "redis" in (self.key_store, self.rate_limit_store, self.cache)
-        if uses_redis and not self.redis_url and not self.redis_secret:
-            raise ValueError(f"SLIPWAY_PROFILE={self.profile} with key store {self.key_store}, "
-                             f"rate limits {self.rate_limit_store} and cache {self.cache} needs "
-                             "SLIPWAY_REDIS_URL (e.g. redis://host:6379/0).")
         return self
 
 
