@@ -28,7 +28,10 @@ def print_machine(threads: int) -> None:
     """CPU model, flags, threads and onnxruntime providers."""
     print(f"machine: {platform.platform()} | python {platform.python_version()}")
     print(f"cpu: {read_cpu_info().summary()}")
-    print(f"threads: {threads} | onnxruntime {ort.__version__} providers: {ort.get_available_providers()}")
+    print(
+        f"threads: {threads} | onnxruntime {ort.__version__} "
+        f"providers: {ort.get_available_providers()}"
+    )
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -37,13 +40,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, help="A built bundle (default: build one with defaults).")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--quantization", help="Build with this quantization (int8, int4, off) "
-                   "instead of the default; ignored with --bundle.")
+    p.add_argument(
+        "--quantization",
+        help="Build with this quantization (int8, int4, off) "
+        "instead of the default; ignored with --bundle.",
+    )
     return p
 
 
 def bundle_for(role: str, given: Path | None, quantization: str | None = None) -> OnnxBundle:
-    """The bundle to measure: the one given, or ``role`` built (default config or ``quantization``)."""
+    """The bundle to measure: the one given, or ``role`` built (default config or
+    ``quantization``)."""
     if given is not None:
         return OnnxBundle.load(given)
     cache = get_settings().cache_dir
@@ -113,8 +120,9 @@ def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             proc.send_signal(sig)
 
 
-def end_processes(procs: Iterable[psutil.Process], grace: float = 3.0,
-                  term_timeout: float = 5.0) -> str:
+def end_processes(
+    procs: Iterable[psutil.Process], grace: float = 3.0, term_timeout: float = 5.0
+) -> str:
     """End every one of ``procs`` (a snapshot of a tree, taken before its top was signalled)
     that still runs: ``grace`` seconds to finish on its own, then SIGTERM, then SIGKILL, each
     by pid. Returns what it took, in words."""
@@ -125,8 +133,10 @@ def end_processes(procs: Iterable[psutil.Process], grace: float = 3.0,
     left = running(procs)
     notes = []
     if left:
-        notes.append(f"{len(left)} still running {grace:g} s later, SIGTERM to "
-                     + " ".join(str(p.pid) for p in left))
+        notes.append(
+            f"{len(left)} still running {grace:g} s later, SIGTERM to "
+            + " ".join(str(p.pid) for p in left)
+        )
         signal_all(left, signal.SIGTERM)
         psutil.wait_procs(left, timeout=term_timeout)
         left = running(left)

@@ -41,8 +41,11 @@ def main() -> None:
     texts = cranfield_texts()
     onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=args.threads)
     st = SentenceTransformer(source, device="cpu", local_files_only=True)
-    print(f"artifact: {info['precision']} {info.get('isa', '')} optimization={info.get('optimization')} "
-          f"provider={onnx.provider} batch={onnx.batch_size} | torch batch=32 | texts={len(texts)}")
+    print(
+        f"artifact: {info['precision']} {info.get('isa', '')} "
+        f"optimization={info.get('optimization')} "
+        f"provider={onnx.provider} batch={onnx.batch_size} | torch batch=32 | texts={len(texts)}"
+    )
     ours = onnx.embed(texts)
     ref = st.encode(texts, batch_size=32, show_progress_bar=False)
     cos = cosine_rows(ours, ref)
@@ -56,12 +59,23 @@ def main() -> None:
         return len(texts)
 
     a, b = interleaved(run_onnx, run_torch, rounds=args.rounds, names=("onnx", "torch"))
-    print(f"onnx:  {a.throughput:8.1f} texts/s  (p50 {a.percentile(50):.0f} ms per {len(texts)} texts)")
-    print(f"torch: {b.throughput:8.1f} texts/s  (p50 {b.percentile(50):.0f} ms per {len(texts)} texts)")
-    print(f"cosine: min {cos.min():.5f} mean {cos.mean():.5f} | worst: {texts[int(np.argmin(cos))][:60]!r}")
-    print(f"RESULT embed_speedup={a.throughput / b.throughput:.2f} min_cos={cos.min():.5f} "
-          f"mean_cos={cos.mean():.5f} onnx_texts_per_s={a.throughput:.1f} "
-          f"torch_texts_per_s={b.throughput:.1f}")
+    print(
+        f"onnx:  {a.throughput:8.1f} texts/s  "
+        f"(p50 {a.percentile(50):.0f} ms per {len(texts)} texts)"
+    )
+    print(
+        f"torch: {b.throughput:8.1f} texts/s  "
+        f"(p50 {b.percentile(50):.0f} ms per {len(texts)} texts)"
+    )
+    print(
+        f"cosine: min {cos.min():.5f} mean {cos.mean():.5f} | "
+        f"worst: {texts[int(np.argmin(cos))][:60]!r}"
+    )
+    print(
+        f"RESULT embed_speedup={a.throughput / b.throughput:.2f} min_cos={cos.min():.5f} "
+        f"mean_cos={cos.mean():.5f} onnx_texts_per_s={a.throughput:.1f} "
+        f"torch_texts_per_s={b.throughput:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ def main() -> None:
     bundle = bundle_for("generator", args.bundle, args.quantization)
     info = bundle.info("generator")
     gen = load_generator(bundle.role_dir("generator"), bundle.runtime("generator"), args.threads)
-    model = AutoModelForCausalLM.from_pretrained(bundle.source_path("generator"), dtype=torch.float32,
-                                                 local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        bundle.source_path("generator"), dtype=torch.float32, local_files_only=True
+    ).eval()
     prompts = [gen.prompt_ids(p) for p in BUILTIN_PROMPTS[: args.prompts]]
     sampling = Sampling(max_new_tokens=NEW_TOKENS, ignore_eos=True)
-    print(f"artifact: {bundle.runtime('generator')} {info['precision']} provider={gen.provider} | "
-          f"prompts={len(prompts)} new_tokens={NEW_TOKENS}")
+    print(
+        f"artifact: {bundle.runtime('generator')} {info['precision']} provider={gen.provider} | "
+        f"prompts={len(prompts)} new_tokens={NEW_TOKENS}"
+    )
     outputs: dict[str, list[list[int]]] = {"onnx": [], "torch": []}
 
     def run_onnx() -> float:
@@ -49,19 +52,29 @@ def main() -> None:
         for ids in prompts:
             x = torch.tensor([ids])
             with torch.inference_mode():
-                y = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                                   max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
-            outs.append(y[0, len(ids):].tolist())
+                y = model.generate(
+                    x,
+                    attention_mask=torch.ones_like(x),
+                    do_sample=False,
+                    max_new_tokens=NEW_TOKENS,
+                    min_new_tokens=NEW_TOKENS,
+                )
+            outs.append(y[0, len(ids) :].tolist())
         outputs["torch"] = outs
         return sum(len(o) for o in outs)
 
     a, b = interleaved(run_onnx, run_torch, rounds=args.rounds, warmup=1, names=("onnx", "torch"))
-    match = sum(o == t for o, t in zip(outputs["onnx"], outputs["torch"], strict=True)) / len(prompts)
+    match = sum(o == t for o, t in zip(outputs["onnx"], outputs["torch"], strict=True)) / len(
+        prompts
+    )
     print(f"onnx:  {a.throughput:7.1f} tokens/s")
     print(f"torch: {b.throughput:7.1f} tokens/s")
-    print(f"RESULT gen_speedup={a.throughput / b.throughput:.2f} onnx_tokens_per_s={a.throughput:.1f} "
-          f"torch_tokens_per_s={b.throughput:.1f} greedy_match={match:.2f} "
-          f"precision={info['precision']}")
+    print(
+        f"RESULT gen_speedup={a.throughput / b.throughput:.2f} "
+        f"onnx_tokens_per_s={a.throughput:.1f} "
+        f"torch_tokens_per_s={b.throughput:.1f} greedy_match={match:.2f} "
+        f"precision={info['precision']}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def edited(docs: list[Document], edit: float, drop: float, seed: int = 0) -> lis
             continue
         if i in change:
             text = doc.text + "\n\n(forwarded again, with a short note)"
-            doc = doc.model_copy(update={"text": text, "content_hash": content_hash(doc.title, text)})
+            doc = doc.model_copy(
+                update={"text": text, "content_hash": content_hash(doc.title, text)}
+            )
         out.append(doc)
     return out
 
@@ -80,8 +82,10 @@ def main() -> None:
     started = time.perf_counter()
     chunks = chunk_documents(docs, tokenizer, 200, 32).chunks
     chunk_s = time.perf_counter() - started
-    print(f"corpus: {len(docs)} documents -> {len(chunks)} chunks "
-          f"({sum(c.n_tokens for c in chunks)} tokens), chunked in {chunk_s:.1f}s")
+    print(
+        f"corpus: {len(docs)} documents -> {len(chunks)} chunks "
+        f"({sum(c.n_tokens for c in chunks)} tokens), chunked in {chunk_s:.1f}s"
+    )
     embedder = OnnxEmbedder(model_dir, threads=args.threads)
     fingerprint = model_fingerprint(model_dir)
     ordered = sorted(chunks, key=lambda c: -c.n_tokens)  # the same length-sorted batches as ours
@@ -99,36 +103,46 @@ def main() -> None:
         store = LanceDBStore(index.lance_dir)
         cache = EmbeddingCache(Path(tmp) / "cache.sqlite")
         raw_s = raw(texts[:half])
-        built = refresh_index(index, store, chunks, document_hashes(docs), embedder, fingerprint,
-                              cache)
+        built = refresh_index(
+            index, store, chunks, document_hashes(docs), embedder, fingerprint, cache
+        )
         raw_s += raw(texts[half:])
         build_s = built.stats.seconds
         publish_gated(index, store, built.version, margin=0.01, retain=3)
         efficiency = raw_s / build_s
-        print(f"full build: {build_s:.1f}s = {len(docs) / build_s:.1f} docs/s, "
-              f"{len(chunks) / build_s:.1f} chunks/s; raw embedding of the same chunks "
-              f"{raw_s:.1f}s = {len(chunks) / raw_s:.1f} chunks/s; efficiency {efficiency:.3f}")
+        print(
+            f"full build: {build_s:.1f}s = {len(docs) / build_s:.1f} docs/s, "
+            f"{len(chunks) / build_s:.1f} chunks/s; raw embedding of the same chunks "
+            f"{raw_s:.1f}s = {len(chunks) / raw_s:.1f} chunks/s; efficiency {efficiency:.3f}"
+        )
 
         changed = edited(docs, 0.01, 0.005)
         changed_chunks = chunk_documents(changed, tokenizer, 200, 32).chunks
-        refreshed = refresh_index(index, store, changed_chunks, document_hashes(changed),
-                                  embedder, fingerprint, cache)
+        refreshed = refresh_index(
+            index, store, changed_chunks, document_hashes(changed), embedder, fingerprint, cache
+        )
         publish_gated(index, store, refreshed.version, margin=0.01, retain=3)
         s = refreshed.stats
         fraction = s.seconds / build_s
-        print(f"refresh: {s.seconds:.2f}s = {fraction:.4f} of the full build; documents "
-              f"{s.new_docs} new, {s.changed_docs} changed, {s.removed_docs} removed, "
-              f"{s.unchanged_docs} unchanged; chunks written {s.written_chunks}, deleted "
-              f"{s.deleted_chunks}, embedded {s.embedded}, from cache {s.cache_hits}")
-        noop = refresh_index(index, store, changed_chunks, document_hashes(changed), embedder,
-                             fingerprint, cache)
+        print(
+            f"refresh: {s.seconds:.2f}s = {fraction:.4f} of the full build; documents "
+            f"{s.new_docs} new, {s.changed_docs} changed, {s.removed_docs} removed, "
+            f"{s.unchanged_docs} unchanged; chunks written {s.written_chunks}, deleted "
+            f"{s.deleted_chunks}, embedded {s.embedded}, from cache {s.cache_hits}"
+        )
+        noop = refresh_index(
+            index, store, changed_chunks, document_hashes(changed), embedder, fingerprint, cache
+        )
         print(f"unchanged refresh: {noop.stats.seconds:.2f}s, new version: {noop.changed}")
 
         opened = open_published(index, store)
         searcher = HybridSearcher(embedder, opened.dense, opened.sparse)
         rng = np.random.default_rng(1)
-        queries = [d.title for d in rng.choice(np.array(changed, dtype=object), args.queries * 2)
-                   if d.title.strip()][: args.queries]
+        queries = [
+            d.title
+            for d in rng.choice(np.array(changed, dtype=object), args.queries * 2)
+            if d.title.strip()
+        ][: args.queries]
         for q in queries[:20]:
             searcher.search([q], 10)  # warm-up
         ours, base = [], []
@@ -145,10 +159,12 @@ def main() -> None:
         searcher.search(queries, 10)
         batch_qps = len(queries) / (time.perf_counter() - t)
         p50, p99 = percentile(ours, 50), percentile(ours, 99)
-        print(f"search over {opened.dense.count()} chunks, {len(queries)} queries: concurrent "
-              f"p50 {p50:.2f} ms p99 {p99:.2f} ms | sequential p50 {percentile(base, 50):.2f} ms "
-              f"p99 {percentile(base, 99):.2f} ms | ratio p50 {percentile(base, 50) / p50:.2f}x "
-              f"| batch {batch_qps:.1f} queries/s")
+        print(
+            f"search over {opened.dense.count()} chunks, {len(queries)} queries: concurrent "
+            f"p50 {p50:.2f} ms p99 {p99:.2f} ms | sequential p50 {percentile(base, 50):.2f} ms "
+            f"p99 {percentile(base, 99):.2f} ms | ratio p50 {percentile(base, 50) / p50:.2f}x "
+            f"| batch {batch_qps:.1f} queries/s"
+        )
         cache.close()
 
     quality = ""
@@ -156,11 +172,15 @@ def main() -> None:
         from bench.retrieval_quality import SETS, measure
 
         m = measure(SETS["cranfield"], model_dir, None, args.threads)
-        quality = (f" cranfield_hybrid_ndcg10={m['hybrid']['ndcg@10']:.4f}"
-                   f" cranfield_bm25_ndcg10={m['sparse']['ndcg@10']:.4f}"
-                   f" cranfield_dense_ndcg10={m['dense']['ndcg@10']:.4f}")
-    print(f"RESULT pipeline_efficiency={efficiency:.3f} refresh_fraction={fraction:.4f} "
-          f"search_p50_ms={p50:.2f} search_p99_ms={p99:.2f}{quality}")
+        quality = (
+            f" cranfield_hybrid_ndcg10={m['hybrid']['ndcg@10']:.4f}"
+            f" cranfield_bm25_ndcg10={m['sparse']['ndcg@10']:.4f}"
+            f" cranfield_dense_ndcg10={m['dense']['ndcg@10']:.4f}"
+        )
+    print(
+        f"RESULT pipeline_efficiency={efficiency:.3f} refresh_fraction={fraction:.4f} "
+        f"search_p50_ms={p50:.2f} search_p99_ms={p99:.2f}{quality}"
+    )
 
 
 if __name__ == "__main__":

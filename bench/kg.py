@@ -42,9 +42,17 @@ COLUMNS = CsvColumns(id="Message ID", text="Message", title="Subject", metadata=
 def workload(entities: int, relations: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Entity rows and distinct relation rows between them (names need no quoting)."""
     rng = random.Random(seed)
-    rows = [{"id": f"PERSON:person {i:05d}", "type": "PERSON", "key": f"person {i:05d}",
-             "name": f"Person {i:05d}", "aliases": [f"Person {i:05d}"], "n": 1}
-            for i in range(entities)]
+    rows = [
+        {
+            "id": f"PERSON:person {i:05d}",
+            "type": "PERSON",
+            "key": f"person {i:05d}",
+            "name": f"Person {i:05d}",
+            "aliases": [f"Person {i:05d}"],
+            "n": 1,
+        }
+        for i in range(entities)
+    ]
     pairs: set[tuple[int, int]] = set()
     while len(pairs) < relations:
         a, b = sorted(rng.sample(range(entities), 2))
@@ -61,12 +69,14 @@ def textbook(graph: Neo4jGraph, rows: list[dict], rels: list[dict]) -> float:
             session.run(
                 f"MERGE (e:Entity {{id: '{r['id']}'}}) ON CREATE SET e.name = '{r['name']}', "
                 f"e.type = '{r['type']}', e.key = '{r['key']}', e.aliases = ['{r['name']}'], "
-                "e.mentions = 1 ON MATCH SET e.mentions = e.mentions + 1").consume()
+                "e.mentions = 1 ON MATCH SET e.mentions = e.mentions + 1"
+            ).consume()
         for r in rels:
             session.run(
                 f"MATCH (a:Entity {{id: '{r['a']}'}}) MATCH (b:Entity {{id: '{r['b']}'}}) "
                 "MERGE (a)-[r:CO_OCCURS]->(b) ON CREATE SET r.weight = 1 "
-                "ON MATCH SET r.weight = r.weight + 1").consume()
+                "ON MATCH SET r.weight = r.weight + 1"
+            ).consume()
     return time.perf_counter() - started
 
 
@@ -80,8 +90,9 @@ def batched_writes(graph: Neo4jGraph, rows: list[dict], rels: list[dict], batch:
         by_batch.setdefault(max(position[rel["a"]], position[rel["b"]]) // batch, []).append(rel)
     started = time.perf_counter()
     for number, part in enumerate(batched(rows, batch)):
-        graph.write(lambda tx, p=part, n=number: write_entities_and_pairs(
-            tx, p, by_batch.get(n, [])))
+        graph.write(
+            lambda tx, p=part, n=number: write_entities_and_pairs(tx, p, by_batch.get(n, []))
+        )
     return time.perf_counter() - started
 
 
@@ -90,8 +101,9 @@ def check_graph(graph: Neo4jGraph, entities: int, relations: int) -> None:
     assert counts.get("Entity") == entities and counts.get("CO_OCCURS") == relations, counts
 
 
-def bench_writes(graph: Neo4jGraph, entities: int, relations: int, rounds: int,
-                 batch: int) -> tuple[float, float]:
+def bench_writes(
+    graph: Neo4jGraph, entities: int, relations: int, rounds: int, batch: int
+) -> tuple[float, float]:
     rows, rels = workload(entities, relations)
     graph.ensure_schema()
     # A graph server is long-running: measure both paths with the JVM's JIT warm (one full
@@ -102,10 +114,13 @@ def bench_writes(graph: Neo4jGraph, entities: int, relations: int, rounds: int,
     textbook(graph, *workload(1000, 1000, seed=2))
     text_times, ours = [], []
     for round_ in range(rounds):
-        for name in (("textbook", "batched") if round_ % 2 == 0 else ("batched", "textbook")):
+        for name in ("textbook", "batched") if round_ % 2 == 0 else ("batched", "textbook"):
             graph.clear()
-            seconds = (textbook(graph, rows, rels) if name == "textbook"
-                       else batched_writes(graph, rows, rels, batch))
+            seconds = (
+                textbook(graph, rows, rels)
+                if name == "textbook"
+                else batched_writes(graph, rows, rels, batch)
+            )
             check_graph(graph, entities, relations)
             (text_times if name == "textbook" else ours).append(seconds)
             print(f"  round {round_} {name:9s}: {seconds:7.2f} s")
@@ -147,8 +162,12 @@ def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--entities", type=int, default=10_000)
     p.add_argument("--relations", type=int, default=20_000)
-    p.add_argument("--batch", type=int, default=10_000,
-                   help="Entities per write transaction (with their relations).")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=10_000,
+        help="Entities per write transaction (with their relations).",
+    )
     p.add_argument("--docs", type=int, default=2000, help="Enron e-mails for NER and the GNN.")
     p.add_argument("--ner-batch", type=int, default=64)
     p.add_argument("--epochs", type=int, default=100)
@@ -167,14 +186,18 @@ def main() -> None:
 
 
 def run(graph: Neo4jGraph, args) -> None:  # type: ignore[no-untyped-def]
-    print(f"\n[1] writes: {args.entities} entities + {args.relations} relations, "
-          f"{args.rounds} interleaved round(s)")
+    print(
+        f"\n[1] writes: {args.entities} entities + {args.relations} relations, "
+        f"{args.rounds} interleaved round(s)"
+    )
     slow, fast = bench_writes(graph, args.entities, args.relations, args.rounds, args.batch)
     items = args.entities + args.relations
     print(f"textbook (one MERGE per item, pasted): {slow:.2f} s ({items / slow:,.0f} items/s)")
     entities_per_s = entity_rate(graph, args.entities, args.batch)
-    print(f"batched (UNWIND {args.batch}, parameters): {fast:.2f} s ({items / fast:,.0f} items/s; "
-          f"{args.entities} entities alone: {entities_per_s:,.0f}/s)")
+    print(
+        f"batched (UNWIND {args.batch}, parameters): {fast:.2f} s ({items / fast:,.0f} items/s; "
+        f"{args.entities} entities alone: {entities_per_s:,.0f}/s)"
+    )
     speedup = slow / fast
 
     docs = read_corpus(ENRON, "csv", columns=COLUMNS).documents[: args.docs]
@@ -184,8 +207,10 @@ def run(graph: Neo4jGraph, args) -> None:  # type: ignore[no-untyped-def]
     print(f"\n[2] NER: {len(docs)} Enron e-mails, {nlp.meta['name']} {nlp.meta['version']}")
     texts = [d.text for d in docs]
     one, piped = bench_ner(nlp, texts, args.ner_batch)
-    print(f"nlp() one by one: {one:.1f} docs/s | nlp.pipe(batch_size={args.ner_batch}): "
-          f"{piped:.1f} docs/s | ratio {piped / one:.2f}x")
+    print(
+        f"nlp() one by one: {one:.1f} docs/s | nlp.pipe(batch_size={args.ner_batch}): "
+        f"{piped:.1f} docs/s | ratio {piped / one:.2f}x"
+    )
 
     print(f"\n[3] entity graph of the same e-mails ({len(chunks)} chunks) and the GNN")
     stats = update_graph(graph, docs, chunks, nlp)
@@ -194,13 +219,19 @@ def run(graph: Neo4jGraph, args) -> None:  # type: ignore[no-untyped-def]
     embedder = OnnxEmbedder(tokenizer_dir, threads=args.threads)
     features = embedder.embed(names)
     result = train_link_predictor(features, edges, weights, GnnConfig(epochs=args.epochs))
-    print(f"GNN ({result.config.model}): {result.nodes} nodes, {result.edges} edges, "
-          f"{result.epoch_seconds:.3f} s/epoch, best epoch {result.best_epoch}")
-    print(f"link AUC (held-out edges): GNN {result.test_auc:.3f} | name-embedding cosine "
-          f"{result.cosine_auc:.3f} | random {result.random_auc:.3f}")
-    print(f"\nRESULT merge_speedup={speedup:.1f} batched_entities_per_s={entities_per_s:.0f} "
-          f"ner_pipe_speedup={piped / one:.2f} gnn_epoch_s={result.epoch_seconds:.3f} "
-          f"link_auc={result.test_auc:.3f}")
+    print(
+        f"GNN ({result.config.model}): {result.nodes} nodes, {result.edges} edges, "
+        f"{result.epoch_seconds:.3f} s/epoch, best epoch {result.best_epoch}"
+    )
+    print(
+        f"link AUC (held-out edges): GNN {result.test_auc:.3f} | name-embedding cosine "
+        f"{result.cosine_auc:.3f} | random {result.random_auc:.3f}"
+    )
+    print(
+        f"\nRESULT merge_speedup={speedup:.1f} batched_entities_per_s={entities_per_s:.0f} "
+        f"ner_pipe_speedup={piped / one:.2f} gnn_epoch_s={result.epoch_seconds:.3f} "
+        f"link_auc={result.test_auc:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,15 @@ from slipway.retrieval.rerank import CrossEncoderReranker
 SETS = {"cranfield": DATA / "cranfield", "xquad_en": DATA / "xquad_en" / "beir"}
 
 
-def graph_metrics(root: Path, docs, chunks, embedder, opened, judged, tmp: str  # type: ignore[no-untyped-def]
-                  ) -> dict[str, dict[str, float]]:
+def graph_metrics(
+    root: Path,
+    docs,
+    chunks,
+    embedder,
+    opened,
+    judged,
+    tmp: str,  # type: ignore[no-untyped-def]
+) -> dict[str, dict[str, float]]:
     """Hybrid fused with graph expansion, at two graph weights, on a graph built here."""
     from slipway.config import GraphSettings
     from slipway.graph import GraphQueries, connect
@@ -49,18 +56,24 @@ def graph_metrics(root: Path, docs, chunks, embedder, opened, judged, tmp: str  
             queries = GraphQueries(graph, nlp)
             out = {}
             for weight in (0.5, 1.0):
-                searcher = HybridSearcher(embedder, opened.dense, opened.sparse,
-                                          FusionConfig(graph_weight=weight),
-                                          expander=queries.expand_many)
-                out[f"hybrid_graph{weight:g}"] = evaluate_searcher(searcher, judged,
-                                                                   opened.doc_of)["hybrid"]
+                searcher = HybridSearcher(
+                    embedder,
+                    opened.dense,
+                    opened.sparse,
+                    FusionConfig(graph_weight=weight),
+                    expander=queries.expand_many,
+                )
+                out[f"hybrid_graph{weight:g}"] = evaluate_searcher(searcher, judged, opened.doc_of)[
+                    "hybrid"
+                ]
             return out
     finally:
         stop_server(settings)
 
 
-def measure(root: Path, model_dir: Path, reranker_path: Path | None, threads: int,
-            graph: bool = False) -> dict[str, dict[str, float]]:
+def measure(
+    root: Path, model_dir: Path, reranker_path: Path | None, threads: int, graph: bool = False
+) -> dict[str, dict[str, float]]:
     """Metrics of dense, sparse, hybrid (and hybrid+rerank) on one BEIR set."""
     docs = read_corpus(root, min_chars=1).documents
     chunks = chunk_documents(docs, load_tokenizer(model_dir), 256, 32).chunks
@@ -68,16 +81,27 @@ def measure(root: Path, model_dir: Path, reranker_path: Path | None, threads: in
     with tempfile.TemporaryDirectory() as tmp:
         index = IndexDir(Path(tmp), root.parent.name if root.name == "beir" else root.name)
         store = LanceDBStore(index.lance_dir)
-        version = refresh_index(index, store, chunks, document_hashes(docs), embedder,
-                                model_fingerprint(model_dir), EmbeddingCache(Path(tmp) / "c.db"))
+        version = refresh_index(
+            index,
+            store,
+            chunks,
+            document_hashes(docs),
+            embedder,
+            model_fingerprint(model_dir),
+            EmbeddingCache(Path(tmp) / "c.db"),
+        )
         opened = OpenIndex(index, version.version, store)
         judged = JudgedQueries.from_beir(root)
         searcher = HybridSearcher(embedder, opened.dense, opened.sparse)
         metrics = evaluate_searcher(searcher, judged, opened.doc_of)
         if reranker_path is not None:
-            reranked = HybridSearcher(embedder, opened.dense, opened.sparse,
-                                      reranker=CrossEncoderReranker(reranker_path),
-                                      text_of=opened.text_of)
+            reranked = HybridSearcher(
+                embedder,
+                opened.dense,
+                opened.sparse,
+                reranker=CrossEncoderReranker(reranker_path),
+                text_of=opened.text_of,
+            )
             metrics["hybrid_rerank"] = evaluate_searcher(reranked, judged, opened.doc_of)["hybrid"]
         if graph:
             metrics.update(graph_metrics(root, docs, chunks, embedder, opened, judged, tmp))

@@ -74,6 +74,7 @@ STOP_TIMEOUT_S = 15.0
 
 # --- data --------------------------------------------------------------------------------
 
+
 def xquad_questions(seed: int = 0) -> list[str]:
     """XQuAD-en questions from the shared data, in a fixed shuffled order."""
     path = DATA / "xquad_en" / "qa.jsonl"
@@ -98,6 +99,7 @@ def percentile_ms(latencies: Sequence[float], q: float) -> float:
 
 
 # --- servers -----------------------------------------------------------------------------
+
 
 def free_port() -> int:
     """A TCP port that is free on localhost right now."""
@@ -209,8 +211,9 @@ class Server:
                 continue
         return sorted(out)
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S, grace: float = 3.0,
-             term_timeout: float = 5.0) -> None:
+    def stop(
+        self, timeout: float = STOP_TIMEOUT_S, grace: float = 3.0, term_timeout: float = 5.0
+    ) -> None:
         """End every process the server started: snapshot the tree, SIGTERM the top (the way
         an orchestrator stops ``slipway serve``), wait, then SIGTERM / SIGKILL by pid whatever
         of the snapshot outlived it. Prints whether anything is left."""
@@ -228,19 +231,29 @@ class Server:
                 how = f"the top exited {time.monotonic() - start:.1f} s after SIGTERM"
             except subprocess.TimeoutExpired:
                 how = f"the top ignored SIGTERM for {timeout:g} s"
-        rest = end_processes([p for p in procs if p.pid != top_pid]
-                             + [p for p in self.seen.values() if p.pid != top_pid
-                                and p not in procs], grace, term_timeout)
+        rest = end_processes(
+            [p for p in procs if p.pid != top_pid]
+            + [p for p in self.seen.values() if p.pid != top_pid and p not in procs],
+            grace,
+            term_timeout,
+        )
         if self.alive():  # the top too, if it ignored SIGTERM
             self.process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
         left = running(self.seen.values()) + [
-            p for p in running(session_members(self.sessions())) if p.pid not in self.seen]
-        state = ("no process of its tree remains" if not left else "STILL RUNNING: " + ", ".join(
-            f"{p.pid} {label_of(p)}" for p in left))
-        print(f"server {self.name} stopped ({len(self.seen)} processes seen; {how}; "
-              f"descendants: {rest}): {state}", flush=True)
+            p for p in running(session_members(self.sessions())) if p.pid not in self.seen
+        ]
+        state = (
+            "no process of its tree remains"
+            if not left
+            else "STILL RUNNING: " + ", ".join(f"{p.pid} {label_of(p)}" for p in left)
+        )
+        print(
+            f"server {self.name} stopped ({len(self.seen)} processes seen; {how}; "
+            f"descendants: {rest}): {state}",
+            flush=True,
+        )
 
 
 _STARTED: list[Server] = []
@@ -262,8 +275,12 @@ def stop_all() -> None:
     left = running(process_tree(os.getpid())[1:])
     if left:
         how = end_processes(left, grace=0.0)
-        print(f"{len(left)} more processes descended from this benchmark ("
-              + ", ".join(f"{p.pid} {label_of(p)}" for p in left) + f"): {how}", flush=True)
+        print(
+            f"{len(left)} more processes descended from this benchmark ("
+            + ", ".join(f"{p.pid} {label_of(p)}" for p in left)
+            + f"): {how}",
+            flush=True,
+        )
     else:
         print("no process started by this benchmark remains", flush=True)
 
@@ -293,16 +310,33 @@ def start_server(name: str, home: Path, bundle: Path, env_extra: dict[str, str])
     """Start ``python -m slipway.cli serve`` on a free port in its own session."""
     port = free_port()
     env = dict(os.environ)
-    env.update({"SLIPWAY_HOME": str(home), "SLIPWAY_API_KEYS_FILE": str(home / "api_keys.json"),
-                "SLIPWAY_CACHE": "off", "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
-                "BENTOML_HOME": str(home / f"bentoml-{name}"), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "SLIPWAY_HOME": str(home),
+            "SLIPWAY_API_KEYS_FILE": str(home / "api_keys.json"),
+            "SLIPWAY_CACHE": "off",
+            "HF_HUB_OFFLINE": "1",
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BENTOML_HOME": str(home / f"bentoml-{name}"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(env_extra)
     log = home / f"server-{name}.log"
-    cmd = [sys.executable, "-m", "slipway.cli", "serve", "--port", str(port),
-           "--bundle-dir", str(bundle)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "slipway.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--bundle-dir",
+        str(bundle),
+    ]
     with log.open("wb") as handle:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = Server(name, port, log, process)
     _STARTED.append(server)
     return server
@@ -316,8 +350,10 @@ def wait_ready(servers: Sequence[Server], timeout: float = READY_TIMEOUT_S) -> f
         while pending:
             for server in list(pending):
                 if not server.alive():
-                    raise RuntimeError(f"server {server.name} exited with "
-                                       f"{server.process.returncode}:\n{server.tail()}")
+                    raise RuntimeError(
+                        f"server {server.name} exited with "
+                        f"{server.process.returncode}:\n{server.tail()}"
+                    )
                 try:
                     if client.get(f"{server.url}/readyz").status_code == 200:
                         pending.remove(server)
@@ -333,6 +369,7 @@ def wait_ready(servers: Sequence[Server], timeout: float = READY_TIMEOUT_S) -> f
 
 
 # --- load generators ---------------------------------------------------------------------
+
 
 @dataclass
 class Load:
@@ -402,8 +439,15 @@ def new_client(connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
 
 
-async def post(client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any],
-               load: Load, expect_texts: int = 0, usage: bool = False) -> None:
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    token: str,
+    body: dict[str, Any],
+    load: Load,
+    expect_texts: int = 0,
+    usage: bool = False,
+) -> None:
     """Send one request and record its status and latency (and ``usage``) into ``load``."""
     start = time.perf_counter()
     try:
@@ -446,9 +490,15 @@ async def encoder_batches(client: httpx.AsyncClient, server: Server) -> tuple[fl
     return (calls, texts) if found else (float("nan"), float("nan"))
 
 
-async def closed_loop(client: httpx.AsyncClient, server: Server, token: str,
-                      batches: Iterator[list[str]], clients: int, seconds: float,
-                      name: str) -> Load:
+async def closed_loop(
+    client: httpx.AsyncClient,
+    server: Server,
+    token: str,
+    batches: Iterator[list[str]],
+    clients: int,
+    seconds: float,
+    name: str,
+) -> Load:
     """``clients`` workers posting ``/v1/embed`` back to back for ``seconds``."""
     load = Load(name)
     url = f"{server.url}/v1/embed"
@@ -485,13 +535,22 @@ class Shot:
     usage: bool = False
 
 
-def schedule(path: str, bodies: Iterator[dict[str, Any]], token: str, rate: float,
-             seconds: float, load: Load, offset: float = 0.0, texts: int = 0,
-             usage: bool = False) -> list[Shot]:
+def schedule(
+    path: str,
+    bodies: Iterator[dict[str, Any]],
+    token: str,
+    rate: float,
+    seconds: float,
+    load: Load,
+    offset: float = 0.0,
+    texts: int = 0,
+    usage: bool = False,
+) -> list[Shot]:
     """Requests at a fixed rate for ``seconds``, starting ``offset`` seconds in."""
     count = max(1, round(rate * seconds))
-    return [Shot(offset + i / rate, path, next(bodies), token, load, texts, usage)
-            for i in range(count)]
+    return [
+        Shot(offset + i / rate, path, next(bodies), token, load, texts, usage) for i in range(count)
+    ]
 
 
 async def open_loop(client: httpx.AsyncClient, server: Server, shots: Sequence[Shot]) -> None:
@@ -504,9 +563,19 @@ async def open_loop(client: httpx.AsyncClient, server: Server, shots: Sequence[S
         if delay > 0:
             await asyncio.sleep(delay)
         shot.load.send_lag = max(shot.load.send_lag, time.perf_counter() - start - shot.at)
-        tasks.append(asyncio.create_task(
-            post(client, f"{server.url}{shot.path}", shot.token, shot.body, shot.load,
-                 shot.texts, shot.usage)))
+        tasks.append(
+            asyncio.create_task(
+                post(
+                    client,
+                    f"{server.url}{shot.path}",
+                    shot.token,
+                    shot.body,
+                    shot.load,
+                    shot.texts,
+                    shot.usage,
+                )
+            )
+        )
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     cpu, srv1 = time.process_time() - cpu0, server.cpu_seconds()
@@ -516,6 +585,7 @@ async def open_loop(client: httpx.AsyncClient, server: Server, shots: Sequence[S
 
 
 # --- the three parts ---------------------------------------------------------------------
+
 
 @dataclass
 class EmbedResult:
@@ -547,19 +617,32 @@ def inprocess_round(model: OnnxEmbedder, batches: Iterator[list[str]], seconds: 
 def cpu_line(load: Load) -> str:
     """Server CPU milliseconds per request, per process, and the client's CPU share."""
     n = max(load.requests, 1)
-    parts = " ".join(f"{k}={v / n * 1e3:.2f}" for k, v in sorted(load.server_cpu.items())
-                     if k != "generator")
+    parts = " ".join(
+        f"{k}={v / n * 1e3:.2f}" for k, v in sorted(load.server_cpu.items()) if k != "generator"
+    )
     total = sum(v for k, v in load.server_cpu.items() if k != "generator")
     batch = load.encoder_texts / load.encoder_calls if load.encoder_calls else float("nan")
-    return (f"server cpu ms/request: {parts} (total {total / n * 1e3:.2f}; "
-            f"{total / max(load.elapsed, 1e-9):.2f} cores) | client cpu "
-            f"{load.client_cpu / max(load.elapsed, 1e-9):.2f} cores | texts per encoder call "
-            f"{batch:.1f}")
+    return (
+        f"server cpu ms/request: {parts} (total {total / n * 1e3:.2f}; "
+        f"{total / max(load.elapsed, 1e-9):.2f} cores) | client cpu "
+        f"{load.client_cpu / max(load.elapsed, 1e-9):.2f} cores | texts per encoder call "
+        f"{batch:.1f}"
+    )
 
 
-async def part_embed(on: Server, off: Server, model: OnnxEmbedder, token: str,
-                     texts: list[str], per_request: int, local_batch: int, clients: int,
-                     rounds: int, seconds: float, warmup: float) -> EmbedResult:
+async def part_embed(
+    on: Server,
+    off: Server,
+    model: OnnxEmbedder,
+    token: str,
+    texts: list[str],
+    per_request: int,
+    local_batch: int,
+    clients: int,
+    rounds: int,
+    seconds: float,
+    warmup: float,
+) -> EmbedResult:
     """Batching on vs off vs in-process, interleaved rounds."""
     served_batches = batches_of(texts, per_request)
     local_batches = batches_of(texts, local_batch)
@@ -579,37 +662,81 @@ async def part_embed(on: Server, off: Server, model: OnnxEmbedder, token: str,
                     load = inprocess_round(model, batches, seconds)
                 else:
                     client, server = clients_of[name]
-                    load = await closed_loop(client, server, token, served_batches, clients,
-                                             seconds, name)
+                    load = await closed_loop(
+                        client, server, token, served_batches, clients, seconds, name
+                    )
                 phases[name].append(load)
-                print(f"  round {r + 1} {name:>5}: {load.throughput:7.1f} texts/s  "
-                      f"p50 {load.p(50):6.1f} ms  p99 {load.p(99):6.1f} ms  {load.codes()}")
-    return EmbedResult(pooled("batching on", phases["on"]), pooled("batching off", phases["off"]),
-                       pooled("in-process", phases["local"]),
-                       pooled("in-process 1", phases["single"]))
+                print(
+                    f"  round {r + 1} {name:>5}: {load.throughput:7.1f} texts/s  "
+                    f"p50 {load.p(50):6.1f} ms  p99 {load.p(99):6.1f} ms  {load.codes()}"
+                )
+    return EmbedResult(
+        pooled("batching on", phases["on"]),
+        pooled("batching off", phases["off"]),
+        pooled("in-process", phases["local"]),
+        pooled("in-process 1", phases["single"]),
+    )
 
 
-async def part_steady(server: Server, token: str, questions: list[str], search_rate: float,
-                      answer_rate: float, seconds: float, answer_seconds: float,
-                      new_tokens: int) -> tuple[Load, Load]:
+async def part_steady(
+    server: Server,
+    token: str,
+    questions: list[str],
+    search_rate: float,
+    answer_rate: float,
+    seconds: float,
+    answer_seconds: float,
+    new_tokens: int,
+) -> tuple[Load, Load]:
     """Open-loop ``/v1/search`` then ``/v1/answer`` at fixed rates."""
     search, answer = Load("search"), Load("answer")
     q = itertools.cycle(questions)
     async with new_client(64) as client:
         warm = Load("warm-up")  # one of each first: the searcher and the decoder open lazily
-        await open_loop(client, server, [
-            Shot(0.0, "/v1/search", {"query": next(q), "top_k": 10}, token, warm),
-            Shot(0.0, "/v1/answer", {"question": next(q), "top_k": 4,
-                                     "max_new_tokens": new_tokens}, token, warm)])
+        await open_loop(
+            client,
+            server,
+            [
+                Shot(0.0, "/v1/search", {"query": next(q), "top_k": 10}, token, warm),
+                Shot(
+                    0.0,
+                    "/v1/answer",
+                    {"question": next(q), "top_k": 4, "max_new_tokens": new_tokens},
+                    token,
+                    warm,
+                ),
+            ],
+        )
         if warm.errors:
             print(f"  warm-up errors: {warm.codes()}")
-        await open_loop(client, server, schedule(
-            "/v1/search", ({"query": next(q), "top_k": 10} for _ in itertools.count()), token,
-            search_rate, seconds, search))
-        await open_loop(client, server, schedule(
-            "/v1/answer", ({"question": next(q), "top_k": 4, "max_new_tokens": new_tokens}
-                           for _ in itertools.count()), token, answer_rate, answer_seconds,
-            answer, usage=True))
+        await open_loop(
+            client,
+            server,
+            schedule(
+                "/v1/search",
+                ({"query": next(q), "top_k": 10} for _ in itertools.count()),
+                token,
+                search_rate,
+                seconds,
+                search,
+            ),
+        )
+        await open_loop(
+            client,
+            server,
+            schedule(
+                "/v1/answer",
+                (
+                    {"question": next(q), "top_k": 4, "max_new_tokens": new_tokens}
+                    for _ in itertools.count()
+                ),
+                token,
+                answer_rate,
+                answer_seconds,
+                answer,
+                usage=True,
+            ),
+        )
     return search, answer
 
 
@@ -623,9 +750,17 @@ class LimitRound:
     flood_window: Load  # key A while B was measured (the limiter's steady state)
 
 
-async def part_limits(server: Server, token_a: str, token_b: str, texts: list[str],
-                      rpm_a: int, overload: float, rate_b: float, seconds: float,
-                      rounds: int) -> list[LimitRound]:
+async def part_limits(
+    server: Server,
+    token_a: str,
+    token_b: str,
+    texts: list[str],
+    rpm_a: int,
+    overload: float,
+    rate_b: float,
+    seconds: float,
+    rounds: int,
+) -> list[LimitRound]:
     """B alone vs B beside A at ``overload`` x its allowance, alternating."""
     rate_a = overload * rpm_a / 60.0
     # A's bucket starts full (one minute's allowance): B is measured once it has drained.
@@ -634,33 +769,49 @@ async def part_limits(server: Server, token_a: str, token_b: str, texts: list[st
     out: list[LimitRound] = []
     async with new_client(256) as client:
         warm = Load("warm-up")
-        await open_loop(client, server, schedule("/v1/embed", bodies, token_b, rate_b, 3.0, warm,
-                                                 texts=1))
+        await open_loop(
+            client, server, schedule("/v1/embed", bodies, token_b, rate_b, 3.0, warm, texts=1)
+        )
         for r in range(rounds):
             alone, loaded = Load("B alone"), Load("B loaded")
             flood, window = Load("A flood"), Load("A window")
             for phase in ("alone", "loaded") if r % 2 == 0 else ("loaded", "alone"):
                 if phase == "alone":
-                    await open_loop(client, server, schedule("/v1/embed", bodies, token_b,
-                                                             rate_b, seconds, alone, texts=1))
+                    await open_loop(
+                        client,
+                        server,
+                        schedule("/v1/embed", bodies, token_b, rate_b, seconds, alone, texts=1),
+                    )
                     continue
-                shots = schedule("/v1/embed", bodies, token_b, rate_b, seconds, loaded,
-                                 offset=drain, texts=1)
-                for shot in schedule("/v1/embed", bodies, token_a, rate_a, drain + seconds,
-                                     flood, texts=1):
+                shots = schedule(
+                    "/v1/embed", bodies, token_b, rate_b, seconds, loaded, offset=drain, texts=1
+                )
+                for shot in schedule(
+                    "/v1/embed", bodies, token_a, rate_a, drain + seconds, flood, texts=1
+                ):
                     in_window = drain <= shot.at < drain + seconds
-                    shots.append(Shot(shot.at, shot.path, shot.body, shot.token,
-                                      window if in_window else flood, shot.texts))
+                    shots.append(
+                        Shot(
+                            shot.at,
+                            shot.path,
+                            shot.body,
+                            shot.token,
+                            window if in_window else flood,
+                            shot.texts,
+                        )
+                    )
                 await open_loop(client, server, shots)
             flood_all = pooled("A flood", [flood, window])
             flood_all.elapsed, window.elapsed = drain + seconds, seconds
             out.append(LimitRound(alone, loaded, flood_all, window))
             ratio = loaded.p(99) / alone.p(99)
-            print(f"  round {r + 1}: B alone p50 {alone.p(50):.1f} p99 {alone.p(99):.1f} ms "
-                  f"({alone.codes()}) | B loaded p50 {loaded.p(50):.1f} p99 {loaded.p(99):.1f} "
-                  f"ms ({loaded.codes()}) | ratio {ratio:.2f} | A: {flood_all.codes()}, "
-                  f"in B's window {window.statuses.get(200, 0) / seconds:.2f} req/s admitted "
-                  f"(limit {rpm_a / 60:.2f})")
+            print(
+                f"  round {r + 1}: B alone p50 {alone.p(50):.1f} p99 {alone.p(99):.1f} ms "
+                f"({alone.codes()}) | B loaded p50 {loaded.p(50):.1f} p99 {loaded.p(99):.1f} "
+                f"ms ({loaded.codes()}) | ratio {ratio:.2f} | A: {flood_all.codes()}, "
+                f"in B's window {window.statuses.get(200, 0) / seconds:.2f} req/s admitted "
+                f"(limit {rpm_a / 60:.2f})"
+            )
     return out
 
 
@@ -702,15 +853,22 @@ def piece_of(event: Any, chat: bool) -> tuple[str, int | None]:
     return event.get("text") or "", tokens
 
 
-async def stream_one(client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any],
-                     chat: bool, run: StreamRun) -> None:
+async def stream_one(
+    client: httpx.AsyncClient,
+    url: str,
+    token: str,
+    body: dict[str, Any],
+    chat: bool,
+    run: StreamRun,
+) -> None:
     """One streaming generation, recorded into ``run``."""
     start = time.perf_counter()
     first = None
     tokens = None
     try:
-        async with client.stream("POST", url, json=body,
-                                 headers={"Authorization": f"Bearer {token}"}) as response:
+        async with client.stream(
+            "POST", url, json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as response:
             status = response.status_code
             if status == 200:
                 done = False
@@ -736,20 +894,31 @@ async def stream_one(client: httpx.AsyncClient, url: str, token: str, body: dict
         run.tokens += tokens or 0
 
 
-async def part_generation(server: Server, token: str, questions: list[str], streams: int,
-                          new_tokens: int, rounds: int, chat: bool) -> tuple[StreamRun, StreamRun]:
+async def part_generation(
+    server: Server,
+    token: str,
+    questions: list[str],
+    streams: int,
+    new_tokens: int,
+    rounds: int,
+    chat: bool,
+) -> tuple[StreamRun, StreamRun]:
     """1 stream vs ``streams`` concurrent streams of ``new_tokens`` each, interleaved rounds."""
     path = "/v1/chat/completions" if chat else "/v1/generate"
-    prompts = (f"Write a long, detailed essay on this question: {q}"
-               for q in itertools.cycle(questions))
+    prompts = (
+        f"Write a long, detailed essay on this question: {q}" for q in itertools.cycle(questions)
+    )
 
     def body() -> dict[str, Any]:
         prompt = next(prompts)
         if chat:
-            return {"messages": [{"role": "user", "content": prompt}], "stream": True,
-                    "max_tokens": new_tokens, "temperature": 0.0}
-        return {"prompt": prompt, "stream": True, "max_new_tokens": new_tokens,
-                "temperature": 0.0}
+            return {
+                "messages": [{"role": "user", "content": prompt}],
+                "stream": True,
+                "max_tokens": new_tokens,
+                "temperature": 0.0,
+            }
+        return {"prompt": prompt, "stream": True, "max_new_tokens": new_tokens, "temperature": 0.0}
 
     one, many = StreamRun(1), StreamRun(streams)
     async with new_client(streams + 4) as client:
@@ -761,13 +930,19 @@ async def part_generation(server: Server, token: str, questions: list[str], stre
             for run in (one, many) if r % 2 == 0 else (many, one):
                 part = StreamRun(run.streams)
                 start = time.perf_counter()
-                await asyncio.gather(*(stream_one(client, f"{server.url}{path}", token, body(),
-                                                  chat, part) for _ in range(run.streams)))
+                await asyncio.gather(
+                    *(
+                        stream_one(client, f"{server.url}{path}", token, body(), chat, part)
+                        for _ in range(run.streams)
+                    )
+                )
                 part.elapsed = time.perf_counter() - start
-                print(f"  round {r + 1} {run.streams} stream(s): {part.tokens_per_s:6.1f} "
-                      f"tokens/s ({part.tokens} tokens in {part.elapsed:.2f} s), time to first "
-                      f"token p50 {percentile_ms(part.ttft, 50):.0f} ms, "
-                      f"{dict(sorted(part.statuses.items()))}")
+                print(
+                    f"  round {r + 1} {run.streams} stream(s): {part.tokens_per_s:6.1f} "
+                    f"tokens/s ({part.tokens} tokens in {part.elapsed:.2f} s), time to first "
+                    f"token p50 {percentile_ms(part.ttft, 50):.0f} ms, "
+                    f"{dict(sorted(part.statuses.items()))}"
+                )
                 run.ttft += part.ttft
                 run.totals += part.totals
                 run.statuses.update(part.statuses)
@@ -777,6 +952,7 @@ async def part_generation(server: Server, token: str, questions: list[str], stre
 
 
 # --- main --------------------------------------------------------------------------------
+
 
 def newest_bundle() -> Path | None:
     """The most recently built bundle under ``$SLIPWAY_HOME/cache/bundles``."""
@@ -788,25 +964,49 @@ def newest_bundle() -> Path | None:
 def arguments() -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--bundle", type=Path, default=None,
-                   help="Bundle to serve (default: newest under $SLIPWAY_HOME/cache/bundles).")
-    p.add_argument("--index-root", type=Path, default=None,
-                   help="SLIPWAY_INDEX_ROOT of the servers (default: $SLIPWAY_HOME/indexes).")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="Bundle to serve (default: newest under $SLIPWAY_HOME/cache/bundles).",
+    )
+    p.add_argument(
+        "--index-root",
+        type=Path,
+        default=None,
+        help="SLIPWAY_INDEX_ROOT of the servers (default: $SLIPWAY_HOME/indexes).",
+    )
     p.add_argument("--index-name", default="default")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="ONNX threads, in the servers (SLIPWAY_THREADS) and in-process.")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="ONNX threads, in the servers (SLIPWAY_THREADS) and in-process.",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--parts", default="1,2,3,4", help="Which parts to run, e.g. 1 or 2,3.")
     p.add_argument("--seconds", type=float, default=8.0, help="Length of one part-1 phase.")
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--texts-per-request", type=int, default=1)
-    p.add_argument("--local-batch", type=int, default=32,
-                   help="Texts per OnnxEmbedder.embed call of the in-process baseline.")
-    p.add_argument("--off-max-batch", type=int, default=1,
-                   help="SLIPWAY_EMBED_MAX_BATCH of the batching-off server (1 = off).")
-    p.add_argument("--max-latency-ms", type=int, default=None,
-                   help="SLIPWAY_EMBED_MAX_LATENCY_MS of both servers (default: the service's).")
+    p.add_argument(
+        "--local-batch",
+        type=int,
+        default=32,
+        help="Texts per OnnxEmbedder.embed call of the in-process baseline.",
+    )
+    p.add_argument(
+        "--off-max-batch",
+        type=int,
+        default=1,
+        help="SLIPWAY_EMBED_MAX_BATCH of the batching-off server (1 = off).",
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=int,
+        default=None,
+        help="SLIPWAY_EMBED_MAX_LATENCY_MS of both servers (default: the service's).",
+    )
     p.add_argument("--search-rate", type=float, default=2.0)
     p.add_argument("--answer-rate", type=float, default=0.2)
     p.add_argument("--steady-seconds", type=float, default=20.0)
@@ -815,14 +1015,22 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--limit-rpm", type=int, default=120, help="Key A's requests per minute.")
     p.add_argument("--overload", type=float, default=10.0)
     p.add_argument("--other-rate", type=float, default=10.0, help="Key B's requests per second.")
-    p.add_argument("--limit-seconds", type=float, default=30.0,
-                   help="Length of each B phase (300 samples at 10/s: a p99 that is not the max).")
+    p.add_argument(
+        "--limit-seconds",
+        type=float,
+        default=30.0,
+        help="Length of each B phase (300 samples at 10/s: a p99 that is not the max).",
+    )
     p.add_argument("--limit-rounds", type=int, default=None, help="Default: --rounds.")
     p.add_argument("--gen-streams", type=int, default=8, help="Part 4: concurrent streams.")
     p.add_argument("--gen-tokens", type=int, default=64, help="Part 4: new tokens per stream.")
     p.add_argument("--gen-rounds", type=int, default=None, help="Part 4 rounds; default --rounds.")
-    p.add_argument("--gen-route", choices=("generate", "chat"), default="generate",
-                   help="Part 4: /v1/generate or /v1/chat/completions, both with stream: true.")
+    p.add_argument(
+        "--gen-route",
+        choices=("generate", "chat"),
+        default="generate",
+        help="Part 4: /v1/generate or /v1/chat/completions, both with stream: true.",
+    )
     args = p.parse_args()
     args.gen_rounds = args.gen_rounds or args.rounds
     return args
@@ -846,19 +1054,41 @@ def busy_processes() -> str:
     return "; ".join(busy) or "none"
 
 
-def report_embed(args: argparse.Namespace, on: Server, off: Server, model: OnnxEmbedder,
-                 token: str, texts: list[str]) -> dict[str, float]:
+def report_embed(
+    args: argparse.Namespace,
+    on: Server,
+    off: Server,
+    model: OnnxEmbedder,
+    token: str,
+    texts: list[str],
+) -> dict[str, float]:
     """Part 1, printed; its RESULT fields."""
-    print(f"\n[1] /v1/embed, {args.clients} closed-loop clients, {args.texts_per_request} "
-          f"text(s) per request, {args.seconds:g} s phases, {args.rounds} rounds; "
-          f"in-process: OnnxEmbedder.embed on {args.local_batch} texts per call")
-    embed = asyncio.run(part_embed(on, off, model, token, texts, args.texts_per_request,
-                                   args.local_batch, args.clients, args.rounds, args.seconds,
-                                   args.warmup))
+    print(
+        f"\n[1] /v1/embed, {args.clients} closed-loop clients, {args.texts_per_request} "
+        f"text(s) per request, {args.seconds:g} s phases, {args.rounds} rounds; "
+        f"in-process: OnnxEmbedder.embed on {args.local_batch} texts per call"
+    )
+    embed = asyncio.run(
+        part_embed(
+            on,
+            off,
+            model,
+            token,
+            texts,
+            args.texts_per_request,
+            args.local_batch,
+            args.clients,
+            args.rounds,
+            args.seconds,
+            args.warmup,
+        )
+    )
     for load in (embed.on, embed.off, embed.local, embed.single):
-        print(f"  {load.name:>12}: {load.throughput:7.1f} texts/s  p50 {load.p(50):6.1f} ms"
-              f"  p99 {load.p(99):6.1f} ms  requests {load.requests} errors {load.errors}"
-              f" ({load.codes()})")
+        print(
+            f"  {load.name:>12}: {load.throughput:7.1f} texts/s  p50 {load.p(50):6.1f} ms"
+            f"  p99 {load.p(99):6.1f} ms  requests {load.requests} errors {load.errors}"
+            f" ({load.codes()})"
+        )
     for load in (embed.on, embed.off):
         print(f"  {load.name:>12}: {cpu_line(load)}")
     nan = float("nan")
@@ -866,61 +1096,103 @@ def report_embed(args: argparse.Namespace, on: Server, off: Server, model: OnnxE
     fraction = embed.on.throughput / embed.local.throughput if embed.local.throughput else nan
     error_rate = embed.on.errors / max(embed.on.requests, 1)
     ceiling = embed.local.throughput / embed.single.throughput if embed.single.throughput else nan
-    print(f"  the encoder's own batching gain in this process ({args.local_batch} texts per call "
-          f"vs 1): {ceiling:.2f}x, the most any batching can give on this machine")
-    print(f"  batching speedup {speedup:.2f}x (target >= 3) | served / in-process "
-          f"{fraction:.2f} (target >= 0.7) | batching-on error rate {error_rate:.1%} "
-          f"(throughput and latency count successful requests only)")
+    print(
+        f"  the encoder's own batching gain in this process ({args.local_batch} texts per call "
+        f"vs 1): {ceiling:.2f}x, the most any batching can give on this machine"
+    )
+    print(
+        f"  batching speedup {speedup:.2f}x (target >= 3) | served / in-process "
+        f"{fraction:.2f} (target >= 0.7) | batching-on error rate {error_rate:.1%} "
+        f"(throughput and latency count successful requests only)"
+    )
     served_cpu = sum(embed.on.server_cpu.values())  # every process of the server
     served_per_text = served_cpu / embed.on.texts if embed.on.texts else nan
     local_per_text = embed.local.client_cpu / embed.local.texts if embed.local.texts else nan
     cpu_ratio = served_per_text / local_per_text if local_per_text else nan
-    print(f"  cpu per text: served {served_per_text * 1e3:.2f} ms (all {len(embed.on.server_cpu)}"
-          f" kinds of server process: " + " ".join(
-              f"{k}={v / max(embed.on.texts, 1) * 1e3:.2f}"
-              for k, v in sorted(embed.on.server_cpu.items()))
-          + f") | in-process {local_per_text * 1e3:.2f} ms | ratio {cpu_ratio:.2f} | load "
-          f"generator (this process) {embed.on.client_cpu / max(embed.on.texts, 1) * 1e3:.2f} ms"
-          f" per text, {embed.on.client_cpu / max(embed.on.elapsed, 1e-9):.2f} cores")
-    return {"batching_speedup": speedup, "served_fraction": fraction,
-            "served_cpu_ratio_embed": cpu_ratio,
-            "embed_p99_ms": embed.on.p(99), "embed_error_rate": error_rate,
-            "encoder_batch_gain": ceiling}
+    print(
+        f"  cpu per text: served {served_per_text * 1e3:.2f} ms (all {len(embed.on.server_cpu)}"
+        f" kinds of server process: "
+        + " ".join(
+            f"{k}={v / max(embed.on.texts, 1) * 1e3:.2f}"
+            for k, v in sorted(embed.on.server_cpu.items())
+        )
+        + f") | in-process {local_per_text * 1e3:.2f} ms | ratio {cpu_ratio:.2f} | load "
+        f"generator (this process) {embed.on.client_cpu / max(embed.on.texts, 1) * 1e3:.2f} ms"
+        f" per text, {embed.on.client_cpu / max(embed.on.elapsed, 1e-9):.2f} cores"
+    )
+    return {
+        "batching_speedup": speedup,
+        "served_fraction": fraction,
+        "served_cpu_ratio_embed": cpu_ratio,
+        "embed_p99_ms": embed.on.p(99),
+        "embed_error_rate": error_rate,
+        "encoder_batch_gain": ceiling,
+    }
 
 
-def report_steady(args: argparse.Namespace, on: Server, token: str,
-                  texts: list[str]) -> dict[str, float]:
+def report_steady(
+    args: argparse.Namespace, on: Server, token: str, texts: list[str]
+) -> dict[str, float]:
     """Part 2, printed; its RESULT fields."""
-    print(f"\n[2] steady open-loop rates on the batching-on server: /v1/search "
-          f"{args.search_rate:g}/s for {args.steady_seconds:g} s (top_k=10), then /v1/answer "
-          f"{args.answer_rate:g}/s for {args.answer_seconds:g} s (top_k=4, "
-          f"max_new_tokens={args.answer_tokens})")
-    search, answer = asyncio.run(part_steady(
-        on, token, texts, args.search_rate, args.answer_rate, args.steady_seconds,
-        args.answer_seconds, args.answer_tokens))
+    print(
+        f"\n[2] steady open-loop rates on the batching-on server: /v1/search "
+        f"{args.search_rate:g}/s for {args.steady_seconds:g} s (top_k=10), then /v1/answer "
+        f"{args.answer_rate:g}/s for {args.answer_seconds:g} s (top_k=4, "
+        f"max_new_tokens={args.answer_tokens})"
+    )
+    search, answer = asyncio.run(
+        part_steady(
+            on,
+            token,
+            texts,
+            args.search_rate,
+            args.answer_rate,
+            args.steady_seconds,
+            args.answer_seconds,
+            args.answer_tokens,
+        )
+    )
     for load in (search, answer):
-        print(f"  {load.name:>7}: p50 {load.p(50):7.1f} ms  p99 {load.p(99):7.1f} ms  "
-              f"max {percentile_ms(load.latencies, 100):7.1f} ms  n={load.requests} "
-              f"errors {load.errors} ({load.codes()}), latest send {load.send_lag * 1e3:.0f}"
-              f" ms behind schedule")
+        print(
+            f"  {load.name:>7}: p50 {load.p(50):7.1f} ms  p99 {load.p(99):7.1f} ms  "
+            f"max {percentile_ms(load.latencies, 100):7.1f} ms  n={load.requests} "
+            f"errors {load.errors} ({load.codes()}), latest send {load.send_lag * 1e3:.0f}"
+            f" ms behind schedule"
+        )
     ok = max(answer.statuses.get(200, 0), 1)
-    print(f"  answer tokens per request: prompt {answer.prompt_tokens / ok:.0f}, completion "
-          f"{answer.completion_tokens / ok:.1f}")
+    print(
+        f"  answer tokens per request: prompt {answer.prompt_tokens / ok:.0f}, completion "
+        f"{answer.completion_tokens / ok:.1f}"
+    )
     return {"search_p99_ms": search.p(99), "answer_p99_ms": answer.p(99)}
 
 
-def report_limits(args: argparse.Namespace, on: Server, token_a: str, token_b: str,
-                  texts: list[str]) -> dict[str, float]:
+def report_limits(
+    args: argparse.Namespace, on: Server, token_a: str, token_b: str, texts: list[str]
+) -> dict[str, float]:
     """Part 3, printed; its RESULT fields."""
     rounds = args.limit_rounds or args.rounds
     rate_a = args.overload * args.limit_rpm / 60
-    print(f"\n[3] rate limits: key A ({args.limit_rpm} rpm) sends {rate_a:g} req/s "
-          f"({args.overload:g}x), key B {args.other_rate:g} req/s, both /v1/embed with one "
-          f"text, open loop; B measured {args.limit_seconds:g} s alone and {args.limit_seconds:g}"
-          f" s beside A (once A's one-minute burst allowance has drained), {rounds} rounds "
-          f"alternating")
-    limits = asyncio.run(part_limits(on, token_a, token_b, texts, args.limit_rpm,
-                                     args.overload, args.other_rate, args.limit_seconds, rounds))
+    print(
+        f"\n[3] rate limits: key A ({args.limit_rpm} rpm) sends {rate_a:g} req/s "
+        f"({args.overload:g}x), key B {args.other_rate:g} req/s, both /v1/embed with one "
+        f"text, open loop; B measured {args.limit_seconds:g} s alone and {args.limit_seconds:g}"
+        f" s beside A (once A's one-minute burst allowance has drained), {rounds} rounds "
+        f"alternating"
+    )
+    limits = asyncio.run(
+        part_limits(
+            on,
+            token_a,
+            token_b,
+            texts,
+            args.limit_rpm,
+            args.overload,
+            args.other_rate,
+            args.limit_seconds,
+            rounds,
+        )
+    )
     ratios = [r.loaded.p(99) / r.alone.p(99) for r in limits]
     flood = pooled("A", [r.flood for r in limits])
     window = pooled("A window", [r.flood_window for r in limits])
@@ -930,44 +1202,66 @@ def report_limits(args: argparse.Namespace, on: Server, token_a: str, token_b: s
         livez = client.get(f"{on.url}/livez").status_code
         readyz = client.get(f"{on.url}/readyz").status_code
     admitted, refused = flood.statuses.get(200, 0), flood.statuses.get(429, 0)
-    print(f"  A: {flood.requests} requests, {admitted} admitted, {refused} got 429 "
-          f"({flood.missing_retry_after} without Retry-After), other "
-          f"{flood.requests - admitted - refused}; admitted while B was measured: "
-          f"{window.statuses.get(200, 0) / max(window.elapsed, 1e-9):.2f} req/s "
-          f"(limit {args.limit_rpm / 60:.2f})")
-    print(f"  B pooled: alone p50 {alone.p(50):.1f} p99 {alone.p(99):.1f} ms ({alone.codes()})"
-          f" | beside A p50 {loaded.p(50):.1f} p99 {loaded.p(99):.1f} ms ({loaded.codes()})")
-    print(f"  p99 ratio per round {', '.join(f'{x:.2f}' for x in ratios)}; median "
-          f"{float(np.median(ratios)):.2f} (target <= 2) | after: /livez {livez} /readyz "
-          f"{readyz}, server processes alive: {on.alive()}")
+    print(
+        f"  A: {flood.requests} requests, {admitted} admitted, {refused} got 429 "
+        f"({flood.missing_retry_after} without Retry-After), other "
+        f"{flood.requests - admitted - refused}; admitted while B was measured: "
+        f"{window.statuses.get(200, 0) / max(window.elapsed, 1e-9):.2f} req/s "
+        f"(limit {args.limit_rpm / 60:.2f})"
+    )
+    print(
+        f"  B pooled: alone p50 {alone.p(50):.1f} p99 {alone.p(99):.1f} ms ({alone.codes()})"
+        f" | beside A p50 {loaded.p(50):.1f} p99 {loaded.p(99):.1f} ms ({loaded.codes()})"
+    )
+    print(
+        f"  p99 ratio per round {', '.join(f'{x:.2f}' for x in ratios)}; median "
+        f"{float(np.median(ratios)):.2f} (target <= 2) | after: /livez {livez} /readyz "
+        f"{readyz}, server processes alive: {on.alive()}"
+    )
     return {"overload_other_p99_ratio": float(np.median(ratios))}
 
 
-def report_generation(args: argparse.Namespace, on: Server, token: str,
-                      texts: list[str]) -> dict[str, float]:
+def report_generation(
+    args: argparse.Namespace, on: Server, token: str, texts: list[str]
+) -> dict[str, float]:
     """Part 4, printed; its RESULT fields."""
     route = "/v1/chat/completions" if args.gen_route == "chat" else "/v1/generate"
-    print(f"\n[4] generation concurrency: {args.gen_streams} concurrent streaming {route} "
-          f"requests against 1, {args.gen_tokens} new tokens each (greedy; a stream may stop "
-          f"early at end-of-sequence, tokens are counted from its usage), {args.gen_rounds} "
-          f"rounds alternating")
+    print(
+        f"\n[4] generation concurrency: {args.gen_streams} concurrent streaming {route} "
+        f"requests against 1, {args.gen_tokens} new tokens each (greedy; a stream may stop "
+        f"early at end-of-sequence, tokens are counted from its usage), {args.gen_rounds} "
+        f"rounds alternating"
+    )
     cpu0, srv0 = time.process_time(), on.cpu_seconds()
-    one, many = asyncio.run(part_generation(on, token, texts, args.gen_streams, args.gen_tokens,
-                                            args.gen_rounds, args.gen_route == "chat"))
+    one, many = asyncio.run(
+        part_generation(
+            on,
+            token,
+            texts,
+            args.gen_streams,
+            args.gen_tokens,
+            args.gen_rounds,
+            args.gen_route == "chat",
+        )
+    )
     cpu, srv1 = time.process_time() - cpu0, on.cpu_seconds()
     for run in (one, many):
         n = max(len(run.totals), 1)
-        print(f"  {run.streams} stream(s): {run.tokens_per_s:6.1f} tokens/s aggregate, "
-              f"{run.tokens / n:.1f} tokens per stream, time to first token p50 "
-              f"{percentile_ms(run.ttft, 50):.0f} ms p99 {percentile_ms(run.ttft, 99):.0f} ms, "
-              f"stream time p50 {percentile_ms(run.totals, 50):.0f} ms p99 "
-              f"{percentile_ms(run.totals, 99):.0f} ms, {dict(sorted(run.statuses.items()))}")
+        print(
+            f"  {run.streams} stream(s): {run.tokens_per_s:6.1f} tokens/s aggregate, "
+            f"{run.tokens / n:.1f} tokens per stream, time to first token p50 "
+            f"{percentile_ms(run.ttft, 50):.0f} ms p99 {percentile_ms(run.ttft, 99):.0f} ms, "
+            f"stream time p50 {percentile_ms(run.totals, 50):.0f} ms p99 "
+            f"{percentile_ms(run.totals, 99):.0f} ms, {dict(sorted(run.statuses.items()))}"
+        )
     gain = many.tokens_per_s / one.tokens_per_s if one.tokens_per_s else float("nan")
     elapsed = one.elapsed + many.elapsed
     server_cpu = sum(srv1.get(k, 0.0) - srv0.get(k, 0.0) for k in srv1)
-    print(f"  concurrency gain {gain:.2f}x ({args.gen_streams} streams vs 1, aggregate "
-          f"tokens/s) | server cpu {server_cpu / max(elapsed, 1e-9):.2f} cores | load "
-          f"generator cpu {cpu / max(elapsed, 1e-9):.2f} cores")
+    print(
+        f"  concurrency gain {gain:.2f}x ({args.gen_streams} streams vs 1, aggregate "
+        f"tokens/s) | server cpu {server_cpu / max(elapsed, 1e-9):.2f} cores | load "
+        f"generator cpu {cpu / max(elapsed, 1e-9):.2f} cores"
+    )
     return {"gen_concurrency_gain": gain}
 
 
@@ -990,19 +1284,25 @@ def main() -> None:
     print(f"busy processes before start: {busy_processes()}")
     bundle = OnnxBundle.load(bundle_dir)
     texts = xquad_questions()
-    model = OnnxEmbedder(bundle.role_dir("embedder"), providers=default_providers(None),
-                         threads=args.threads)
+    model = OnnxEmbedder(
+        bundle.role_dir("embedder"), providers=default_providers(None), threads=args.threads
+    )
     tokens = np.mean(model.count_tokens(texts))
-    print(f"bundle: {bundle_dir} | index: {index_root / args.index_name} | texts: {len(texts)} "
-          f"XQuAD questions, {tokens:.1f} tokens on average")
+    print(
+        f"bundle: {bundle_dir} | index: {index_root / args.index_name} | texts: {len(texts)} "
+        f"XQuAD questions, {tokens:.1f} tokens on average"
+    )
 
     home = Path(tempfile.mkdtemp(prefix="slipway-bench-serve-"))
     store = FileKeyStore(home / "api_keys.json")
     bench_token, _ = create_key(store, "bench", [Scope.ADMIN], requests_per_minute=UNLIMITED_RPM)
     token_a, _ = create_key(store, "flood", [Scope.ADMIN], requests_per_minute=args.limit_rpm)
     token_b, _ = create_key(store, "other", [Scope.ADMIN], requests_per_minute=UNLIMITED_RPM)
-    common = {"SLIPWAY_INDEX_ROOT": str(index_root), "SLIPWAY_INDEX_NAME": args.index_name,
-              "SLIPWAY_THREADS": str(args.threads)}
+    common = {
+        "SLIPWAY_INDEX_ROOT": str(index_root),
+        "SLIPWAY_INDEX_NAME": args.index_name,
+        "SLIPWAY_THREADS": str(args.threads),
+    }
     if args.max_latency_ms is not None:
         common["SLIPWAY_EMBED_MAX_LATENCY_MS"] = str(args.max_latency_ms)
     servers: list[Server] = []
@@ -1010,24 +1310,34 @@ def main() -> None:
     try:
         servers.append(start_server("on", home, bundle_dir, common))
         if 1 in parts:
-            servers.append(start_server("off", home, bundle_dir, {
-                **common, "SLIPWAY_EMBED_MAX_BATCH": str(args.off_max_batch)}))
+            servers.append(
+                start_server(
+                    "off",
+                    home,
+                    bundle_dir,
+                    {**common, "SLIPWAY_EMBED_MAX_BATCH": str(args.off_max_batch)},
+                )
+            )
         on = servers[0]
         try:
             took = wait_ready(servers)
         except RuntimeError:
             off_log = servers[-1].log.read_text(errors="replace") if len(servers) > 1 else ""
             if "'max_batch_size' must be > 1" in off_log:
-                print(f"The service cannot start with SLIPWAY_EMBED_MAX_BATCH="
-                      f"{args.off_max_batch}: BentoML rejects max_batch_size <= 1 on a batchable "
-                      "method (bento/service.py, Embedder.embed_batch). Measure against the "
-                      "smallest batching it accepts with --off-max-batch 2.", file=sys.stderr)
+                print(
+                    f"The service cannot start with SLIPWAY_EMBED_MAX_BATCH="
+                    f"{args.off_max_batch}: BentoML rejects max_batch_size <= 1 on a batchable "
+                    "method (bento/service.py, Embedder.embed_batch). Measure against the "
+                    "smallest batching it accepts with --off-max-batch 2.",
+                    file=sys.stderr,
+                )
             raise
-        print(f"servers ready in {took:.0f} s: batching on :{on.port}"
-              + (f", off (max batch {args.off_max_batch}) :{servers[1].port}" if 1 in parts
-                 else "")
-              + f" (home {home}; SLIPWAY_THREADS={args.threads}, SLIPWAY_EMBED_MAX_LATENCY_MS="
-              f"{args.max_latency_ms or 'default'})")
+        print(
+            f"servers ready in {took:.0f} s: batching on :{on.port}"
+            + (f", off (max batch {args.off_max_batch}) :{servers[1].port}" if 1 in parts else "")
+            + f" (home {home}; SLIPWAY_THREADS={args.threads}, SLIPWAY_EMBED_MAX_LATENCY_MS="
+            f"{args.max_latency_ms or 'default'})"
+        )
         if 1 in parts:
             result.update(report_embed(args, on, servers[1], model, bench_token, texts))
             servers[1].stop()  # parts 2 and 3 use the default (batching on) server only
@@ -1039,21 +1349,35 @@ def main() -> None:
             result.update(report_generation(args, on, bench_token, texts))
         print(f"\nbusy processes at the end: {busy_processes()}")
         cpu = psutil.Process().cpu_times()
-        print(f"load generator (this process, in-process baseline included): "
-              f"{cpu.user + cpu.system:.1f} cpu s over {time.monotonic() - began:.0f} s")
+        print(
+            f"load generator (this process, in-process baseline included): "
+            f"{cpu.user + cpu.system:.1f} cpu s over {time.monotonic() - began:.0f} s"
+        )
         stop_all()
-        keys = ("batching_speedup", "served_fraction", "served_cpu_ratio_embed", "embed_p99_ms",
-                "search_p99_ms", "answer_p99_ms", "overload_other_p99_ratio", "embed_error_rate",
-                "encoder_batch_gain", "gen_concurrency_gain")
-        digits = {"embed_p99_ms": 1, "search_p99_ms": 1, "answer_p99_ms": 1,
-                  "embed_error_rate": 3}
-        print("\nRESULT " + " ".join(f"{k}={result.get(k, float('nan')):.{digits.get(k, 2)}f}"
-                                     for k in keys))
+        keys = (
+            "batching_speedup",
+            "served_fraction",
+            "served_cpu_ratio_embed",
+            "embed_p99_ms",
+            "search_p99_ms",
+            "answer_p99_ms",
+            "overload_other_p99_ratio",
+            "embed_error_rate",
+            "encoder_batch_gain",
+            "gen_concurrency_gain",
+        )
+        digits = {"embed_p99_ms": 1, "search_p99_ms": 1, "answer_p99_ms": 1, "embed_error_rate": 3}
+        print(
+            "\nRESULT "
+            + " ".join(f"{k}={result.get(k, float('nan')):.{digits.get(k, 2)}f}" for k in keys)
+        )
     except BaseException:
         for server in servers:
             if not server.alive():
-                print(f"--- server {server.name} exited; log tail ---\n{server.tail()}",
-                      file=sys.stderr)
+                print(
+                    f"--- server {server.name} exited; log tail ---\n{server.tail()}",
+                    file=sys.stderr,
+                )
         raise
     finally:
         stop_all()

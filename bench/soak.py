@@ -67,16 +67,26 @@ from slipway.api.keys import FileKeyStore, Scope, create_key
 from slipway.config import get_settings
 
 ROUTES = ("search", "answer", "embed", "chat")
-PATHS = {"search": "/v1/search", "answer": "/v1/answer", "embed": "/v1/embed",
-         "chat": "/v1/chat/completions"}
+PATHS = {
+    "search": "/v1/search",
+    "answer": "/v1/answer",
+    "embed": "/v1/embed",
+    "chat": "/v1/chat/completions",
+}
 DEFAULT_MIX = "search=0.4,embed=0.3,answer=0.15,chat=0.15"
 PHASES = ("70% (1)", "overload", "70% (2)")
-TARGETS = {"hung": "= 0", "other_5xx": "= 0", "recovery_s": "<= 10",
-           "rss_growth_mb": "<= 50 over 10 min", "search_p99_ms": "<= 60 at 70%"}
+TARGETS = {
+    "hung": "= 0",
+    "other_5xx": "= 0",
+    "recovery_s": "<= 10",
+    "rss_growth_mb": "<= 50 over 10 min",
+    "search_p99_ms": "<= 60 at 70%",
+}
 HUNG = -1  # the status of a request that got no (complete) response
 
 
 # --- pure parts (unit-tested) ------------------------------------------------------------
+
 
 def parse_mix(text: str) -> dict[str, float]:
     """``search=0.4,embed=0.3,...`` as normalized weights over :data:`ROUTES`."""
@@ -123,12 +133,20 @@ def parse_capacity(text: str) -> dict[str, float]:
 
 def rates(capacity: dict[str, float], mix: dict[str, float], load: float) -> dict[str, float]:
     """Requests/s per route at ``load``: each route gets its share of the capacity."""
-    return {route: load * share * capacity.get(route, 0.0) for route, share in mix.items()
-            if capacity.get(route, 0.0) > 0}
+    return {
+        route: load * share * capacity.get(route, 0.0)
+        for route, share in mix.items()
+        if capacity.get(route, 0.0) > 0
+    }
 
 
-def plan(capacity: dict[str, float], lengths: Sequence[float], loads: Sequence[float],
-         mix: dict[str, float], seed: int = 0) -> list[Shot]:
+def plan(
+    capacity: dict[str, float],
+    lengths: Sequence[float],
+    loads: Sequence[float],
+    mix: dict[str, float],
+    seed: int = 0,
+) -> list[Shot]:
     """Each phase, each route's requests evenly spaced at its rate (a random offset per route
     and phase, so routes do not arrive in lockstep; at least one each); sorted by time."""
     rng = random.Random(seed)
@@ -193,8 +211,13 @@ def normalized(records: Iterable[Record], reference: dict[str, float]) -> list[t
     return out
 
 
-def window_ok(points: Sequence[tuple[float, float]], end: float, window: float, factor: float,
-              min_samples: int) -> bool | None:
+def window_ok(
+    points: Sequence[tuple[float, float]],
+    end: float,
+    window: float,
+    factor: float,
+    min_samples: int,
+) -> bool | None:
     """Whether the p99 of the requests sent in ``[end - window, end)`` is within ``factor`` of
     the reference (``None`` with fewer than ``min_samples``). Points are sorted by time."""
     values = [v for t, v in points if end - window <= t < end]
@@ -205,9 +228,16 @@ def window_ok(points: Sequence[tuple[float, float]], end: float, window: float, 
     return float(np.percentile(ratios, 99)) <= factor
 
 
-def recovery_seconds(points: Sequence[tuple[float, float]], overload_end: float, stop: float,
-                     window: float = 2.0, factor: float = 1.5, hold: float = 2.0,
-                     step: float = 0.25, min_samples: int = 5) -> float:
+def recovery_seconds(
+    points: Sequence[tuple[float, float]],
+    overload_end: float,
+    stop: float,
+    window: float = 2.0,
+    factor: float = 1.5,
+    hold: float = 2.0,
+    step: float = 0.25,
+    min_samples: int = 5,
+) -> float:
     """Seconds from ``overload_end`` until the sliding-window p99 (trailing ``window``, by
     send time) is within ``factor`` of the reference and stays there for ``hold`` seconds
     (or until ``stop``); ``inf`` when it never is. Windows with too few samples are skipped;
@@ -226,32 +256,49 @@ def recovery_seconds(points: Sequence[tuple[float, float]], overload_end: float,
     return math.inf
 
 
-def windows_within(points: Sequence[tuple[float, float]], start: float, stop: float,
-                   window: float = 2.0, factor: float = 1.5, step: float = 0.25,
-                   min_samples: int = 5) -> float:
+def windows_within(
+    points: Sequence[tuple[float, float]],
+    start: float,
+    stop: float,
+    window: float = 2.0,
+    factor: float = 1.5,
+    step: float = 0.25,
+    min_samples: int = 5,
+) -> float:
     """The fraction of evaluable windows in ``[start + window, stop]`` within ``factor``
     (how noisy the criterion is in a steady phase)."""
     points = sorted(points)
-    states = [window_ok(points, float(e), window, factor, min_samples)
-              for e in np.arange(start + window, stop + 1e-9, step)]
+    states = [
+        window_ok(points, float(e), window, factor, min_samples)
+        for e in np.arange(start + window, stop + 1e-9, step)
+    ]
     judged = [s for s in states if s is not None]
     return sum(judged) / len(judged) if judged else math.nan
 
 
 def result_line(figures: dict[str, float]) -> str:
     """The closing ``RESULT`` line."""
+
     def fmt(key: str) -> str:
         value = figures.get(key, math.nan)
         if key in ("hung", "other_5xx") and math.isfinite(value):
             return str(int(value))
         return f"{value:.1f}"
 
-    keys = ("hung", "other_5xx", "recovery_s", "rss_growth_mb", "search_p99_ms",
-            "answer_p99_ms", "embed_p99_ms")
+    keys = (
+        "hung",
+        "other_5xx",
+        "recovery_s",
+        "rss_growth_mb",
+        "search_p99_ms",
+        "answer_p99_ms",
+        "embed_p99_ms",
+    )
     return "RESULT " + " ".join(f"{k}={fmt(k)}" for k in keys)
 
 
 # --- traffic ---------------------------------------------------------------------------
+
 
 class Bodies:
     """Request bodies: each query text used once (a number is appended once the questions
@@ -275,8 +322,12 @@ class Bodies:
             return {"question": text, "top_k": 4, "max_new_tokens": self.new_tokens}
         if route == "embed":
             return {"texts": [text]}
-        return {"messages": [{"role": "user", "content": text}], "stream": True,
-                "max_tokens": self.new_tokens, "temperature": 0.0}
+        return {
+            "messages": [{"role": "user", "content": text}],
+            "stream": True,
+            "max_tokens": self.new_tokens,
+            "temperature": 0.0,
+        }
 
 
 def check_body(route: str, payload: Any) -> str:
@@ -295,8 +346,15 @@ class Driver:
     quadratic in the requests waiting for a connection, so with a few thousand in flight the
     load generator itself stalled (and the server saw 408s for bodies that never came)."""
 
-    def __init__(self, server: Server, token: str, bodies: Bodies, deadline: float,
-                 connections: int, keepalive: float = 3.0) -> None:
+    def __init__(
+        self,
+        server: Server,
+        token: str,
+        bodies: Bodies,
+        deadline: float,
+        connections: int,
+        keepalive: float = 3.0,
+    ) -> None:
         self.server, self.bodies, self.deadline = server, bodies, deadline
         self.headers = {"Authorization": f"Bearer {token}"}
         self.records: list[Record] = []
@@ -305,9 +363,11 @@ class Driver:
         # idle connections are dropped before the server's keep-alive timeout (uvicorn's 5 s)
         # ends them: a request sent on a connection the server is closing fails for nothing
         self.client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections,
-                                           keepalive_timeout=keepalive),
-            timeout=aiohttp.ClientTimeout(total=deadline + 5.0))
+            connector=aiohttp.TCPConnector(
+                limit=connections, limit_per_host=connections, keepalive_timeout=keepalive
+            ),
+            timeout=aiohttp.ClientTimeout(total=deadline + 5.0),
+        )
 
     def now(self) -> float:
         """Seconds since the driver started."""
@@ -345,8 +405,7 @@ class Driver:
         record.latency = time.perf_counter() - start
         record.retry_after = "Retry-After" in response.headers
 
-    async def _stream(self, response: aiohttp.ClientResponse, record: Record,
-                      start: float) -> None:
+    async def _stream(self, response: aiohttp.ClientResponse, record: Record, start: float) -> None:
         done = False
         async for raw in response.content:
             event = sse_data(raw.decode().rstrip("\r\n"))
@@ -383,13 +442,16 @@ class Driver:
         elapsed = time.perf_counter() - start
         batch = self.records[first:]
         lat = [r.latency for r in batch if kind(r) == "ok"]
-        print(f"  {route:>6}: {len(lat) / elapsed:7.2f} req/s ({len(batch)} requests in "
-              f"{elapsed:.1f} s, {codes(batch)}), p50 {percentile_ms(lat, 50):.0f} ms "
-              f"p99 {percentile_ms(lat, 99):.0f} ms")
+        print(
+            f"  {route:>6}: {len(lat) / elapsed:7.2f} req/s ({len(batch)} requests in "
+            f"{elapsed:.1f} s, {codes(batch)}), p50 {percentile_ms(lat, 50):.0f} ms "
+            f"p99 {percentile_ms(lat, 99):.0f} ms"
+        )
         return len(lat) / elapsed
 
-    async def open_loop(self, shots: Sequence[Shot], lengths: Sequence[float],
-                        on_boundary: Any) -> tuple[float, list[float]]:
+    async def open_loop(
+        self, shots: Sequence[Shot], lengths: Sequence[float], on_boundary: Any
+    ) -> tuple[float, list[float]]:
         """Send every shot at its time (whether or not earlier ones answered), call
         ``on_boundary(i)`` at each phase boundary; wait for all. Returns the soak's start
         (driver time) and each phase's latest send lag."""
@@ -421,6 +483,7 @@ class Driver:
 
 # --- reporting ---------------------------------------------------------------------------
 
+
 @dataclass
 class Snapshot:
     """Counters at a phase boundary."""
@@ -442,8 +505,9 @@ def rss_lines(rss: Sequence[tuple[str, int, float]]) -> str:
     return ", ".join(f"{label} {pid} {mb:.1f} MB" for label, pid, mb in rss)
 
 
-def report_phases(records: Sequence[Record], lengths: Sequence[float],
-                  mix: dict[str, float]) -> dict[tuple[str, int], list[float]]:
+def report_phases(
+    records: Sequence[Record], lengths: Sequence[float], mix: dict[str, float]
+) -> dict[tuple[str, int], list[float]]:
     """Per route and phase: offered and served rates, p50/p99/max, statuses. Returns the
     successful latencies by (route, phase)."""
     ok: dict[tuple[str, int], list[float]] = defaultdict(list)
@@ -458,52 +522,103 @@ def report_phases(records: Sequence[Record], lengths: Sequence[float],
         for route in mix:
             rs, lat = by[(route, phase)], ok[(route, phase)]
             ttft = [r.ttft for r in rs if r.ttft is not None and kind(r) == "ok"]
-            extra = (f" ttft p50 {percentile_ms(ttft, 50):.0f} p99 "
-                     f"{percentile_ms(ttft, 99):.0f} ms" if route == "chat" else "")
-            print(f"    {route:>6}: offered {len(rs) / lengths[phase]:6.2f}/s ok "
-                  f"{len(lat) / lengths[phase]:6.2f}/s  p50 {percentile_ms(lat, 50):7.1f} "
-                  f"p99 {percentile_ms(lat, 99):7.1f} max {percentile_ms(lat, 100):7.1f} ms"
-                  f"{extra}  {codes(rs)}")
+            extra = (
+                f" ttft p50 {percentile_ms(ttft, 50):.0f} p99 {percentile_ms(ttft, 99):.0f} ms"
+                if route == "chat"
+                else ""
+            )
+            print(
+                f"    {route:>6}: offered {len(rs) / lengths[phase]:6.2f}/s ok "
+                f"{len(lat) / lengths[phase]:6.2f}/s  p50 {percentile_ms(lat, 50):7.1f} "
+                f"p99 {percentile_ms(lat, 99):7.1f} max {percentile_ms(lat, 100):7.1f} ms"
+                f"{extra}  {codes(rs)}"
+            )
     return ok
 
 
 def arguments() -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--bundle", type=Path, default=None,
-                   help="Bundle to serve (default: newest under $SLIPWAY_HOME/cache/bundles).")
-    p.add_argument("--index-root", type=Path, default=None,
-                   help="SLIPWAY_INDEX_ROOT of the server (default: $SLIPWAY_HOME/indexes).")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="Bundle to serve (default: newest under $SLIPWAY_HOME/cache/bundles).",
+    )
+    p.add_argument(
+        "--index-root",
+        type=Path,
+        default=None,
+        help="SLIPWAY_INDEX_ROOT of the server (default: $SLIPWAY_HOME/indexes).",
+    )
     p.add_argument("--index-name", default="default")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="SLIPWAY_THREADS of the server.")
-    p.add_argument("--seconds", type=float, default=600.0,
-                   help="Length of the three phases together (split 40/20/40%%).")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="SLIPWAY_THREADS of the server.",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=600.0,
+        help="Length of the three phases together (split 40/20/40%%).",
+    )
     p.add_argument("--quick", action="store_true", help="120 s in all (and a shorter calibration).")
-    p.add_argument("--phases", default=None,
-                   help="Seconds of each phase, e.g. 30,15,30 (overrides --seconds).")
+    p.add_argument(
+        "--phases", default=None, help="Seconds of each phase, e.g. 30,15,30 (overrides --seconds)."
+    )
     p.add_argument("--load", type=float, default=0.7, help="Phases 1 and 3, x capacity.")
     p.add_argument("--overload", type=float, default=3.0, help="Phase 2, x capacity.")
-    p.add_argument("--capacity-rps", type=parse_capacity, default=None,
-                   help="Requests/s each route sustains alone: search=30,embed=40,answer=0.5,"
-                        "chat=1 (or one number for all); default: measure it closed-loop.")
-    p.add_argument("--calibrate-seconds", type=float, default=None,
-                   help="Closed-loop calibration per route (default 10 s, 5 s with --quick).")
+    p.add_argument(
+        "--capacity-rps",
+        type=parse_capacity,
+        default=None,
+        help="Requests/s each route sustains alone: search=30,embed=40,answer=0.5,"
+        "chat=1 (or one number for all); default: measure it closed-loop.",
+    )
+    p.add_argument(
+        "--calibrate-seconds",
+        type=float,
+        default=None,
+        help="Closed-loop calibration per route (default 10 s, 5 s with --quick).",
+    )
     p.add_argument("--calibrate-clients", type=int, default=4)
-    p.add_argument("--mix", default=DEFAULT_MIX,
-                   help="Each route's share of the server's capacity.")
-    p.add_argument("--new-tokens", type=int, default=16,
-                   help="max_new_tokens of /v1/answer, max_tokens of the chat streams.")
-    p.add_argument("--deadline", type=float, default=30.0,
-                   help="Client deadline per request (s); later counts as hung.")
+    p.add_argument(
+        "--mix", default=DEFAULT_MIX, help="Each route's share of the server's capacity."
+    )
+    p.add_argument(
+        "--new-tokens",
+        type=int,
+        default=16,
+        help="max_new_tokens of /v1/answer, max_tokens of the chat streams.",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=30.0,
+        help="Client deadline per request (s); later counts as hung.",
+    )
     p.add_argument("--connections", type=int, default=1024, help="Client connection pool.")
-    p.add_argument("--keepalive", type=float, default=3.0,
-                   help="Client keep-alive of idle connections (s): below the server's.")
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=3.0,
+        help="Client keep-alive of idle connections (s): below the server's.",
+    )
     p.add_argument("--window", type=float, default=2.0, help="Recovery: sliding window (s).")
-    p.add_argument("--factor", type=float, default=1.5,
-                   help="Recovery: window p99 within this factor of phase 1's.")
-    p.add_argument("--hold", type=float, default=2.0,
-                   help="Recovery: the window p99 stays within the factor this long (s).")
+    p.add_argument(
+        "--factor",
+        type=float,
+        default=1.5,
+        help="Recovery: window p99 within this factor of phase 1's.",
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=2.0,
+        help="Recovery: the window p99 stays within the factor this long (s).",
+    )
     p.add_argument("--rss-every", type=float, default=10.0, help="RSS sampling period (s).")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -518,12 +633,19 @@ def arguments() -> argparse.Namespace:
     return args
 
 
-async def soak(args: argparse.Namespace, server: Server, token: str,
-               questions: list[str]) -> dict[str, float]:
+async def soak(
+    args: argparse.Namespace, server: Server, token: str, questions: list[str]
+) -> dict[str, float]:
     """Calibrate (unless given), run the three phases, print the report; the figures."""
     mix = parse_mix(args.mix)
-    driver = Driver(server, token, Bodies(questions, args.new_tokens), args.deadline,
-                    args.connections, args.keepalive)
+    driver = Driver(
+        server,
+        token,
+        Bodies(questions, args.new_tokens),
+        args.deadline,
+        args.connections,
+        args.keepalive,
+    )
     async with driver.client:
         print("\nwarm-up")
         await driver.warm_up()
@@ -531,15 +653,25 @@ async def soak(args: argparse.Namespace, server: Server, token: str,
             capacity = {route: args.capacity_rps.get(route, 0.0) for route in mix}
             source = "given with --capacity-rps"
         else:
-            print(f"calibration: each route alone, {args.calibrate_clients} closed-loop clients "
-                  f"for {args.calibrate_seconds:g} s")
+            print(
+                f"calibration: each route alone, {args.calibrate_clients} closed-loop clients "
+                f"for {args.calibrate_seconds:g} s"
+            )
             cpu0, t0 = client_cpu(), time.perf_counter()
-            capacity = {route: await driver.closed_loop(route, args.calibrate_clients,
-                                                        args.calibrate_seconds) for route in mix}
-            source = (f"measured closed-loop; load generator "
-                      f"{(client_cpu() - cpu0) / (time.perf_counter() - t0):.2f} cores")
-        print(f"capacity used ({source}): " + ", ".join(
-            f"{route} {rps:.2f} req/s" for route, rps in capacity.items()))
+            capacity = {
+                route: await driver.closed_loop(
+                    route, args.calibrate_clients, args.calibrate_seconds
+                )
+                for route in mix
+            }
+            source = (
+                f"measured closed-loop; load generator "
+                f"{(client_cpu() - cpu0) / (time.perf_counter() - t0):.2f} cores"
+            )
+        print(
+            f"capacity used ({source}): "
+            + ", ".join(f"{route} {rps:.2f} req/s" for route, rps in capacity.items())
+        )
         for route, rps in capacity.items():
             if rps <= 0:
                 print(f"  {route}: no successful request, so it gets no traffic in the soak")
@@ -547,11 +679,17 @@ async def soak(args: argparse.Namespace, server: Server, token: str,
             raise SystemExit("no route has any capacity; see the server log")
         loads = [args.load, args.overload, args.load]
         shots = plan(capacity, args.lengths, loads, mix, args.seed)
-        print(f"\nsoak: {len(shots)} requests, open loop, deadline {args.deadline:g} s, shares of "
-              f"capacity {', '.join(f'{r} {w:.0%}' for r, w in mix.items())}")
+        print(
+            f"\nsoak: {len(shots)} requests, open loop, deadline {args.deadline:g} s, shares of "
+            f"capacity {', '.join(f'{r} {w:.0%}' for r, w in mix.items())}"
+        )
         for name, load, secs in zip(PHASES, loads, args.lengths, strict=True):
-            print(f"  {name} ({load:g}x, {secs:.0f} s): " + ", ".join(
-                f"{route} {rate:.2f}/s" for route, rate in rates(capacity, mix, load).items()))
+            print(
+                f"  {name} ({load:g}x, {secs:.0f} s): "
+                + ", ".join(
+                    f"{route} {rate:.2f}/s" for route, rate in rates(capacity, mix, load).items()
+                )
+            )
 
         snapshots: list[Snapshot] = []
         rss_samples: list[tuple[float, float]] = []
@@ -577,8 +715,9 @@ async def soak(args: argparse.Namespace, server: Server, token: str,
             await sampler
         alive = server.alive()
         try:
-            async with driver.client.get(f"{server.url}/readyz",
-                                         timeout=aiohttp.ClientTimeout(total=10)) as response:
+            async with driver.client.get(
+                f"{server.url}/readyz", timeout=aiohttp.ClientTimeout(total=10)
+            ) as response:
                 readyz: int | str = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             readyz = type(exc).__name__
@@ -589,16 +728,24 @@ async def soak(args: argparse.Namespace, server: Server, token: str,
         r.sent -= start
     print("\nper route and phase (latency of successful requests; +RA = with Retry-After):")
     ok = report_phases(records, args.lengths, mix)
-    print("  load generator: latest send behind schedule per phase "
-          + ", ".join(f"{lag * 1e3:.0f} ms" for lag in lags))
-    print("  cpu per phase (cores): " + " | ".join(
-        f"{PHASES[i]}: server {(b.server_cpu - a.server_cpu) / (b.at - a.at):.2f}, load "
-        f"generator {(b.client_cpu - a.client_cpu) / (b.at - a.at):.2f}"
-        for i, (a, b) in enumerate(itertools.pairwise(snapshots))))
+    print(
+        "  load generator: latest send behind schedule per phase "
+        + ", ".join(f"{lag * 1e3:.0f} ms" for lag in lags)
+    )
+    print(
+        "  cpu per phase (cores): "
+        + " | ".join(
+            f"{PHASES[i]}: server {(b.server_cpu - a.server_cpu) / (b.at - a.at):.2f}, load "
+            f"generator {(b.client_cpu - a.client_cpu) / (b.at - a.at):.2f}"
+            for i, (a, b) in enumerate(itertools.pairwise(snapshots))
+        )
+    )
     first, last = snapshots[0], snapshots[-1]
-    print(f"  load generator (this process) over the soak: {last.client_cpu - first.client_cpu:.1f}"
-          f" cpu s in {last.at - first.at:.0f} s = "
-          f"{(last.client_cpu - first.client_cpu) / (last.at - first.at):.2f} cores")
+    print(
+        f"  load generator (this process) over the soak: {last.client_cpu - first.client_cpu:.1f}"
+        f" cpu s in {last.at - first.at:.0f} s = "
+        f"{(last.client_cpu - first.client_cpu) / (last.at - first.at):.2f} cores"
+    )
 
     rss0, rss1 = sum(mb for *_, mb in first.rss), sum(mb for *_, mb in last.rss)
     print(f"\nRSS of the server's processes at the start: {rss0:.1f} MB ({rss_lines(first.rss)})")
@@ -607,62 +754,83 @@ async def soak(args: argparse.Namespace, server: Server, token: str,
         print("  the set of processes changed during the soak (a worker died or was restarted)")
     if rss_samples:
         mbs = [mb for _, mb in rss_samples]
-        print(f"  sampled every {args.rss_every:g} s: min {min(mbs):.1f} max {max(mbs):.1f} MB, "
-              f"last {mbs[-1]:.1f} MB ({len(mbs)} samples)")
+        print(
+            f"  sampled every {args.rss_every:g} s: min {min(mbs):.1f} max {max(mbs):.1f} MB, "
+            f"last {mbs[-1]:.1f} MB ({len(mbs)} samples)"
+        )
 
-    reference = {route: percentile_ms(ok[(route, 0)], 99) / 1e3 for route in mix
-                 if ok[(route, 0)]}
+    reference = {route: percentile_ms(ok[(route, 0)], 99) / 1e3 for route in mix if ok[(route, 0)]}
     points = normalized(soaked, reference)
     overload_end = args.lengths[0] + args.lengths[1]
     stop_at = sum(args.lengths)
-    recovery = recovery_seconds(points, overload_end, stop_at, args.window, args.factor,
-                                args.hold)
+    recovery = recovery_seconds(points, overload_end, stop_at, args.window, args.factor, args.hold)
     noise = windows_within(points, 0.0, args.lengths[0], args.window, args.factor)
-    print(f"\nrecovery: {recovery:.2f} s from the end of the overload phase until the p99 of "
-          f"the requests sent in a trailing {args.window:g} s window (each latency over its "
-          f"route's phase-1 p99; a failure counts as infinitely slow) is within "
-          f"{args.factor:g}x and stays so for {args.hold:g} s"
-          + (" (never, before the end)" if math.isinf(recovery) else "")
-          + (" (no window held enough requests)" if math.isnan(recovery) else ""))
-    print(f"  in phase 1, {noise:.0%} of the windows were within {args.factor:g}x (the "
-          f"criterion's noise in a steady phase)")
+    print(
+        f"\nrecovery: {recovery:.2f} s from the end of the overload phase until the p99 of "
+        f"the requests sent in a trailing {args.window:g} s window (each latency over its "
+        f"route's phase-1 p99; a failure counts as infinitely slow) is within "
+        f"{args.factor:g}x and stays so for {args.hold:g} s"
+        + (" (never, before the end)" if math.isinf(recovery) else "")
+        + (" (no window held enough requests)" if math.isnan(recovery) else "")
+    )
+    print(
+        f"  in phase 1, {noise:.0%} of the windows were within {args.factor:g}x (the "
+        f"criterion's noise in a steady phase)"
+    )
     for route in reference:
         route_points = normalized((r for r in soaked if r.route == route), reference)
-        secs = recovery_seconds(route_points, overload_end, stop_at, args.window, args.factor,
-                                args.hold, min_samples=3)
-        print(f"  {route:>6} alone: {secs:.2f} s (windows of >= 3 requests"
-              + ("; there were none" if math.isnan(secs) else "") + ")")
+        secs = recovery_seconds(
+            route_points, overload_end, stop_at, args.window, args.factor, args.hold, min_samples=3
+        )
+        print(
+            f"  {route:>6} alone: {secs:.2f} s (windows of >= 3 requests"
+            + ("; there were none" if math.isnan(secs) else "")
+            + ")"
+        )
 
     kinds = Counter(kind(r) for r in records)
-    print(f"\nall {len(records)} requests (warm-up and calibration included): "
-          + " ".join(f"{k}={n}" for k, n in sorted(kinds.items()))
-          + f" | server alive: {alive}, /readyz after: {readyz}")
+    print(
+        f"\nall {len(records)} requests (warm-up and calibration included): "
+        + " ".join(f"{k}={n}" for k, n in sorted(kinds.items()))
+        + f" | server alive: {alive}, /readyz after: {readyz}"
+    )
     for name, before in (("hung", "hung"), ("other 5xx", "5xx")):
         early = sum(kind(r) == before for r in records if r.phase < 0)
-        print(f"  {name}: {kinds[before]} ({early} in warm-up and calibration, "
-              f"{kinds[before] - early} in the soak's phases)")
+        print(
+            f"  {name}: {kinds[before]} ({early} in warm-up and calibration, "
+            f"{kinds[before] - early} in the soak's phases)"
+        )
     for error, message in driver.errors.items():
         print(f"  first {error}: {message}")
-    return {"hung": kinds["hung"], "other_5xx": kinds["5xx"], "recovery_s": recovery,
-            "rss_growth_mb": rss1 - rss0,
-            **{f"{route}_p99_ms": percentile_ms(ok[(route, 0)], 99)
-               for route in ("search", "answer", "embed")},
-            "minutes": sum(args.lengths) / 60}
+    return {
+        "hung": kinds["hung"],
+        "other_5xx": kinds["5xx"],
+        "recovery_s": recovery,
+        "rss_growth_mb": rss1 - rss0,
+        **{
+            f"{route}_p99_ms": percentile_ms(ok[(route, 0)], 99)
+            for route in ("search", "answer", "embed")
+        },
+        "minutes": sum(args.lengths) / 60,
+    }
 
 
 def print_targets(figures: dict[str, float]) -> None:
     """Each figure next to its target."""
-    checks = {"hung": figures["hung"] == 0, "other_5xx": figures["other_5xx"] == 0,
-              "recovery_s": figures["recovery_s"] <= 10,
-              "rss_growth_mb": figures["rss_growth_mb"] <= 50,
-              "search_p99_ms": figures["search_p99_ms"] <= 60}
+    checks = {
+        "hung": figures["hung"] == 0,
+        "other_5xx": figures["other_5xx"] == 0,
+        "recovery_s": figures["recovery_s"] <= 10,
+        "rss_growth_mb": figures["rss_growth_mb"] <= 50,
+        "search_p99_ms": figures["search_p99_ms"] <= 60,
+    }
     print("\ntargets:")
     for key, target in TARGETS.items():
-        note = (f" (this soak: {figures['minutes']:.1f} min)" if key == "rss_growth_mb" else "")
-        value = (f"{figures[key]:10.0f}" if key in ("hung", "other_5xx")
-                 else f"{figures[key]:10.1f}")
-        print(f"  {key:>14} = {value}   target {target}{note}   "
-              f"{'ok' if checks[key] else 'MISSED'}")
+        note = f" (this soak: {figures['minutes']:.1f} min)" if key == "rss_growth_mb" else ""
+        value = f"{figures[key]:10.0f}" if key in ("hung", "other_5xx") else f"{figures[key]:10.1f}"
+        print(
+            f"  {key:>14} = {value}   target {target}{note}   {'ok' if checks[key] else 'MISSED'}"
+        )
 
 
 def main() -> None:
@@ -681,14 +849,24 @@ def main() -> None:
     print_machine(args.threads)
     print(f"busy processes before start: {busy_processes()}")
     questions = xquad_questions(args.seed)
-    print(f"bundle: {bundle_dir} | index: {index_root / args.index_name} | {len(questions)} "
-          f"XQuAD questions as queries")
+    print(
+        f"bundle: {bundle_dir} | index: {index_root / args.index_name} | {len(questions)} "
+        f"XQuAD questions as queries"
+    )
     home = Path(tempfile.mkdtemp(prefix="slipway-bench-soak-"))
     store = FileKeyStore(home / "api_keys.json")
     token, _ = create_key(store, "soak", [Scope.ADMIN], requests_per_minute=UNLIMITED_RPM)
-    server = start_server("soak", home, bundle_dir, {
-        "SLIPWAY_INDEX_ROOT": str(index_root), "SLIPWAY_INDEX_NAME": args.index_name,
-        "SLIPWAY_THREADS": str(args.threads), "SLIPWAY_CACHE": "off"})
+    server = start_server(
+        "soak",
+        home,
+        bundle_dir,
+        {
+            "SLIPWAY_INDEX_ROOT": str(index_root),
+            "SLIPWAY_INDEX_NAME": args.index_name,
+            "SLIPWAY_THREADS": str(args.threads),
+            "SLIPWAY_CACHE": "off",
+        },
+    )
     try:
         took = wait_ready([server])
         print(f"server ready in {took:.0f} s on :{server.port} (home {home}, SLIPWAY_CACHE=off)")

@@ -30,20 +30,23 @@ from slipway.api import metrics
 from slipway.api.app import create_app
 from slipway.api.errors import ApiError
 from slipway.api.middleware import configure_json_logging
-from slipway.resources import build_resources
-from slipway.streams import iterate_in_thread, ndjson_events
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
 from slipway.generation import Request, complete, context_length, generation_events, load_generator
 from slipway.onnx.session import default_providers
+from slipway.resources import build_resources
 from slipway.serving import resolve_bundle
+from slipway.streams import iterate_in_thread, ndjson_events
 
 logger = logging.getLogger("slipway.service")
 LIMITS = ServeSettings()
 api_app = create_app(LIMITS)  # its resources are set once the Slipway service has started
 # The API's route templates (the catch-all 404 route aside), for bounded metric labels.
-ROUTE_TEMPLATES = [(route.path_regex, route.path) for route in api_app.routes
-                   if isinstance(route, APIRoute) and route.name != "not_found"]
+ROUTE_TEMPLATES = [
+    (route.path_regex, route.path)
+    for route in api_app.routes
+    if isinstance(route, APIRoute) and route.name != "not_found"
+]
 
 
 class BoundedTrafficMetrics(instruments.RunnerTrafficMetricsMiddleware):
@@ -57,8 +60,11 @@ class BoundedTrafficMetrics(instruments.RunnerTrafficMetricsMiddleware):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            scope = {**scope, "path": metrics.path_label(scope["path"], ROUTE_TEMPLATES),
-                     "slipway.path": scope["path"]}
+            scope = {
+                **scope,
+                "path": metrics.path_label(scope["path"], ROUTE_TEMPLATES),
+                "slipway.path": scope["path"],
+            }
         await super().__call__(scope, receive, send)
 
 
@@ -84,8 +90,13 @@ KEEP_CONNECTIONS = {"max_requests": 2**31, "max_age": 10.0**9}
 NO_ACCESS_LOG = {"access": {"enabled": False}}
 
 
-@bentoml.service(name="slipway-embedder", workers=1, traffic={"timeout": 60},
-                 runner_connection=KEEP_CONNECTIONS, logging=NO_ACCESS_LOG)
+@bentoml.service(
+    name="slipway-embedder",
+    workers=1,
+    traffic={"timeout": 60},
+    runner_connection=KEEP_CONNECTIONS,
+    logging=NO_ACCESS_LOG,
+)
 class Embedder:
     """The ONNX sentence encoder; concurrent requests are merged into one batch."""
 
@@ -100,8 +111,11 @@ class Embedder:
         )
         logger.info("Embedder %s v%s on %s", served.model_name, served.version, self.model.provider)
 
-    @bentoml.api(batchable=LIMITS.embed_max_batch > 1, max_batch_size=max(2, LIMITS.embed_max_batch),
-                 max_latency_ms=LIMITS.embed_max_latency_ms)
+    @bentoml.api(
+        batchable=LIMITS.embed_max_batch > 1,
+        max_batch_size=max(2, LIMITS.embed_max_batch),
+        max_latency_ms=LIMITS.embed_max_latency_ms,
+    )
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for a (merged) batch of texts."""
         metrics.batch_size(len(texts))
@@ -110,12 +124,19 @@ class Embedder:
     @bentoml.api
     def describe(self) -> dict[str, Any]:
         """Dimension, provider and batching of the encoder."""
-        return {"dimension": self.model.dimension, "provider": self.model.provider,
-                "max_batch_size": LIMITS.embed_max_batch}
+        return {
+            "dimension": self.model.dimension,
+            "provider": self.model.provider,
+            "max_batch_size": LIMITS.embed_max_batch,
+        }
 
 
-@bentoml.service(name="slipway-generator", workers=1, traffic={"timeout": 300},
-                 runner_connection=KEEP_CONNECTIONS)
+@bentoml.service(
+    name="slipway-generator",
+    workers=1,
+    traffic={"timeout": 300},
+    runner_connection=KEEP_CONNECTIONS,
+)
 class Generator:
     """The ONNX decoder (onnxruntime-genai or optimum, per the bundle's manifest)."""
 
@@ -123,11 +144,16 @@ class Generator:
         configure_json_logging()
         served = resolve_bundle(LIMITS)
         model_dir = served.bundle.role_dir("generator")
-        self.model = load_generator(model_dir, served.bundle.runtime("generator"),
-                                    threads=get_settings().threads,
-                                    providers=default_providers(LIMITS.providers))
+        self.model = load_generator(
+            model_dir,
+            served.bundle.runtime("generator"),
+            threads=get_settings().threads,
+            providers=default_providers(LIMITS.providers),
+        )
         self.context = context_length(model_dir)
-        logger.info("Generator %s v%s on %s", served.model_name, served.version, self.model.provider)
+        logger.info(
+            "Generator %s v%s on %s", served.model_name, served.version, self.model.provider
+        )
 
     @bentoml.api
     def complete(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +175,12 @@ class Generator:
 
 def _unavailable(role: str, exc: Exception) -> ApiError:
     logger.warning("The %s service failed: %r", role, exc)
-    return ApiError(503, f"The {role} is overloaded or restarting; retry shortly.",
-                    type="server_error", code="backend_unavailable")
+    return ApiError(
+        503,
+        f"The {role} is overloaded or restarting; retry shortly.",
+        type="server_error",
+        code="backend_unavailable",
+    )
 
 
 class _RemoteEmbedder:
@@ -185,8 +215,9 @@ class _RemoteGenerator:
         return dict(await self.service.to_async.describe())
 
 
-@bentoml.service(name="slipway", workers=LIMITS.api_workers, traffic={"timeout": 300},
-                 logging=NO_ACCESS_LOG)
+@bentoml.service(
+    name="slipway", workers=LIMITS.api_workers, traffic={"timeout": 300}, logging=NO_ACCESS_LOG
+)
 @bentoml.asgi_app(api_app, path="/")
 class Slipway:
     """The API; see ``slipway.api.app`` for the routes and ``README.md`` for a session."""
@@ -196,8 +227,12 @@ class Slipway:
 
     def __init__(self) -> None:
         configure_json_logging()
-        self.resources = build_resources(resolve_bundle(LIMITS), _RemoteEmbedder(self.embedder),
-                                         _RemoteGenerator(self.generator), LIMITS)
+        self.resources = build_resources(
+            resolve_bundle(LIMITS),
+            _RemoteEmbedder(self.embedder),
+            _RemoteGenerator(self.generator),
+            LIMITS,
+        )
         api_app.state.resources = self.resources
         self.resources.ready()  # open the published index now, not on the first request
 

@@ -76,13 +76,19 @@ class TextSetMaterializer(BaseMaterializer):
         """Counts, a length histogram and the skip report, as one HTML page."""
         if isinstance(data, DocumentSet):
             lengths, unit = [len(d.text) for d in data.documents], "characters per document"
-            extra = "".join(f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in list(data.skipped.items())[:50])
-            summary = (f"{len(data.documents)} documents, {len(data.skipped)} skipped, "
-                       f"{data.duplicates} duplicates" + (f"<ul>{extra}</ul>" if extra else ""))
+            extra = "".join(
+                f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in list(data.skipped.items())[:50]
+            )
+            summary = (
+                f"{len(data.documents)} documents, {len(data.skipped)} skipped, "
+                f"{data.duplicates} duplicates" + (f"<ul>{extra}</ul>" if extra else "")
+            )
         else:
             lengths, unit = [c.n_tokens for c in data.chunks], "tokens per chunk"
-            summary = (f"{len(data.chunks)} chunks of up to {data.chunk_tokens} tokens "
-                       f"(overlap {data.overlap_tokens})")
+            summary = (
+                f"{len(data.chunks)} chunks of up to {data.chunk_tokens} tokens "
+                f"(overlap {data.overlap_tokens})"
+            )
         png = _histogram_png(lengths, unit)
         page = f"<html><body><p>{summary}</p><img src='data:image/png;base64,{png}'/></body></html>"
         path = os.path.join(self.uri, "summary.html")

@@ -1,1 +1,2 @@
-"""ZenML pipelines: wiring only. Run one with `zenml pipeline run pipelines.<module>.<name> -c <config>`."""
+"""ZenML pipelines: wiring only. Run one with
+`zenml pipeline run pipelines.<module>.<name> -c <config>`."""

@@ -10,8 +10,9 @@ from steps.documents import chunk_corpus, corpus_fingerprint, preprocess_documen
 from steps.index import evaluate_index_version, publish_index_version, refresh_index_version
 
 
-def refresh_and_publish(documents: Any, chunks: Any, index: dict[str, Any] | None,
-                        after: str | None = None) -> None:
+def refresh_and_publish(
+    documents: Any, chunks: Any, index: dict[str, Any] | None, after: str | None = None
+) -> None:
     """Wire the three index steps (shared by this pipeline and the main job)."""
     index = dict(index or {})
     eval_dir = index.pop("eval_dir", None)
@@ -34,8 +35,13 @@ def index_refresh(
     and publish parameters (index_name, model_name, model_version, bundle_dir, write_batch,
     eval_dir, margin, retain); ``embedder_path`` is the model directory whose tokenizer cuts
     the chunks (default: the packaged embedder; it must be the registered embedder's source)."""
-    documents = preprocess_documents(corpus=corpus, source_format=source_format,
-                                     source_fingerprint=corpus_fingerprint(corpus))
-    chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
-                          embedder_path=embedder_path)
+    documents = preprocess_documents(
+        corpus=corpus, source_format=source_format, source_fingerprint=corpus_fingerprint(corpus)
+    )
+    chunks = chunk_corpus(
+        documents,
+        chunk_tokens=chunk_tokens,
+        overlap_tokens=overlap_tokens,
+        embedder_path=embedder_path,
+    )
     refresh_and_publish(documents, chunks, index)

@@ -1,4 +1,5 @@
-"""Knowledge-graph update: documents -> chunks -> entities linked into the graph -> GNN embeddings."""
+"""Knowledge-graph update: documents -> chunks -> entities linked into the graph -> GNN
+embeddings."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from steps.graph import train_graph_embeddings, update_knowledge_graph
 EMBEDDER_KEYS = ("model_name", "model_version", "bundle_dir")
 
 
-def update_and_embed(documents: Any, chunks: Any, kg: dict[str, Any] | None,
-                     after: str | None = None) -> None:
+def update_and_embed(
+    documents: Any, chunks: Any, kg: dict[str, Any] | None, after: str | None = None
+) -> None:
     """Wire the two graph steps (shared by this pipeline and the main job)."""
     kg = dict(kg or {})
     gnn = kg.pop("gnn", None)
@@ -35,8 +37,13 @@ def kg_update(
     (model_name, model_version, bundle_dir, batch_docs, ner_batch, max_pair_entities,
     context_disambiguation) and ``gnn`` (model, hidden, out, epochs, lr, seed, ...). Chunks are
     the index's chunks (same ids), so ``chunk_tokens`` and ``embedder_path`` match the index."""
-    documents = preprocess_documents(corpus=corpus, source_format=source_format,
-                                     source_fingerprint=corpus_fingerprint(corpus))
-    chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
-                          embedder_path=embedder_path)
+    documents = preprocess_documents(
+        corpus=corpus, source_format=source_format, source_fingerprint=corpus_fingerprint(corpus)
+    )
+    chunks = chunk_corpus(
+        documents,
+        chunk_tokens=chunk_tokens,
+        overlap_tokens=overlap_tokens,
+        embedder_path=embedder_path,
+    )
     update_and_embed(documents, chunks, kg)

@@ -42,15 +42,29 @@ def llmops_pipeline(
     index = dict(index or {})
     eval_dir = evaluation_set(corpus=corpus, eval_dir=index.pop("eval_dir", None))
     documents = preprocess_documents(corpus=corpus, source_fingerprint=corpus_fingerprint(corpus))
-    chunks = chunk_corpus(documents, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
-                          embedder_path=embedder_path)
+    chunks = chunk_corpus(
+        documents,
+        chunk_tokens=chunk_tokens,
+        overlap_tokens=overlap_tokens,
+        embedder_path=embedder_path,
+    )
     calibration = calibration_sample(chunks, corpus=corpus)
-    model_build(build=build, model_name=model_name, bento=bento, embedder_path=embedder_path,
-                generator_path=generator_path, calibration=calibration)
-    refresh_and_publish(documents, chunks,
-                        {"model_name": model_name, **index, "eval_dir": eval_dir},
-                        after="track_and_register")
+    model_build(
+        build=build,
+        model_name=model_name,
+        bento=bento,
+        embedder_path=embedder_path,
+        generator_path=generator_path,
+        calibration=calibration,
+    )
+    refresh_and_publish(
+        documents,
+        chunks,
+        {"model_name": model_name, **index, "eval_dir": eval_dir},
+        after="track_and_register",
+    )
     kg = dict(kg or {})
     if kg.pop("enabled", True):
-        update_and_embed(documents, chunks, {"model_name": model_name, **kg},
-                         after="track_and_register")
+        update_and_embed(
+            documents, chunks, {"model_name": model_name, **kg}, after="track_and_register"
+        )

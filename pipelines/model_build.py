@@ -1,4 +1,5 @@
-"""Model build: base models -> ONNX -> optimize -> quantize -> parity gate -> latency -> MLflow -> bento."""
+"""Model build: base models -> ONNX -> optimize -> quantize -> parity gate -> latency -> MLflow
+-> bento."""
 
 from __future__ import annotations
 

@@ -64,8 +64,12 @@ def serve(
         str | None, typer.Option(help="MLflow tracking URI; default: the active ZenML stack's.")
     ] = None,
     drain_timeout: Annotated[
-        float, typer.Option(help="On SIGTERM/SIGINT: seconds in-flight requests may finish "
-                                 "before every server process is stopped.", min=0)
+        float,
+        typer.Option(
+            help="On SIGTERM/SIGINT: seconds in-flight requests may finish "
+            "before every server process is stopped.",
+            min=0,
+        ),
     ] = 30.0,
 ) -> None:
     """Start the BentoML service on the registered champion (or a given version); SIGTERM or
@@ -82,11 +86,24 @@ def serve(
     if model_version:
         env["SLIPWAY_MODEL_VERSION"] = model_version
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "bento.service:Slipway",
-           "--host", host, "--port", str(port), "--working-dir", str(ROOT)]
-    console.print(f"Serving on http://{host}:{port} (OpenAPI docs: /docs). Try: curl -s "
-                  f"http://{host}:{port}/v1/models -H \"Authorization: Bearer $SLIPWAY_KEY\" "
-                  "(create a key with `slipway keys create --name me --scope admin`)")
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "bento.service:Slipway",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(ROOT),
+    ]
+    console.print(
+        f"Serving on http://{host}:{port} (OpenAPI docs: /docs). Try: curl -s "
+        f'http://{host}:{port}/v1/models -H "Authorization: Bearer $SLIPWAY_KEY" '
+        "(create a key with `slipway keys create --name me --scope admin`)"
+    )
     from slipway.process import run_owned
 
     raise typer.Exit(code=run_owned(cmd, env, drain_seconds=drain_timeout))
@@ -109,8 +126,10 @@ def _registered_version(uri: str, version: str | None) -> str:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         wanted = f"version {version}" if version else f"a '{CHAMPION}' alias"
-        fail(f"Model '{name}' has no {wanted} at {uri}; run the model_build pipeline first "
-             "(see README) or pass --bundle-dir.")
+        fail(
+            f"Model '{name}' has no {wanted} at {uri}; run the model_build pipeline first "
+            "(see README) or pass --bundle-dir."
+        )
 
 
 @app.command()
@@ -131,8 +150,12 @@ def models(
     table = Table("version", "champion", "created", "promotion")
     for mv in client.search_model_versions(f"name='{name}'"):
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
-        table.add_row(str(mv.version), "yes" if str(mv.version) == champion else "",
-                      f"{created:%Y-%m-%d %H:%M:%S}Z", mv.tags.get("promotion", ""))
+        table.add_row(
+            str(mv.version),
+            "yes" if str(mv.version) == champion else "",
+            f"{created:%Y-%m-%d %H:%M:%S}Z",
+            mv.tags.get("promotion", ""),
+        )
     Console().print(table)
 
 
@@ -159,8 +182,10 @@ def bento_build(
     version = _registered_version(uri, model_version)
     name = ModelSettings().registered_model_name
     tag = build_service_bento(name, version, uri, gpu=gpu)
-    console.print(f"Built {tag} ({'GPU' if gpu else 'CPU'} image) for {name} version {version}; "
-                  f"containerize it with `bentoml containerize {tag}`.")
+    console.print(
+        f"Built {tag} ({'GPU' if gpu else 'CPU'} image) for {name} version {version}; "
+        f"containerize it with `bentoml containerize {tag}`."
+    )
     print(tag)
 
 
@@ -179,26 +204,44 @@ def index_status(name: IndexName = "default") -> None:
     index = index_dir(name)
     pointer = index.pointer()
     if pointer is None:
-        fail(f"Index {name!r} at {index.root} has no published version; run the index_refresh "
-             "pipeline first.")
-    table = Table("version", "state", "created", "documents", "chunks", "embedded", "hybrid nDCG@10")
+        fail(
+            f"Index {name!r} at {index.root} has no published version; run the index_refresh "
+            "pipeline first."
+        )
+    table = Table(
+        "version", "state", "created", "documents", "chunks", "embedded", "hybrid nDCG@10"
+    )
     for version in reversed(index.all_versions()):
         if not index.complete(version):
             table.add_row(version, "unfinished", "", "", "", "", "")
             continue
         m = index.manifest(version)
-        state = ("published" if version == pointer.version
-                 else "retained" if version in pointer.history else "not published")
+        state = (
+            "published"
+            if version == pointer.version
+            else "retained"
+            if version in pointer.history
+            else "not published"
+        )
         ndcg = m.metrics.get("hybrid", {}).get("ndcg@10")
-        table.add_row(version, state, m.created, str(m.stats.documents), str(m.stats.chunks),
-                      str(m.stats.embedded), f"{ndcg:.4f}" if ndcg is not None else "")
+        table.add_row(
+            version,
+            state,
+            m.created,
+            str(m.stats.documents),
+            str(m.stats.chunks),
+            str(m.stats.embedded),
+            f"{ndcg:.4f}" if ndcg is not None else "",
+        )
     Console().print(table)
 
 
 @index_app.command("rollback")
 def index_rollback(
     name: IndexName = "default",
-    to: Annotated[str | None, typer.Option(help="Version to publish; default: the previous one.")] = None,
+    to: Annotated[
+        str | None, typer.Option(help="Version to publish; default: the previous one.")
+    ] = None,
 ) -> None:
     """Publish a retained earlier version again (readers switch atomically)."""
     from slipway.retrieval.stores import index_dir, vector_store
@@ -220,11 +263,19 @@ def index_search(
     query: Annotated[list[str], typer.Argument(help="One or more queries.")],
     name: IndexName = "default",
     k: Annotated[int, typer.Option(min=1, max=1000, help="Results per query.")] = 5,
-    where: Annotated[list[str] | None, typer.Option(
-        "--filter", help="Metadata filter key=value (repeat; same key twice = either value).")] = None,
-    graph: Annotated[bool, typer.Option(
-        "--graph", help="Also fuse knowledge-graph expansion (query entities -> neighbours -> "
-                        "chunks).")] = False,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter", help="Metadata filter key=value (repeat; same key twice = either value)."
+        ),
+    ] = None,
+    graph: Annotated[
+        bool,
+        typer.Option(
+            "--graph",
+            help="Also fuse knowledge-graph expansion (query entities -> neighbours -> chunks).",
+        ),
+    ] = False,
 ) -> None:
     """Hybrid search over the published version, with the embedder that built it."""
     from slipway.embedding import OnnxEmbedder, model_fingerprint
@@ -236,9 +287,14 @@ def index_search(
         fail(f"Index {name!r} has no published version; run the index_refresh pipeline first.")
     manifest = index.manifest(version)
     model_dir = Path(manifest.embedder_dir)
-    if not (model_dir / "model.onnx").is_file() or model_fingerprint(model_dir) != manifest.embedder:
-        fail(f"The embedder that built {name!r} {version} is not at {model_dir} any more; run the "
-             "index_refresh pipeline again on this machine.")
+    if (
+        not (model_dir / "model.onnx").is_file()
+        or model_fingerprint(model_dir) != manifest.embedder
+    ):
+        fail(
+            f"The embedder that built {name!r} {version} is not at {model_dir} any more; run the "
+            "index_refresh pipeline again on this machine."
+        )
     filters: dict[str, list[str]] = {}
     for item in where or []:
         key, sep, value = item.partition("=")
@@ -291,17 +347,21 @@ def graph_start() -> None:
 
     settings = _graph_settings()
     if settings.neo4j_uri:
-        console.print(f"SLIPWAY_NEO4J_URI is set: Slipway uses the external server at "
-                      f"{settings.neo4j_uri}; there is no embedded server to start.")
+        console.print(
+            f"SLIPWAY_NEO4J_URI is set: Slipway uses the external server at "
+            f"{settings.neo4j_uri}; there is no embedded server to start."
+        )
         return
     try:
         info = start_server(settings)
     except GraphServerError as exc:
         fail(str(exc))
     print(info.uri)
-    console.print(f"Graph server running: pid {info.pid}, database {info.database!r}, user "
-                  f"{info.user!r} (password in {info.directory / 'credentials.json'}), log "
-                  f"{info.log}. Stop it with `slipway graph stop`.")
+    console.print(
+        f"Graph server running: pid {info.pid}, database {info.database!r}, user "
+        f"{info.user!r} (password in {info.directory / 'credentials.json'}), log "
+        f"{info.log}. Stop it with `slipway graph stop`."
+    )
 
 
 @graph_app.command("status")
@@ -317,8 +377,10 @@ def graph_status() -> None:
     if info is None:
         print(f"not running (directory {graph_directory(settings)})")
         raise typer.Exit(code=NOT_RUNNING)
-    print(f"running: pid {info.pid}, {info.uri}, database {info.database!r}, "
-          f"directory {info.directory}")
+    print(
+        f"running: pid {info.pid}, {info.uri}, database {info.database!r}, "
+        f"directory {info.directory}"
+    )
 
 
 def _external_graph_status(settings: GraphSettings) -> None:
@@ -330,8 +392,9 @@ def _external_graph_status(settings: GraphSettings) -> None:
     password = settings.neo4j_password.get_secret_value() if settings.neo4j_password else ""
     try:
         with (
-            GraphDatabase.driver(uri, auth=(settings.neo4j_user, password),
-                                 connection_timeout=5.0) as driver,
+            GraphDatabase.driver(
+                uri, auth=(settings.neo4j_user, password), connection_timeout=5.0
+            ) as driver,
             driver.session(database=settings.neo4j_database) as session,
         ):
             session.run("RETURN 1 AS ok").consume()
@@ -351,8 +414,10 @@ def graph_stop(
 
     settings = _graph_settings()
     if settings.neo4j_uri:
-        console.print(f"SLIPWAY_NEO4J_URI is set: Slipway uses the external server at "
-                      f"{settings.neo4j_uri}; there is no embedded server to stop.")
+        console.print(
+            f"SLIPWAY_NEO4J_URI is set: Slipway uses the external server at "
+            f"{settings.neo4j_uri}; there is no embedded server to stop."
+        )
         return
     directory = graph_directory(settings)
     info = running_server(settings)
@@ -381,14 +446,17 @@ def graph_entity(
         if not found:
             fail(f"No entity named {name!r} in the graph (ids look like PERSON:jeff skilling).")
         for entity in found:
-            print(f"{entity.id}  ({entity.type}, {entity.mentions} mentions; "
-                  f"aliases: {', '.join(entity.aliases)})")
+            print(
+                f"{entity.id}  ({entity.type}, {entity.mentions} mentions; "
+                f"aliases: {', '.join(entity.aliases)})"
+            )
             for n in queries.neighbours(entity.id, neighbours):
                 print(f"  {n.weight:6d}  {n.entity.id}")
 
 
-keys_app = typer.Typer(help="Create, list, revoke and rotate API keys (stored hashed).",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list, revoke and rotate API keys (stored hashed).", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -400,9 +468,11 @@ def _key_store():  # type: ignore[no-untyped-def]
     settings = ApiSettings()
     try:
         settings = with_secret(settings, settings.redis_secret, REDIS, zenml_secret)
-        return key_store(settings.key_store,
-                         settings.api_keys_file or get_settings().home / "api_keys.json",
-                         settings.redis_url)
+        return key_store(
+            settings.key_store,
+            settings.api_keys_file or get_settings().home / "api_keys.json",
+            settings.redis_url,
+        )
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
 
@@ -421,8 +491,9 @@ def _duration(text: str | None):  # type: ignore[no-untyped-def]
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
-    scope: Annotated[list[str], typer.Option(
-        help="embed | generate | search | admin (repeat for several).")],
+    scope: Annotated[
+        list[str], typer.Option(help="embed | generate | search | admin (repeat for several).")
+    ],
     expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d or 12h.")] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
@@ -435,8 +506,10 @@ def keys_create(
     except ValueError:
         fail(f"Unknown scope in {scope}: use embed, generate, search or admin.")
     token, record = create_key(_key_store(), name, scopes, _duration(expires_in), rpm, tpm)
-    console.print(f"Created key {record.id} ({', '.join(record.scopes)}); store it now, it is "
-                  "not shown again:")
+    console.print(
+        f"Created key {record.id} ({', '.join(record.scopes)}); store it now, it is "
+        "not shown again:"
+    )
     print(token)
 
 
@@ -448,8 +521,10 @@ def keys_list() -> None:
     now = datetime.now(UTC)
     for r in _key_store().all():
         expires = r.expires_at.isoformat(timespec="seconds") if r.expires_at else "never"
-        print(f"{r.id}  {r.status(now):8s}  {r.name}  [{','.join(r.scopes)}]  expires {expires}"
-              + (f"  rotated to {r.rotated_to}" if r.rotated_to else ""))
+        print(
+            f"{r.id}  {r.status(now):8s}  {r.name}  [{','.join(r.scopes)}]  expires {expires}"
+            + (f"  rotated to {r.rotated_to}" if r.rotated_to else "")
+        )
 
 
 @keys_app.command("revoke")
@@ -476,8 +551,10 @@ def keys_rotate(
         token, record = rotate(_key_store(), key_id, _duration(overlap))
     except (KeyError, ValueError) as exc:
         fail(str(exc.args[0]))
-    console.print(f"New key {record.id} replaces {key_id} (which expires in {overlap}); store "
-                  "it now, it is not shown again:")
+    console.print(
+        f"New key {record.id} replaces {key_id} (which expires in {overlap}); store "
+        "it now, it is not shown again:"
+    )
     print(token)
 
 
@@ -496,17 +573,21 @@ def cron_line(cron: str, config: Path, pipeline: str = "index_refresh") -> str:
         raise ValueError(f"Unknown pipeline {pipeline!r}; choose one of {', '.join(SCHEDULABLE)}.")
     zenml = Path(sys.executable).parent / "zenml"
     log = ROOT / ".slipway" / "logs" / f"{pipeline}.log"
-    return (f"{cron} cd {ROOT} && mkdir -p {log.parent} && {zenml} pipeline run "
-            f"{SCHEDULABLE[pipeline]} -c {config} >> {log} 2>&1")
+    return (
+        f"{cron} cd {ROOT} && mkdir -p {log.parent} && {zenml} pipeline run "
+        f"{SCHEDULABLE[pipeline]} -c {config} >> {log} 2>&1"
+    )
 
 
 @app.command()
 def schedule(
     cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 * * * *' (hourly).")],
-    pipeline: Annotated[str, typer.Option(
-        help="index_refresh | kg_update | model_build.")] = "index_refresh",
-    config: Annotated[Path | None, typer.Option(
-        help="Run configuration; default: configs/<pipeline>.yaml.")] = None,
+    pipeline: Annotated[
+        str, typer.Option(help="index_refresh | kg_update | model_build.")
+    ] = "index_refresh",
+    config: Annotated[
+        Path | None, typer.Option(help="Run configuration; default: configs/<pipeline>.yaml.")
+    ] = None,
     install: Annotated[bool, typer.Option(help="Add the entry to this user's crontab.")] = False,
 ) -> None:
     """Schedule a pipeline on an orchestrator without schedules (the local one): print a
@@ -516,16 +597,19 @@ def schedule(
     if not (ROOT / config).is_file() and not config.is_file():
         fail(f"No run configuration at {config}.")
     try:
-        line = cron_line(cron, (ROOT / config).resolve() if not config.is_absolute() else config,
-                         pipeline)
+        line = cron_line(
+            cron, (ROOT / config).resolve() if not config.is_absolute() else config, pipeline
+        )
     except ValueError as exc:
         fail(str(exc))
     if not install:
         print(line)
         return
     if shutil.which("crontab") is None:
-        fail("No `crontab` on this machine (install cron, e.g. `apt-get install cron`), or add "
-             "the printed line to your scheduler.")
+        fail(
+            "No `crontab` on this machine (install cron, e.g. `apt-get install cron`), or add "
+            "the printed line to your scheduler."
+        )
     current = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False).stdout
     kept = [entry for entry in current.splitlines() if SCHEDULABLE[pipeline] not in entry]
     subprocess.run(["crontab", "-"], input="\n".join([*kept, line]) + "\n", text=True, check=True)
@@ -544,7 +628,7 @@ def main() -> None:
     """Entry point that turns unexpected errors into one-line reasons."""
     try:
         app()
-    except Exception as exc:  # noqa: BLE001 - the CLI's contract: one line, non-zero
+    except Exception as exc:
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
 

@@ -24,8 +24,9 @@ async def bounded(work: Awaitable[T], seconds: float, stage: str, what: str) -> 
         raise timed_out(what, seconds) from exc
 
 
-async def bounded_events(events: AsyncIterator[dict[str, Any]], seconds: float,
-                         what: str) -> AsyncIterator[dict[str, Any]]:
+async def bounded_events(
+    events: AsyncIterator[dict[str, Any]], seconds: float, what: str
+) -> AsyncIterator[dict[str, Any]]:
     """The items of ``events``, each within ``seconds`` of the last (a stalled stream ends
     with a 504 before its first item, or is cut off after it)."""
     iterator = aiter(events)

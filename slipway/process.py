@@ -3,6 +3,7 @@ they started (workers included), never left behind re-parented to init."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,8 +23,11 @@ def session_members(sid: int) -> list[psutil.Process]:
     members = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid and proc.status() != \
-                    psutil.STATUS_ZOMBIE:
+            if (
+                proc.pid != os.getpid()
+                and os.getsid(proc.pid) == sid
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
                 members.append(proc)
         except (ProcessLookupError, PermissionError, psutil.Error):
             continue
@@ -35,28 +39,26 @@ def stop_session(sid: int, grace_seconds: float = 5.0) -> int:
     the number of processes that had to be killed."""
     members = session_members(sid)
     for proc in members:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.terminate()
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(members, timeout=grace_seconds)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=grace_seconds)
     return len(alive)
 
 
-def run_owned(cmd: Sequence[str], env: Mapping[str, str] | None = None,
-              drain_seconds: float = 30.0) -> int:
+def run_owned(
+    cmd: Sequence[str], env: Mapping[str, str] | None = None, drain_seconds: float = 30.0
+) -> int:
     """Run ``cmd`` in a new session until it exits or this process gets SIGTERM/SIGINT; then
     forward SIGTERM (the server drains its in-flight requests), wait up to ``drain_seconds``,
     and stop whatever of the session is left. The exit status of ``cmd`` (128 + the signal
     when it had to be stopped)."""
-    child = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None,
-                             start_new_session=True)
+    child = subprocess.Popen(
+        list(cmd), env=dict(env) if env is not None else None, start_new_session=True
+    )
     got: list[int] = []
     stop = threading.Event()
 
@@ -69,8 +71,11 @@ def run_owned(cmd: Sequence[str], env: Mapping[str, str] | None = None,
         while child.poll() is None and not stop.wait(0.2):
             pass
         if child.poll() is None:
-            logger.info("Stopping the server (signal %s): draining for up to %s s",
-                        got[0] if got else "-", drain_seconds)
+            logger.info(
+                "Stopping the server (signal %s): draining for up to %s s",
+                got[0] if got else "-",
+                drain_seconds,
+            )
             child.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + drain_seconds
             try:

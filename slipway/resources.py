@@ -45,7 +45,8 @@ class EmbedClient(Protocol):
 
 
 class GenerateClient(Protocol):
-    """The generator, wherever it runs: events as in :func:`slipway.generation.generation_events`."""
+    """The generator, wherever it runs: events as in
+    :func:`slipway.generation.generation_events`."""
 
     async def complete(self, request: Request) -> dict[str, Any]: ...
 
@@ -66,6 +67,7 @@ class Coalescer:
         self._pending: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
         self._size = 0
         self._flush: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         """Vectors for ``texts``, computed with whatever else arrived meanwhile."""
@@ -89,13 +91,16 @@ class Coalescer:
             self._flush = None
         batch, self._pending, self._size = self._pending, [], 0
         if batch:
-            asyncio.ensure_future(self._run(batch))
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)  # a task nobody references may be collected mid-flight
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[list[str], asyncio.Future[np.ndarray]]]) -> None:
         try:
-            vectors = np.asarray(await self.client.embed([t for texts, _ in batch for t in texts]),
-                                 dtype=np.float32)
-        except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the error
+            vectors = np.asarray(
+                await self.client.embed([t for texts, _ in batch for t in texts]), dtype=np.float32
+            )
+        except BaseException as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -103,7 +108,7 @@ class Coalescer:
         start = 0
         for texts, future in batch:
             if not future.done():
-                future.set_result(vectors[start:start + len(texts)])
+                future.set_result(vectors[start : start + len(texts)])
             start += len(texts)
 
     async def describe(self) -> dict[str, Any]:
@@ -121,9 +126,15 @@ class IndexState:
 class Resources:
     """Everything a request needs, built once per API worker by :func:`build_resources`."""
 
-    def __init__(self, served: ServedBundle, embedder: EmbedClient, generator: GenerateClient,
-                 serve: ServeSettings | None = None, api: ApiSettings | None = None,
-                 index: IndexSettings | None = None) -> None:
+    def __init__(
+        self,
+        served: ServedBundle,
+        embedder: EmbedClient,
+        generator: GenerateClient,
+        serve: ServeSettings | None = None,
+        api: ApiSettings | None = None,
+        index: IndexSettings | None = None,
+    ) -> None:
         self.served = served
         self.serve = serve or ServeSettings()
         self.embedder = Coalescer(embedder, self.serve.embed_max_batch)
@@ -143,8 +154,11 @@ class Resources:
         self._index_lock = threading.Lock()
         self._graph: Any = None
         self._graph_lock = threading.Lock()
-        self.tracer = Tracer(self.serve.trace_sample_rate, get_settings().mlflow_tracking_uri,
-                             self.serve.trace_experiment)
+        self.tracer = Tracer(
+            self.serve.trace_sample_rate,
+            get_settings().mlflow_tracking_uri,
+            self.serve.trace_experiment,
+        )
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -159,8 +173,10 @@ class Resources:
         import redis
 
         if not self.api.redis_url:
-            raise ValueError("A Redis-backed key store, rate limiter or cache needs "
-                             "SLIPWAY_REDIS_URL (e.g. redis://host:6379/0).")
+            raise ValueError(
+                "A Redis-backed key store, rate limiter or cache needs "
+                "SLIPWAY_REDIS_URL (e.g. redis://host:6379/0)."
+            )
         return redis.Redis.from_url(self.api.redis_url)
 
     def _key_store(self) -> Any:
@@ -206,10 +222,15 @@ class Resources:
             except (LookupError, OSError, ValueError, RuntimeError) as exc:
                 self._index_checked = now
                 if self._index is None:
-                    raise ApiError(503, f"No published index {self.serve.index_name!r}: {exc}",
-                                   type="server_error", code="index_unavailable") from exc
-                logger.warning("Index check failed; still serving %s: %s",
-                               self._index.opened.version, exc)
+                    raise ApiError(
+                        503,
+                        f"No published index {self.serve.index_name!r}: {exc}",
+                        type="server_error",
+                        code="index_unavailable",
+                    ) from exc
+                logger.warning(
+                    "Index check failed; still serving %s: %s", self._index.opened.version, exc
+                )
             self._index_checked = now
             return self._index
 
@@ -231,9 +252,13 @@ class Resources:
         if key not in state.searchers:
             expander = self.graph().expand_many if graph else None
             state.searchers[key] = HybridSearcher(
-                None, state.opened.dense, state.opened.sparse,
-                reranker=self.reranker if rerank else None, text_of=state.opened.text_of,
-                expander=expander)
+                None,
+                state.opened.dense,
+                state.opened.sparse,
+                reranker=self.reranker if rerank else None,
+                text_of=state.opened.text_of,
+                expander=expander,
+            )
         return state.searchers[key]
 
     @property
@@ -262,14 +287,22 @@ class Resources:
 
                 settings = GraphSettings()
                 if not settings.neo4j_uri and running_server(settings) is None:
-                    raise ApiError(503, "No knowledge graph: set SLIPWAY_NEO4J_URI or start the "
-                                   "embedded server with `slipway graph start`.",
-                                   type="server_error", code="graph_unavailable")
+                    raise ApiError(
+                        503,
+                        "No knowledge graph: set SLIPWAY_NEO4J_URI or start the "
+                        "embedded server with `slipway graph start`.",
+                        type="server_error",
+                        code="graph_unavailable",
+                    )
                 try:
                     self._graph = GraphQueries(connect(settings), load_nlp(settings.ner_model))
                 except (RuntimeError, OSError) as exc:
-                    raise ApiError(503, f"The knowledge graph is unavailable: {exc}",
-                                   type="server_error", code="graph_unavailable") from exc
+                    raise ApiError(
+                        503,
+                        f"The knowledge graph is unavailable: {exc}",
+                        type="server_error",
+                        code="graph_unavailable",
+                    ) from exc
             return self._graph
 
     # --- cache, tokens, tracing --------------------------------------------------------
@@ -304,17 +337,31 @@ class Resources:
         return len(self.gen_tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def build_resources(served: ServedBundle, embedder: EmbedClient, generator: GenerateClient,
-                    serve: ServeSettings | None = None, api: ApiSettings | None = None,
-                    index: IndexSettings | None = None) -> Resources:
+def build_resources(
+    served: ServedBundle,
+    embedder: EmbedClient,
+    generator: GenerateClient,
+    serve: ServeSettings | None = None,
+    api: ApiSettings | None = None,
+    index: IndexSettings | None = None,
+) -> Resources:
     """The resources of one API worker over ``served`` and its model clients; settings
     default to the environment's."""
-    return Resources(served, embedder, generator, serve or ServeSettings(), api or ApiSettings(),
-                     index or IndexSettings())
+    return Resources(
+        served,
+        embedder,
+        generator,
+        serve or ServeSettings(),
+        api or ApiSettings(),
+        index or IndexSettings(),
+    )
 
 
 def manifest_brief(manifest: dict[str, Any], role: str) -> dict[str, Any]:
     """Precision, runtime and origin of one model of a bundle."""
     info = manifest["models"][role]
-    return {"precision": info.get("precision"), "runtime": info["config"].get("runtime"),
-            "source": info["source"].get(f"{role}_origin")}
+    return {
+        "precision": info.get("precision"),
+        "runtime": info["config"].get("runtime"),
+        "source": info["source"].get(f"{role}_origin"),
+    }

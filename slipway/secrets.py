@@ -28,12 +28,21 @@ class SecretSpec:
         return f"zenml secret create {name} " + " ".join(f"--{k}=..." for k in self.fields)
 
 
-NEO4J = SecretSpec("SLIPWAY_NEO4J_SECRET", {"uri": "neo4j_uri", "user": "neo4j_user",
-                                            "password": "neo4j_password",
-                                            "database": "neo4j_database"}, ("uri", "password"))
-PINECONE = SecretSpec("SLIPWAY_PINECONE_SECRET", {"api_key": "pinecone_api_key",
-                                                  "index": "pinecone_index",
-                                                  "host": "pinecone_host"}, ("api_key",))
+NEO4J = SecretSpec(
+    "SLIPWAY_NEO4J_SECRET",
+    {
+        "uri": "neo4j_uri",
+        "user": "neo4j_user",
+        "password": "neo4j_password",
+        "database": "neo4j_database",
+    },
+    ("uri", "password"),
+)
+PINECONE = SecretSpec(
+    "SLIPWAY_PINECONE_SECRET",
+    {"api_key": "pinecone_api_key", "index": "pinecone_index", "host": "pinecone_host"},
+    ("api_key",),
+)
 REDIS = SecretSpec("SLIPWAY_REDIS_SECRET", {"url": "redis_url"}, ("url",))
 
 
@@ -45,12 +54,15 @@ def with_secret(settings: S, name: str | None, spec: SecretSpec, fetch: Fetch) -
     try:
         values = fetch(name)
     except KeyError as exc:
-        raise RuntimeError(f"Secret {name!r} ({spec.variable}) does not exist: "
-                           f"`{spec.create_command(name)}`") from exc
+        raise RuntimeError(
+            f"Secret {name!r} ({spec.variable}) does not exist: `{spec.create_command(name)}`"
+        ) from exc
     missing = [key for key in spec.required if not values.get(key)]
     if missing:
-        raise RuntimeError(f"Secret {name!r} ({spec.variable}) needs the keys "
-                           f"{' and '.join(spec.required)}; missing: {', '.join(missing)} "
-                           f"(found: {', '.join(sorted(values)) or 'none'}).")
+        raise RuntimeError(
+            f"Secret {name!r} ({spec.variable}) needs the keys "
+            f"{' and '.join(spec.required)}; missing: {', '.join(missing)} "
+            f"(found: {', '.join(sorted(values)) or 'none'})."
+        )
     overrides = {field: values[key] for key, field in spec.fields.items() if values.get(key)}
     return type(settings)(**{**settings.model_dump(), **overrides})

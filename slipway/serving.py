@@ -35,8 +35,9 @@ def tracking_uri() -> str:
     return uri
 
 
-def resolve_bundle(serve: ServeSettings | None = None, uri: str | None = None,
-                   name: str | None = None) -> ServedBundle:
+def resolve_bundle(
+    serve: ServeSettings | None = None, uri: str | None = None, name: str | None = None
+) -> ServedBundle:
     """The bundle to serve: a local directory, or a version of registered model ``name``
     (default: ``SLIPWAY_REGISTERED_MODEL_NAME``) downloaded once from the registry at ``uri``
     (default: :func:`tracking_uri`)."""

@@ -22,7 +22,7 @@ async def iterate_in_thread(factory: Callable[[], Iterator[Any]]) -> AsyncIterat
                     return
                 asyncio.run_coroutine_threadsafe(queue.put(("item", item)), loop).result()
             asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+        except BaseException as exc:
             asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
 
     loop.run_in_executor(None, produce)

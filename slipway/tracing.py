@@ -11,8 +11,13 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 TRACED: ContextVar[bool] = ContextVar("traced", default=False)  # this request is sampled
-SPAN_TYPES = {"retrieve": "RETRIEVER", "rerank": "RERANKER", "prompt": "PARSER",
-              "generate": "LLM", "answer": "CHAIN"}
+SPAN_TYPES = {
+    "retrieve": "RETRIEVER",
+    "rerank": "RERANKER",
+    "prompt": "PARSER",
+    "generate": "LLM",
+    "answer": "CHAIN",
+}
 
 
 class Tracer:
@@ -21,8 +26,11 @@ class Tracer:
     def __init__(self, rate: float, tracking_uri: str | None, experiment: str) -> None:
         self.rate = rate
         if rate > 0 and not tracking_uri:
-            logger.warning("SLIPWAY_TRACE_SAMPLE_RATE=%s but no MLflow tracking URI: tracing is "
-                           "off (set SLIPWAY_MLFLOW_TRACKING_URI).", rate)
+            logger.warning(
+                "SLIPWAY_TRACE_SAMPLE_RATE=%s but no MLflow tracking URI: tracing is "
+                "off (set SLIPWAY_MLFLOW_TRACKING_URI).",
+                rate,
+            )
             self.rate = 0.0
         if self.rate > 0:
             import mlflow

@@ -32,16 +32,21 @@ def pipeline_of(config: str) -> tuple[Any, Path]:
     source, _, path = config.rpartition("=")
     file = Path(path)
     parts = file.stem.split("_")
-    candidates = ([source] if source else
-                  [f"pipelines.{n}.{n}" for n in ("_".join(parts[:i]) for i in range(len(parts), 0, -1))])
+    candidates = (
+        [source]
+        if source
+        else [f"pipelines.{n}.{n}" for n in ("_".join(parts[:i]) for i in range(len(parts), 0, -1))]
+    )
     for candidate in candidates:
         module, _, name = candidate.rpartition(".")
         try:
             return getattr(importlib.import_module(module), name), file
         except (ImportError, AttributeError):
             continue
-    raise SystemExit(f"{file}: no pipeline {' or '.join(candidates)} for it; name the file "
-                     "after its pipeline or pass MODULE.FUNCTION=FILE.")
+    raise SystemExit(
+        f"{file}: no pipeline {' or '.join(candidates)} for it; name the file "
+        "after its pipeline or pass MODULE.FUNCTION=FILE."
+    )
 
 
 def check_schedule(config: Path, schedule: Any) -> str:
@@ -54,8 +59,10 @@ def check_schedule(config: Path, schedule: Any) -> str:
     if cron is None:
         return f"schedule {schedule.name!r} every {schedule.interval_second}"
     if not croniter.is_valid(cron) or len(cron.split()) != 5:
-        raise SystemExit(f"{config}: schedule.cron_expression {cron!r} is not a 5-field cron "
-                         "expression (minute hour day-of-month month day-of-week).")
+        raise SystemExit(
+            f"{config}: schedule.cron_expression {cron!r} is not a 5-field cron "
+            "expression (minute hour day-of-month month day-of-week)."
+        )
     return f"schedule {schedule.name!r} cron {cron!r}"
 
 
@@ -115,8 +122,10 @@ def check(stack_path: Path, configs: list[str]) -> list[str]:
     lines.append(f"stack {name}: ZenML stack validation passed")
     for config in configs:
         file, snapshot, schedule = compile_config(config)
-        lines.append(f"{file}: {snapshot.pipeline_configuration.name} compiles on {name} "
-                     f"({len(snapshot.step_configurations)} steps), {check_schedule(file, schedule)}")
+        lines.append(
+            f"{file}: {snapshot.pipeline_configuration.name} compiles on {name} "
+            f"({len(snapshot.step_configurations)} steps), {check_schedule(file, schedule)}"
+        )
     return lines
 
 
@@ -124,14 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, point ZenML at a temporary store, and check."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", type=Path, help="stack definition, e.g. stacks/kubernetes.yaml")
-    parser.add_argument("configs", nargs="*",
-                        help="run configurations to compile on it: FILE or MODULE.FUNCTION=FILE")
+    parser.add_argument(
+        "configs",
+        nargs="*",
+        help="run configurations to compile on it: FILE or MODULE.FUNCTION=FILE",
+    )
     args = parser.parse_args(argv)
     if "zenml" in sys.modules:
         raise SystemExit("stacks.check must run before ZenML is imported (python -m stacks.check)")
     with tempfile.TemporaryDirectory(prefix="slipway-stack-check-") as tmp:
-        os.environ.update({"ZENML_CONFIG_PATH": f"{tmp}/config", "ZENML_REPOSITORY_PATH": tmp,
-                           "ZENML_ANALYTICS_OPT_IN": "false", "ZENML_LOGGING_VERBOSITY": "WARN"})
+        os.environ.update(
+            {
+                "ZENML_CONFIG_PATH": f"{tmp}/config",
+                "ZENML_REPOSITORY_PATH": tmp,
+                "ZENML_ANALYTICS_OPT_IN": "false",
+                "ZENML_LOGGING_VERBOSITY": "WARN",
+            }
+        )
         os.environ.pop("ZENML_STORE_URL", None)
         os.environ.pop("ZENML_STORE_API_KEY", None)
         Path(tmp, ".zen").mkdir()

@@ -57,8 +57,10 @@ def load_spec(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any
         raise SystemExit(f"{path} is not a stack definition: it needs stack_name and components.")
     missing = sorted(name for name in variables(spec) if name not in env)
     if missing:
-        raise SystemExit(f"Set {', '.join(missing)} in the environment: {path} reads them "
-                         "(see the comments at its top).")
+        raise SystemExit(
+            f"Set {', '.join(missing)} in the environment: {path} reads them "
+            "(see the comments at its top)."
+        )
     return dict(expand(spec, env))
 
 
@@ -73,10 +75,12 @@ def missing_secrets(client: Any, spec: Mapping[str, Any]) -> list[str]:
             have = None
         if have is None or not set(keys) <= have:
             lacking = keys if have is None else sorted(set(keys) - have)
-            problems.append(f"  {name} (for {wanted.get('used_by', 'the stack')}): missing "
-                            f"{', '.join(lacking)}: zenml secret "
-                            f"{'create' if have is None else 'update'} {name} "
-                            + " ".join(f"--{k}=..." for k in lacking))
+            problems.append(
+                f"  {name} (for {wanted.get('used_by', 'the stack')}): missing "
+                f"{', '.join(lacking)}: zenml secret "
+                f"{'create' if have is None else 'update'} {name} "
+                + " ".join(f"--{k}=..." for k in lacking)
+            )
     return problems
 
 
@@ -85,7 +89,9 @@ def ensure_component(client: Any, ctype: Any, spec: dict[str, Any]) -> str:
     name, flavor = spec["name"], spec["flavor"]
     configuration = spec.get("configuration") or {}
     try:
-        existing = client.get_stack_component(ctype, name_id_or_prefix=name, allow_name_prefix_match=False)
+        existing = client.get_stack_component(
+            ctype, name_id_or_prefix=name, allow_name_prefix_match=False
+        )
     except KeyError:
         created = client.create_stack_component(
             name=name, flavor=flavor, component_type=ctype, configuration=configuration
@@ -94,7 +100,8 @@ def ensure_component(client: Any, ctype: Any, spec: dict[str, Any]) -> str:
     if existing.flavor_name != flavor:
         raise SystemExit(
             f"A {ctype.value} named '{name}' exists with flavor '{existing.flavor_name}', "
-            f"not '{flavor}'; rename it in the stack YAML or delete it with `zenml {ctype.value.replace('_', '-')} delete {name}`."
+            f"not '{flavor}'; rename it in the stack YAML or delete it with "
+            f"`zenml {ctype.value.replace('_', '-')} delete {name}`."
         )
     if configuration and any(existing.configuration.get(k) != v for k, v in configuration.items()):
         client.update_stack_component(name, ctype, configuration=configuration)

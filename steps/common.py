@@ -43,12 +43,16 @@ def index_settings() -> IndexSettings:
     return with_secret(settings, settings.pinecone_secret, PINECONE, zenml_secret)
 
 
-def champion_embedder_dir(model_name: str, model_version: str | None,
-                          bundle_dir: str | None) -> tuple[Path, str]:
+def champion_embedder_dir(
+    model_name: str, model_version: str | None, bundle_dir: str | None
+) -> tuple[Path, str]:
     """The ONNX embedder directory of a local bundle, a registered version, or the champion,
     and a label saying which."""
     if bundle_dir:
         return OnnxBundle.load(Path(bundle_dir)).role_dir("embedder"), f"bundle {bundle_dir}"
-    served = resolve_bundle(ServeSettings(model_version=model_version, bundle_dir=None),
-                            uri=mlflow.get_tracking_uri(), name=model_name)
+    served = resolve_bundle(
+        ServeSettings(model_version=model_version, bundle_dir=None),
+        uri=mlflow.get_tracking_uri(),
+        name=model_name,
+    )
     return served.bundle.role_dir("embedder"), f"{model_name} v{served.version}"

@@ -36,8 +36,9 @@ def preprocess_documents(
     ``source_fingerprint`` (see :func:`corpus_fingerprint`) is only part of the cache key: an
     edited corpus at the same path is read again, an unchanged one comes from the cache."""
     path = Path(corpus) if corpus else default_corpus()
-    columns = CsvColumns(csv_id_column, csv_text_column, csv_title_column,
-                         tuple(csv_metadata_columns or ()))
+    columns = CsvColumns(
+        csv_id_column, csv_text_column, csv_title_column, tuple(csv_metadata_columns or ())
+    )
     return read_corpus(path, source_format, min_chars, columns)
 
 
@@ -54,9 +55,16 @@ def chunk_corpus(
     embedder_path: str | None = None,
 ) -> Annotated[ChunkSet, "chunks"]:
     """Chunks sized in the embedder's own tokens, cut at whitespace, with overlap."""
-    source = embedder_source(Path(embedder_path) if embedder_path else ModelSettings().embedder_path)
-    return chunk_documents(documents.documents, load_tokenizer(source.path), chunk_tokens,
-                           overlap_tokens, tokenizer_name=source.origin)
+    source = embedder_source(
+        Path(embedder_path) if embedder_path else ModelSettings().embedder_path
+    )
+    return chunk_documents(
+        documents.documents,
+        load_tokenizer(source.path),
+        chunk_tokens,
+        overlap_tokens,
+        tokenizer_name=source.origin,
+    )
 
 
 @step(enable_cache=False)
@@ -76,5 +84,6 @@ def calibration_sample(
 ) -> Annotated[CalibrationSet, "calibration_set"]:
     """A seeded sample of the chunks of ``corpus`` (the texts the embedder will see) on which
     the parity gate compares the ONNX embedder with its original."""
-    return calibration_set((c.text for c in chunks.chunks), corpus or str(default_corpus()),
-                           limit, seed)
+    return calibration_set(
+        (c.text for c in chunks.chunks), corpus or str(default_corpus()), limit, seed
+    )

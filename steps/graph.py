@@ -58,13 +58,25 @@ def update_knowledge_graph(
         embed = OnnxEmbedder(embedder_dir, threads=get_settings().threads).embed
     nlp = load_nlp(settings.ner_model)
     with connect(settings) as graph:
-        stats = update_graph(graph, documents.documents, chunks.chunks, nlp, embed,
-                             batch_docs=batch_docs, ner_batch=ner_batch,
-                             max_pair_entities=max_pair_entities)
+        stats = update_graph(
+            graph,
+            documents.documents,
+            chunks.chunks,
+            nlp,
+            embed,
+            batch_docs=batch_docs,
+            ner_batch=ner_batch,
+            max_pair_entities=max_pair_entities,
+        )
     logger.info("knowledge graph: %s", stats.counts)
     if mlflow.active_run() is not None:
-        mlflow.log_metrics({f"kg_{k}": float(v) for k, v in stats.model_dump().items()
-                            if isinstance(v, int | float)})
+        mlflow.log_metrics(
+            {
+                f"kg_{k}": float(v)
+                for k, v in stats.model_dump().items()
+                if isinstance(v, int | float)
+            }
+        )
         mlflow.log_metrics({f"kg_nodes_{k}": float(v) for k, v in stats.counts.items()})
     return stats
 
@@ -90,9 +102,12 @@ def train_graph_embeddings(
     with connect(graph_settings()) as graph:
         ids, names, edges, weights = graph.entity_graph()
         if len(edges) < MIN_EDGES:
-            logger.warning("the entity graph has %d co-occurrence edges (< %d): no graph "
-                           "embeddings trained; add documents for link prediction", len(edges),
-                           MIN_EDGES)
+            logger.warning(
+                "the entity graph has %d co-occurrence edges (< %d): no graph "
+                "embeddings trained; add documents for link prediction",
+                len(edges),
+                MIN_EDGES,
+            )
             return {"edges": float(len(edges)), "trained": 0.0}
         embedder_dir, _ = champion_embedder_dir(model_name, model_version, bundle_dir)
         features = OnnxEmbedder(embedder_dir, threads=get_settings().threads).embed(names)
@@ -105,11 +120,20 @@ def train_graph_embeddings(
     if mlflow.active_run() is not None:
         mlflow.log_metric("gnn_beats_baselines", float(beats))
     last.write_text(json.dumps(metrics))
-    logger.info("graph embeddings: link AUC %.3f (name-cosine %.3f, random %.3f)",
-                result.test_auc, result.cosine_auc, result.random_auc)
+    logger.info(
+        "graph embeddings: link AUC %.3f (name-cosine %.3f, random %.3f)",
+        result.test_auc,
+        result.cosine_auc,
+        result.random_auc,
+    )
     if not beats:
-        logger.warning("the GNN's held-out link AUC %.3f does not beat name-embedding cosine "
-                       "(%.3f) and random (%.3f) by a clear margin on this graph: its "
-                       "embeddings add little here (try more epochs, model=gcn, or more "
-                       "documents)", result.test_auc, result.cosine_auc, result.random_auc)
+        logger.warning(
+            "the GNN's held-out link AUC %.3f does not beat name-embedding cosine "
+            "(%.3f) and random (%.3f) by a clear margin on this graph: its "
+            "embeddings add little here (try more epochs, model=gcn, or more "
+            "documents)",
+            result.test_auc,
+            result.cosine_auc,
+            result.random_auc,
+        )
     return metrics

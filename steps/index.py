@@ -58,10 +58,18 @@ def refresh_index_version(
     cache = EmbeddingCache(get_settings().cache_dir / "embeddings.sqlite")
     try:
         version = refresh_index(
-            index, vector_store(index, settings), chunks.chunks, document_hashes(documents.documents),
-            embedder, model_fingerprint(embedder_dir), cache, embedder_label=label,
-            embedder_dir=str(embedder_dir), write_batch=write_batch,
-            store_name=settings.vector_store)
+            index,
+            vector_store(index, settings),
+            chunks.chunks,
+            document_hashes(documents.documents),
+            embedder,
+            model_fingerprint(embedder_dir),
+            cache,
+            embedder_label=label,
+            embedder_dir=str(embedder_dir),
+            write_batch=write_batch,
+            store_name=settings.vector_store,
+        )
     finally:
         cache.close()
     stats = version.stats
@@ -81,10 +89,12 @@ def evaluate_index_version(
     if not eval_dir:
         return {}
     opened = OpenIndex(index, index_version.version, vector_store(index, settings))
-    searcher = HybridSearcher(OnnxEmbedder(Path(index_version.embedder_dir)), opened.dense,
-                              opened.sparse)
-    metrics = evaluate_searcher(searcher, JudgedQueries.from_beir(Path(eval_dir), split),
-                                opened.doc_of)
+    searcher = HybridSearcher(
+        OnnxEmbedder(Path(index_version.embedder_dir)), opened.dense, opened.sparse
+    )
+    metrics = evaluate_searcher(
+        searcher, JudgedQueries.from_beir(Path(eval_dir), split), opened.doc_of
+    )
     record_metrics(index, index_version.version, metrics)
     _log(flat_metrics(metrics))
     return metrics
@@ -92,12 +102,18 @@ def evaluate_index_version(
 
 @step(enable_cache=False)
 def publish_index_version(
-    index_version: IndexVersion, retrieval_metrics: Metrics,
-    margin: float | None = None, retain: int | None = None,
+    index_version: IndexVersion,
+    retrieval_metrics: Metrics,
+    margin: float | None = None,
+    retain: int | None = None,
 ) -> Annotated[str, "published_index_version"]:
     """Move the published pointer to the new version if it passes the quality gate."""
     settings = index_settings()
     index = index_dir(index_version.name, settings)
-    return publish_gated(index, vector_store(index, settings), index_version.version,
-                         settings.quality_margin if margin is None else margin,
-                         settings.index_retain if retain is None else retain)
+    return publish_gated(
+        index,
+        vector_store(index, settings),
+        index_version.version,
+        settings.quality_margin if margin is None else margin,
+        settings.index_retain if retain is None else retain,
+    )

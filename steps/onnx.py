@@ -69,20 +69,37 @@ def parity_gate(
         embed_min_cosine, gen_min_exact_match, gen_quantized_min_token_agreement, gen_max_mean_kl
     )
     logger.info("Parity on %s", calibration.summary() if calibration else "built-in texts")
-    report = evaluate.parity(bundle, thresholds, calibration.texts if calibration else None,
-                             n_texts, n_prompts, max_new_tokens, get_settings().threads,
-                             exported=exported)
+    report = evaluate.parity(
+        bundle,
+        thresholds,
+        calibration.texts if calibration else None,
+        n_texts,
+        n_prompts,
+        max_new_tokens,
+        get_settings().threads,
+        exported=exported,
+    )
     raise_on_failure(report)
     return bundle
 
 
 @step(cache_policy=SLIPWAY_CACHE, output_materializers=OnnxBundleMaterializer)
 def measure_latency(
-    bundle: OnnxBundle, calibration: CalibrationSet | None = None, rounds: int = 5,
-    batch: int = 32, new_tokens: int = 32,
+    bundle: OnnxBundle,
+    calibration: CalibrationSet | None = None,
+    rounds: int = 5,
+    batch: int = 32,
+    new_tokens: int = 32,
 ) -> Annotated[OnnxBundle, "measured_bundle"]:
     """Latency and throughput of each ONNX model against its PyTorch original (the embedder
     on a batch of ``calibration`` texts)."""
-    evaluate.latency(bundle, calibration.texts if calibration else None, rounds, batch,
-                     new_tokens, get_settings().threads, plot_path=bundle.root / "latency.png")
+    evaluate.latency(
+        bundle,
+        calibration.texts if calibration else None,
+        rounds,
+        batch,
+        new_tokens,
+        get_settings().threads,
+        plot_path=bundle.root / "latency.png",
+    )
     return bundle

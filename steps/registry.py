@@ -62,8 +62,12 @@ def track_and_register(
     if _in_pipeline():
         tags["zenml_run"] = get_step_context().pipeline_run.name
     version = register_bundle(
-        MlflowClient(), model_name, mlflow.get_artifact_uri(BUNDLE_ARTIFACT_PATH),
-        run.info.run_id, metrics, tags,
+        MlflowClient(),
+        model_name,
+        mlflow.get_artifact_uri(BUNDLE_ARTIFACT_PATH),
+        run.info.run_id,
+        metrics,
+        tags,
     )
     result = {
         "name": version.name,

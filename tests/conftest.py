@@ -26,14 +26,14 @@ os.environ.update(
     }
 )
 
-import pytest
+import pytest  # noqa: E402 - after the homes above are set
 
 # ZenML's filter models must be built before anything (httpx, at collection) creates an equal
 # ``Optional[Union[List[str], str]]``: typing's cache would hand ZenML that argument order, and
 # its filter code (issubclass over the union's args, in order) then rejects `oneof:` filters.
-import zenml.models  # noqa: F401
+import zenml.models  # noqa: E402, F401
 
-from tests.tiny_models import make_tiny_embedder, make_tiny_generator
+from tests.tiny_models import make_tiny_embedder, make_tiny_generator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -96,8 +96,9 @@ def tiny_onnx_embedder(tiny_embedder: Path, tmp_path_factory: pytest.TempPathFac
     """The tiny embedder exported to ONNX (a model directory OnnxEmbedder opens)."""
     from slipway.onnx.build import BuildConfig, export
 
-    return export(tiny_embedder, tmp_path_factory.mktemp("tiny-onnx"),
-                  BuildConfig(task="feature-extraction"))
+    return export(
+        tiny_embedder, tmp_path_factory.mktemp("tiny-onnx"), BuildConfig(task="feature-extraction")
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

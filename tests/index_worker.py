@@ -17,14 +17,16 @@ from slipway.retrieval.evaluation import publish_gated
 from slipway.retrieval.index import IndexDir, document_hashes, refresh_index
 
 
-def corpus_chunks(model: Path, corpus: Path, first: int, last: int, edit: int
-                  ) -> tuple[list[Document], list[Chunk]]:
+def corpus_chunks(
+    model: Path, corpus: Path, first: int, last: int, edit: int
+) -> tuple[list[Document], list[Chunk]]:
     """Documents FIRST..LAST (the first EDIT of them edited) and their chunks."""
     docs = read_corpus(corpus, min_chars=1).documents[first:last]
     for i in range(edit):
         text = docs[i].text + " (revised)"
-        docs[i] = docs[i].model_copy(update={"text": text,
-                                             "content_hash": content_hash(docs[i].title, text)})
+        docs[i] = docs[i].model_copy(
+            update={"text": text, "content_hash": content_hash(docs[i].title, text)}
+        )
     return docs, chunk_documents(docs, load_tokenizer(model), 128, 16).chunks
 
 
@@ -33,9 +35,16 @@ def main(root: Path, model: Path, corpus: Path, first: int, last: int, edit: int
     docs, chunks = corpus_chunks(model, corpus, first, last, edit)
     index = IndexDir(root, "killtest")
     store = LanceDBStore(index.lance_dir)
-    version = refresh_index(index, store, chunks, document_hashes(docs), OnnxEmbedder(model),
-                            model_fingerprint(model), EmbeddingCache(root / "cache.sqlite"),
-                            write_batch=16)
+    version = refresh_index(
+        index,
+        store,
+        chunks,
+        document_hashes(docs),
+        OnnxEmbedder(model),
+        model_fingerprint(model),
+        EmbeddingCache(root / "cache.sqlite"),
+        write_batch=16,
+    )
     publish_gated(index, store, version.version, margin=0.01, retain=3)
     print(version.model_dump_json())
 

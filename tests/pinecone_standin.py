@@ -81,8 +81,9 @@ class State:
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     """An error body shaped like Pinecone's."""
-    return JSONResponse({"error": {"code": code, "message": message}, "status": status},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}, "status": status}, status_code=status
+    )
 
 
 def _token(last: str) -> str:
@@ -149,8 +150,11 @@ def create_app(state: State) -> FastAPI:
         if request.headers.get("api-key") != state.api_key:
             return _error(401, "UNAUTHENTICATED", "Invalid API Key")
         if failure is not None:
-            return _error(failure, "UNAVAILABLE" if failure >= 500 else "INVALID_ARGUMENT",
-                          f"Injected failure {failure}")
+            return _error(
+                failure,
+                "UNAVAILABLE" if failure >= 500 else "INVALID_ARGUMENT",
+                f"Injected failure {failure}",
+            )
         return await call_next(request)
 
     @app.exception_handler(ValueError)
@@ -165,9 +169,15 @@ def create_app(state: State) -> FastAPI:
             "name": name,
             "host": state.host,
             "status": {"ready": True, "state": "Ready"},
-            "schema": {"fields": {"values": {"type": "dense_vector",
-                                             "dimension": state.dimension or 0,
-                                             "metric": "cosine"}}},
+            "schema": {
+                "fields": {
+                    "values": {
+                        "type": "dense_vector",
+                        "dimension": state.dimension or 0,
+                        "metric": "cosine",
+                    }
+                }
+            },
             "deployment": {"deployment_type": "managed", "cloud": "aws", "region": "us-east-1"},
             "deletion_protection": "disabled",
         }
@@ -177,17 +187,23 @@ def create_app(state: State) -> FastAPI:
         body = await request.json()
         vectors = body.get("vectors") or []
         if len(vectors) > UPSERT_MAX:
-            return _error(400, "INVALID_ARGUMENT",
-                          f"Upsert of {len(vectors)} vectors exceeds the limit of {UPSERT_MAX}")
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                f"Upsert of {len(vectors)} vectors exceeds the limit of {UPSERT_MAX}",
+            )
         rows = {}
         for vector in vectors:
             values = np.asarray(vector["values"], dtype=np.float32)
             if state.dimension is None:
                 state.dimension = len(values)
             if len(values) != state.dimension:
-                return _error(400, "INVALID_ARGUMENT",
-                              f"Vector dimension {len(values)} does not match the dimension "
-                              f"of the index {state.dimension}")
+                return _error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    f"Vector dimension {len(values)} does not match the dimension "
+                    f"of the index {state.dimension}",
+                )
             rows[vector["id"]] = Row(values, dict(vector.get("metadata") or {}))
         with state.lock:
             state.namespaces.setdefault(body.get("namespace", ""), {}).update(rows)
@@ -223,8 +239,11 @@ def create_app(state: State) -> FastAPI:
             return _error(404, "NOT_FOUND", "Namespace not found")
         ids = body.get("ids") or []
         if len(ids) > DELETE_MAX:
-            return _error(400, "INVALID_ARGUMENT",
-                          f"Delete of {len(ids)} ids exceeds the limit of {DELETE_MAX}")
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                f"Delete of {len(ids)} ids exceeds the limit of {DELETE_MAX}",
+            )
         with state.lock:
             rows = state.namespaces[namespace]
             if body.get("deleteAll"):
@@ -253,25 +272,36 @@ def create_app(state: State) -> FastAPI:
         }
 
     @app.get("/vectors/list")
-    async def list_ids(namespace: str = "", prefix: str = "", limit: int = LIST_LIMIT,
-                       token: str | None = Query(None, alias="paginationToken")) -> Any:
+    async def list_ids(
+        namespace: str = "",
+        prefix: str = "",
+        limit: int = LIST_LIMIT,
+        token: str | None = Query(None, alias="paginationToken"),
+    ) -> Any:
         ids = [i for i in state.namespaces.get(namespace, {}) if i.startswith(prefix)]
         page, token = _page(ids, token, min(limit, state.page_size))
-        out: dict[str, Any] = {"vectors": [{"id": i} for i in page], "namespace": namespace,
-                               "usage": {"readUnits": 1}}
+        out: dict[str, Any] = {
+            "vectors": [{"id": i} for i in page],
+            "namespace": namespace,
+            "usage": {"readUnits": 1},
+        }
         if token:
             out["pagination"] = {"next": token}
         return out
 
     @app.get("/namespaces")
-    async def list_namespaces(prefix: str = "", limit: int = LIST_LIMIT,
-                              token: str | None = Query(None, alias="paginationToken")) -> Any:
+    async def list_namespaces(
+        prefix: str = "",
+        limit: int = LIST_LIMIT,
+        token: str | None = Query(None, alias="paginationToken"),
+    ) -> Any:
         names = [n for n in state.namespaces if n.startswith(prefix)]
         page, token = _page(names, token, min(limit, state.page_size))
         out: dict[str, Any] = {
             # Pinecone sends record_count as a string-encoded integer.
-            "namespaces": [{"name": n, "record_count": str(len(state.namespaces[n]))}
-                           for n in page],
+            "namespaces": [
+                {"name": n, "record_count": str(len(state.namespaces[n]))} for n in page
+            ],
             "total_count": len(names),
         }
         if token:
@@ -310,11 +340,16 @@ class PineconeStandIn:
         sock.bind(("127.0.0.1", 0))
         self.host = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.state.host = self.host
-        config = uvicorn.Config(create_app(self.state), log_level="warning", access_log=False,
-                                lifespan="off")
+        config = uvicorn.Config(
+            create_app(self.state), log_level="warning", access_log=False, lifespan="off"
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        daemon=True, name="pinecone-standin")
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            daemon=True,
+            name="pinecone-standin",
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -332,8 +367,10 @@ class PineconeStandIn:
 
 
 @contextmanager
-def pinecone_standin(api_key: str = "test-key", dimension: int | None = None,
-                     ) -> Iterator[PineconeStandIn]:
+def pinecone_standin(
+    api_key: str = "test-key",
+    dimension: int | None = None,
+) -> Iterator[PineconeStandIn]:
     """A running stand-in for the duration of the ``with`` block."""
     standin = PineconeStandIn(api_key=api_key, dimension=dimension)
     standin.start()

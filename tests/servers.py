@@ -23,8 +23,12 @@ PROMETHEUS_RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml
 
 def prometheus_rules() -> list[dict[str, Any]]:
     """Every recording and alerting rule of deploy/prometheus/rules."""
-    return [rule for path in PROMETHEUS_RULES
-            for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    return [
+        rule
+        for path in PROMETHEUS_RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
 
 
 def free_port() -> int:
@@ -34,8 +38,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], what: str, seconds: float = 30,
-               interval: float = 0.2) -> None:
+def wait_until(
+    check: Callable[[], bool], what: str, seconds: float = 30, interval: float = 0.2
+) -> None:
     """Poll ``check`` until it holds; fail naming ``what`` after ``seconds``."""
     deadline = time.monotonic() + seconds
     while not check():
@@ -50,8 +55,10 @@ def installed_tool(name: str, package: str) -> str:
     local = Path(sys.executable).parent / name
     path = str(local) if local.is_file() else shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is missing: pip install {package} (the test extra: "
-                    "`bash scripts/setup.sh install`)")
+        pytest.fail(
+            f"{name} is missing: pip install {package} (the test extra: "
+            "`bash scripts/setup.sh install`)"
+        )
     return path
 
 
@@ -59,8 +66,10 @@ def prometheus_tool(name: str) -> str:
     """Path of a Prometheus binary (Debian's ``prometheus`` package; scripts/setup.sh)."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is missing: install Debian's prometheus (`apt-get install -y "
-                    "prometheus`, as scripts/setup.sh does)")
+        pytest.fail(
+            f"{name} is missing: install Debian's prometheus (`apt-get install -y "
+            "prometheus`, as scripts/setup.sh does)"
+        )
     return path
 
 
@@ -80,13 +89,21 @@ def running_prometheus(config: dict[str, Any], workdir: Path) -> Iterator[str]:
     log_path = workdir / "prometheus.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [prometheus_tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address={base.removeprefix('http://')}"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                prometheus_tool("prometheus"),
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address={base.removeprefix('http://')}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_until(lambda: proc.poll() is not None or answers(f"{base}/-/ready"),
-                   "Prometheus to be ready", seconds=60)
+        wait_until(
+            lambda: proc.poll() is not None or answers(f"{base}/-/ready"),
+            "Prometheus to be ready",
+            seconds=60,
+        )
         if proc.poll() is not None:
             pytest.fail(f"prometheus exited: {log_path.read_text()[-2000:]}")
         yield base

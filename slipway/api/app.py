@@ -27,28 +27,43 @@ from slipway.config import ServeSettings
 from slipway.resources import Resources
 
 
-def create_app(settings: ServeSettings | None = None, resources: Resources | None = None,
-               deprecated: dict[str, Deprecated] | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings | None = None,
+    resources: Resources | None = None,
+    deprecated: dict[str, Deprecated] | None = None,
+) -> FastAPI:
     """The API app over ``resources`` (or the ones set later as ``app.state.resources``, once
     the service has loaded its models); ``deprecated`` (default: the settings'
     ``deprecated_routes``) marks routes."""
     settings = settings or ServeSettings()
     if deprecated is None:
-        deprecated = {route: Deprecated.model_validate(value)
-                      for route, value in settings.deprecated_routes.items()}
-    app = FastAPI(title="Slipway API", version=API_VERSION,
-                  description=f"Slipway {__version__}: embeddings, generation, summaries, hybrid "
-                              "search, RAG answers, the knowledge graph and OpenAI-compatible "
-                              "routes. Send an API key as `Authorization: Bearer <key>`.",
-                  docs_url="/docs", redoc_url=None)
+        deprecated = {
+            route: Deprecated.model_validate(value)
+            for route, value in settings.deprecated_routes.items()
+        }
+    app = FastAPI(
+        title="Slipway API",
+        version=API_VERSION,
+        description=f"Slipway {__version__}: embeddings, generation, summaries, hybrid "
+        "search, RAG answers, the knowledge graph and OpenAI-compatible "
+        "routes. Send an API key as `Authorization: Bearer <key>`.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
     app.state.resources = resources
     app.state.load = Load(settings.max_concurrency)
     app.state.watchdog = Watchdog(settings.watchdog_stall_s)
-    app.add_middleware(ApiMiddleware, max_body_bytes=settings.max_body_bytes,
-                       max_concurrency=settings.max_concurrency, deprecated=deprecated,
-                       gate=gate(app), load=app.state.load,
-                       deadlines=Deadlines(settings.body_timeout_s, settings.request_timeout_s,
-                                           settings.stream_timeout_s))
+    app.add_middleware(
+        ApiMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrency=settings.max_concurrency,
+        deprecated=deprecated,
+        gate=gate(app),
+        load=app.state.load,
+        deadlines=Deadlines(
+            settings.body_timeout_s, settings.request_timeout_s, settings.stream_timeout_s
+        ),
+    )
     _exception_handlers(app)
     app.include_router(native.router)
     app.include_router(openai.router)
@@ -59,8 +74,9 @@ def create_app(settings: ServeSettings | None = None, resources: Resources | Non
 
     def spec() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             schema["info"]["x-slipway-version"] = __version__
             app.openapi_schema = schema
         return app.openapi_schema
@@ -92,24 +108,37 @@ def _exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-        response = error(ApiError(exc.status_code, str(exc.detail),
-                                  code=codes.get(exc.status_code, "invalid_request")))
+        response = error(
+            ApiError(
+                exc.status_code, str(exc.detail), code=codes.get(exc.status_code, "invalid_request")
+            )
+        )
         if exc.headers:
             response.headers.update(exc.headers)
         return response
 
 
 def _not_found(app: FastAPI) -> None:
-    @app.api_route("/v1/{rest:path}", include_in_schema=False,
-                   methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    @app.api_route(
+        "/v1/{rest:path}",
+        include_in_schema=False,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    )
     async def not_found(request: Request) -> None:
         """JSON 404 (or 405 naming the allowed methods) for the rest of ``/v1``."""
         path = request.url.path
-        allowed = sorted({m for r in app.routes if isinstance(r, APIRoute)
-                          and r.path_regex.match(path) and r.name != "not_found"
-                          for m in r.methods or ()})
+        allowed = sorted(
+            {
+                m
+                for r in app.routes
+                if isinstance(r, APIRoute) and r.path_regex.match(path) and r.name != "not_found"
+                for m in r.methods or ()
+            }
+        )
         if allowed:
-            raise StarletteHTTPException(405, f"{request.method} is not allowed on {path}; use "
-                                         f"{', '.join(allowed)}.",
-                                         headers={"Allow": ", ".join(allowed)})
+            raise StarletteHTTPException(
+                405,
+                f"{request.method} is not allowed on {path}; use {', '.join(allowed)}.",
+                headers={"Allow": ", ".join(allowed)},
+            )
         raise StarletteHTTPException(404, f"No route {path}; see /docs for the API.")

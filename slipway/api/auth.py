@@ -28,8 +28,10 @@ class Principal:
     def require(self, scope: Scope) -> None:
         """:class:`ScopeError` unless this caller holds ``scope`` (admin holds every scope)."""
         if scope not in self.scopes and Scope.ADMIN not in self.scopes:
-            raise ScopeError(f"This credential lacks the '{scope.value}' scope; create a key "
-                             f"with `slipway keys create --scope {scope.value}`.")
+            raise ScopeError(
+                f"This credential lacks the '{scope.value}' scope; create a key "
+                f"with `slipway keys create --scope {scope.value}`."
+            )
 
 
 def claim_scopes(claims: dict[str, Any]) -> frozenset[Scope]:
@@ -75,12 +77,15 @@ class Authenticator:
     def __init__(self, store: KeyStore | None, settings: ApiSettings) -> None:
         self.store = CachedKeyStore(store) if store is not None else None
         self.settings = settings
-        self.default_limits = Limits(settings.default_requests_per_minute,
-                                     settings.default_tokens_per_minute)
+        self.default_limits = Limits(
+            settings.default_requests_per_minute, settings.default_tokens_per_minute
+        )
         self._jwks = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else None
         if not settings.auth:
-            logger.warning("Authentication is OFF (SLIPWAY_AUTH=false): every /v1 route is open "
-                           "to anyone who can reach this server.")
+            logger.warning(
+                "Authentication is OFF (SLIPWAY_AUTH=false): every /v1 route is open "
+                "to anyone who can reach this server."
+            )
 
     @property
     def jwt_enabled(self) -> bool:
@@ -96,8 +101,10 @@ class Authenticator:
         if self.store is None:
             raise AuthError("API keys are not configured on this server.")
         record = verify(self.store, token)
-        limits = Limits(record.requests_per_minute or self.default_limits.requests_per_minute,
-                        record.tokens_per_minute or self.default_limits.tokens_per_minute)
+        limits = Limits(
+            record.requests_per_minute or self.default_limits.requests_per_minute,
+            record.tokens_per_minute or self.default_limits.tokens_per_minute,
+        )
         return Principal(f"key:{record.id}", frozenset(record.scopes), limits)
 
     def _jwt(self, token: str) -> Principal:
@@ -109,14 +116,24 @@ class Authenticator:
             if header.get("alg") == "HS256" and self.settings.jwt_secret is not None:
                 key: Any = self.settings.jwt_secret.get_secret_value()
             elif header.get("alg") == "RS256" and self._jwks is not None:
-                key = self._jwks[header.get("kid", "")].key if header.get("kid") else (
-                    next(iter(self._jwks.keys)).key)
+                key = (
+                    self._jwks[header.get("kid", "")].key
+                    if header.get("kid")
+                    else (next(iter(self._jwks.keys)).key)
+                )
             else:
-                raise AuthError(f"JWT algorithm {header.get('alg')!r} is not accepted here "
-                                "(HS256 with SLIPWAY_JWT_SECRET, RS256 with SLIPWAY_JWT_JWKS_FILE).")
-            claims = jwt.decode(token, key, algorithms=[header["alg"]], options=options,  # type: ignore[arg-type]
-                                audience=self.settings.jwt_audience,
-                                issuer=self.settings.jwt_issuer)
+                raise AuthError(
+                    f"JWT algorithm {header.get('alg')!r} is not accepted here "
+                    "(HS256 with SLIPWAY_JWT_SECRET, RS256 with SLIPWAY_JWT_JWKS_FILE)."
+                )
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[header["alg"]],
+                options=options,  # type: ignore[arg-type]
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+            )
         except KeyError as exc:
             raise AuthError("JWT signed by an unknown key id.") from exc
         except jwt.PyJWTError as exc:
@@ -133,4 +150,6 @@ def _load_jwks(path: Path) -> Any:
     try:
         return jwt.PyJWKSet.from_dict(json.loads(Path(path).read_text()))
     except (OSError, ValueError, jwt.PyJWKSetError) as exc:
-        raise ValueError(f"SLIPWAY_JWT_JWKS_FILE={path} is not a readable JWKS file: {exc}") from exc
+        raise ValueError(
+            f"SLIPWAY_JWT_JWKS_FILE={path} is not a readable JWKS file: {exc}"
+        ) from exc

@@ -30,19 +30,36 @@ _GATE_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="slipway-ga
 _bearer = HTTPBearer(auto_error=False, description="An API key (sk-slipway-...) or a JWT.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text} for status, text in {
-        400: "Invalid request (the field is named)", 401: "Missing or invalid credentials",
-        403: "The credential lacks the route's scope", 404: "Not found",
-        408: "The body did not arrive in time", 413: "Body too large",
-        415: "Body is not JSON", 429: "Rate limit reached (see Retry-After)",
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "Invalid request (the field is named)",
+        401: "Missing or invalid credentials",
+        403: "The credential lacks the route's scope",
+        404: "Not found",
+        408: "The body did not arrive in time",
+        413: "Body too large",
+        415: "Body is not JSON",
+        429: "Rate limit reached (see Retry-After)",
         503: "Overloaded, or a backend (index, graph) unavailable (see Retry-After)",
-        504: "A deadline passed (see Retry-After)"}.items()}
-_EVENT = {"type": "object", "required": ["data"], "properties": {
-    "data": {"type": "string", "description": "a JSON object, or [DONE] last"},
-    "event": {"type": "string"}, "id": {"type": "string"}}}
-STREAMED: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {
-    "content": {"text/event-stream": {"schema": _EVENT}},
-    "description": "JSON, or server-sent events when `stream` is true"}}
+        504: "A deadline passed (see Retry-After)",
+    }.items()
+}
+_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "description": "a JSON object, or [DONE] last"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+    },
+}
+STREAMED: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "content": {"text/event-stream": {"schema": _EVENT}},
+        "description": "JSON, or server-sent events when `stream` is true",
+    },
+}
 
 
 def resources(request: Request) -> Resources:
@@ -60,9 +77,11 @@ def guard(*scopes: Scope) -> Callable[..., Principal]:
     """A dependency: the caller the gate authenticated (see :func:`gate`) must hold every scope
     in ``scopes``. The credential parameters only document the security schemes."""
 
-    def dependency(request: Request,
-                   bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-                   api_key: Annotated[str | None, Security(_api_key)]) -> Principal:
+    def dependency(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+        api_key: Annotated[str | None, Security(_api_key)],
+    ) -> Principal:
         principal: Principal | None = getattr(request.state, "caller", None)
         if principal is None:  # the gate guards every /v1 path; nothing else gets here
             raise AuthError("No credentials were checked for this route.")
@@ -93,8 +112,7 @@ def gate(app: FastAPI) -> Gate:
         except (AuthError, ScopeError) as exc:
             return from_exception(exc)
         state["principal"], state["caller"] = principal.id, principal
-        decision = res.limiter.acquire(principal.id,
-                                       Limits(principal.limits.requests_per_minute))
+        decision = res.limiter.acquire(principal.id, Limits(principal.limits.requests_per_minute))
         state["ratelimit_headers"] = decision.headers()
         if not decision.allowed:
             metrics.rate_limited("requests")
@@ -104,11 +122,11 @@ def gate(app: FastAPI) -> Gate:
     async def run(scope: dict[str, Any], headers: dict[str, str]) -> ApiError | None:
         res: Resources | None = getattr(app.state, "resources", None)
         if res is None:
-            return ApiError(503, "The service is starting.", type="server_error",
-                            code="starting")
+            return ApiError(503, "The service is starting.", type="server_error", code="starting")
         if res.remote_credentials:  # Redis round trips: off the loop
             return await asyncio.get_running_loop().run_in_executor(
-                _GATE_THREADS, check, res, scope["state"], headers)
+                _GATE_THREADS, check, res, scope["state"], headers
+            )
         return check(res, scope["state"], headers)
 
     return run
@@ -121,17 +139,24 @@ def charger(request: Request, res: Resources, principal: Principal) -> Charge:
         if not principal.limits.tokens_per_minute or tokens <= 0:
             return
         decision = await run_in_threadpool(
-            res.limiter.acquire, principal.id, Limits(None, principal.limits.tokens_per_minute),
-            tokens)
+            res.limiter.acquire,
+            principal.id,
+            Limits(None, principal.limits.tokens_per_minute),
+            tokens,
+        )
         if not decision.allowed:
             metrics.rate_limited("tokens")
             headers = dict(getattr(request.state, "ratelimit_headers", {}))
             headers["Retry-After"] = decision.headers()["Retry-After"]
             request.state.ratelimit_headers = headers
-            raise ApiError(429, f"Token rate limit reached ({tokens} tokens asked, "
-                           f"{principal.limits.tokens_per_minute}/min allowed); retry in "
-                           f"{headers['Retry-After']} s.", type="rate_limit_error",
-                           code="rate_limit_exceeded")
+            raise ApiError(
+                429,
+                f"Token rate limit reached ({tokens} tokens asked, "
+                f"{principal.limits.tokens_per_minute}/min allowed); retry in "
+                f"{headers['Retry-After']} s.",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+            )
 
     return charge
 
@@ -140,9 +165,14 @@ def check_context(res: Resources, prompt_tokens: int, max_new_tokens: int, param
     """400 when a prompt and its new tokens do not fit the generator's context."""
     context = res.model_context
     if context and prompt_tokens + TEMPLATE_RESERVE + max_new_tokens > context:
-        raise ApiError(400, f"{param}: {prompt_tokens} prompt tokens plus {max_new_tokens} new "
-                       f"tokens exceed the model's {context}-token context; shorten it or ask "
-                       "for fewer new tokens.", param=param, code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"{param}: {prompt_tokens} prompt tokens plus {max_new_tokens} new "
+            f"tokens exceed the model's {context}-token context; shorten it or ask "
+            "for fewer new tokens.",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 def sse(data: Any) -> bytes:

@@ -30,20 +30,32 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 RETRY_AFTER_SECONDS = 1
-_UNION_TAG = re.compile(r"^(constrained-\w+|str|int|float|bool|none|list\[.*\]|dict\[.*\]|"
-                        r"tuple\[.*\]|function-\w+\[.*\]|literal\[.*\])$")
+_UNION_TAG = re.compile(
+    r"^(constrained-\w+|str|int|float|bool|none|list\[.*\]|dict\[.*\]|"
+    r"tuple\[.*\]|function-\w+\[.*\]|literal\[.*\])$"
+)
 
 
 def field_path(location: Sequence[str | int]) -> str | None:
     """``("body", "messages", 0, "content")`` -> ``messages.0.content`` (None for the body);
     pydantic's union-branch tags (``list[constrained-str]``) are left out."""
-    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")
-             and not (isinstance(p, str) and _UNION_TAG.match(p))]
+    parts = [
+        str(p)
+        for p in location
+        if p not in ("body", "query", "path", "header")
+        and not (isinstance(p, str) and _UNION_TAG.match(p))
+    ]
     return ".".join(parts) or None
 
 
@@ -71,23 +83,36 @@ def from_exception(exc: BaseException) -> ApiError:
         return ApiError(401, str(exc), type="authentication_error", code="invalid_api_key")
     if isinstance(exc, ScopeError):
         return ApiError(403, str(exc), type="permission_error", code="insufficient_scope")
-    return ApiError(500, "Internal error; see the server log for the request id.",
-                    type="server_error", code="internal_error")
+    return ApiError(
+        500,
+        "Internal error; see the server log for the request id.",
+        type="server_error",
+        code="internal_error",
+    )
 
 
 def rate_limited(retry_after: float) -> ApiError:
     """429 for a key over its budget (the caller adds Retry-After and RateLimit-* headers)."""
-    return ApiError(429, f"Rate limit reached; retry in {max(1, round(retry_after))} s.",
-                    type="rate_limit_error", code="rate_limit_exceeded")
+    return ApiError(
+        429,
+        f"Rate limit reached; retry in {max(1, round(retry_after))} s.",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+    )
 
 
 def overloaded() -> ApiError:
     """503 when the server itself is saturated (not the client's budget)."""
-    return ApiError(503, "The server is overloaded; retry shortly.", type="server_error",
-                    code="overloaded")
+    return ApiError(
+        503, "The server is overloaded; retry shortly.", type="server_error", code="overloaded"
+    )
 
 
 def timed_out(what: str, seconds: float) -> ApiError:
     """504 when a backend call (encoder, generator, search, graph) outlived its deadline."""
-    return ApiError(504, f"The {what} did not answer within {seconds:g} s; retry shortly.",
-                    type="server_error", code="timeout")
+    return ApiError(
+        504,
+        f"The {what} did not answer within {seconds:g} s; retry shortly.",
+        type="server_error",
+        code="timeout",
+    )

@@ -80,8 +80,9 @@ def parse_duration(text: str) -> timedelta:
     """``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` as a timedelta."""
     match = _DURATION.match(text.strip())
     if match is None:
-        raise ValueError(f"{text!r} is not a duration: use a number and s, m, h, d or w "
-                         "(e.g. 30d).")
+        raise ValueError(
+            f"{text!r} is not a duration: use a number and s, m, h, d or w (e.g. 30d)."
+        )
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
@@ -94,19 +95,31 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def create_key(store: KeyStore, name: str, scopes: list[Scope], expires_in: timedelta | None = None,
-               requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
-               now: datetime | None = None) -> tuple[str, KeyRecord]:
+def create_key(
+    store: KeyStore,
+    name: str,
+    scopes: list[Scope],
+    expires_in: timedelta | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    now: datetime | None = None,
+) -> tuple[str, KeyRecord]:
     """A new key: the token (shown once) and its stored record."""
     if not scopes:
         raise ValueError("A key needs at least one scope (embed, generate, search, admin).")
     now = now or _now()
     key_id = secrets.token_hex(6)
     token = f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
-    record = KeyRecord(id=key_id, name=name, digest=digest(token), scopes=sorted(set(scopes)),
-                       created_at=now, expires_at=now + expires_in if expires_in else None,
-                       requests_per_minute=requests_per_minute,
-                       tokens_per_minute=tokens_per_minute)
+    record = KeyRecord(
+        id=key_id,
+        name=name,
+        digest=digest(token),
+        scopes=sorted(set(scopes)),
+        created_at=now,
+        expires_at=now + expires_in if expires_in else None,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+    )
     store.put(record)
     return token, record
 
@@ -143,8 +156,9 @@ def revoke(store: KeyStore, key_id: str, now: datetime | None = None) -> KeyReco
     return record
 
 
-def rotate(store: KeyStore, key_id: str, overlap: timedelta,
-           now: datetime | None = None) -> tuple[str, KeyRecord]:
+def rotate(
+    store: KeyStore, key_id: str, overlap: timedelta, now: datetime | None = None
+) -> tuple[str, KeyRecord]:
     """A new key with the old one's name, scopes and limits; the old key keeps working for
     ``overlap`` (so clients can switch), then expires."""
     now = now or _now()
@@ -152,8 +166,9 @@ def rotate(store: KeyStore, key_id: str, overlap: timedelta,
     if old.status(now) != "active":
         raise ValueError(f"API key {key_id} is {old.status(now)}; create a new one instead.")
     remaining = old.expires_at - now if old.expires_at else None
-    token, new = create_key(store, old.name, old.scopes, remaining, old.requests_per_minute,
-                            old.tokens_per_minute, now)
+    token, new = create_key(
+        store, old.name, old.scopes, remaining, old.requests_per_minute, old.tokens_per_minute, now
+    )
     ends = now + overlap
     if old.expires_at is not None:
         ends = min(ends, old.expires_at)
@@ -239,10 +254,10 @@ def key_store(backend: str, path: Path, redis_url: str | None) -> KeyStore:
     """The configured store: ``file`` at ``path``, or ``redis`` at ``redis_url``."""
     if backend == "redis":
         if not redis_url:
-            raise ValueError("SLIPWAY_KEY_STORE=redis needs SLIPWAY_REDIS_URL "
-                             "(e.g. redis://host:6379/0).")
+            raise ValueError(
+                "SLIPWAY_KEY_STORE=redis needs SLIPWAY_REDIS_URL (e.g. redis://host:6379/0)."
+            )
         import redis
 
         return RedisKeyStore(redis.Redis.from_url(redis_url))
     return FileKeyStore(path)
-

@@ -27,26 +27,51 @@ def _metrics() -> dict[str, Any]:
 
     m = bentoml.metrics
     return {
-        "requests": m.Counter(name="slipway_requests_total", documentation="HTTP requests by "
-                              "route, method and status.", labelnames=["route", "method", "status"]),
-        "latency": m.Histogram(name="slipway_request_duration_seconds",
-                               documentation="Request latency by route (to the last byte).",
-                               labelnames=["route", "method"], buckets=LATENCY_BUCKETS),
-        "tokens": m.Counter(name="slipway_tokens_total", documentation="Tokens in (prompts, "
-                            "texts) and out (generated) by route.", labelnames=["route", "direction"]),
-        "batch": m.Histogram(name="slipway_embed_batch_size", documentation="Texts per encoder "
-                             "call after adaptive batching.", buckets=BATCH_BUCKETS),
-        "cache": m.Counter(name="slipway_cache_requests_total", documentation="Result-cache "
-                           "lookups by kind and result.", labelnames=["kind", "result"]),
-        "limited": m.Counter(name="slipway_rate_limited_total", documentation="Requests refused "
-                             "with 429 by bucket.", labelnames=["bucket"]),
-        "auth": m.Counter(name="slipway_auth_failures_total", documentation="Requests refused "
-                          "with 401 or 403.", labelnames=["status"]),
-        "overloaded": m.Counter(name="slipway_overloaded_total", documentation="Requests refused "
-                                "with 503 because the worker was saturated."),
-        "timeouts": m.Counter(name="slipway_timeouts_total", documentation="Requests or backend "
-                              "calls that outlived their deadline, by stage.",
-                              labelnames=["stage"]),
+        "requests": m.Counter(
+            name="slipway_requests_total",
+            documentation="HTTP requests by route, method and status.",
+            labelnames=["route", "method", "status"],
+        ),
+        "latency": m.Histogram(
+            name="slipway_request_duration_seconds",
+            documentation="Request latency by route (to the last byte).",
+            labelnames=["route", "method"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        "tokens": m.Counter(
+            name="slipway_tokens_total",
+            documentation="Tokens in (prompts, texts) and out (generated) by route.",
+            labelnames=["route", "direction"],
+        ),
+        "batch": m.Histogram(
+            name="slipway_embed_batch_size",
+            documentation="Texts per encoder call after adaptive batching.",
+            buckets=BATCH_BUCKETS,
+        ),
+        "cache": m.Counter(
+            name="slipway_cache_requests_total",
+            documentation="Result-cache lookups by kind and result.",
+            labelnames=["kind", "result"],
+        ),
+        "limited": m.Counter(
+            name="slipway_rate_limited_total",
+            documentation="Requests refused with 429 by bucket.",
+            labelnames=["bucket"],
+        ),
+        "auth": m.Counter(
+            name="slipway_auth_failures_total",
+            documentation="Requests refused with 401 or 403.",
+            labelnames=["status"],
+        ),
+        "overloaded": m.Counter(
+            name="slipway_overloaded_total",
+            documentation="Requests refused with 503 because the worker was saturated.",
+        ),
+        "timeouts": m.Counter(
+            name="slipway_timeouts_total",
+            documentation="Requests or backend calls that outlived their deadline, by stage.",
+            labelnames=["stage"],
+        ),
     }
 
 
@@ -57,15 +82,25 @@ def _gauges() -> dict[str, Any]:
     m = bentoml.metrics
     return {
         # livemin over the API workers: 0 while any live worker is not ready
-        "ready": m.Gauge(name="slipway_ready", documentation="1 when the API holds the published "
-                         "index (min over live API workers), else 0.", multiprocess_mode="livemin"),
+        "ready": m.Gauge(
+            name="slipway_ready",
+            documentation="1 when the API holds the published "
+            "index (min over live API workers), else 0.",
+            multiprocess_mode="livemin",
+        ),
         # livemin: the oldest version any live worker still serves
-        "published": m.Gauge(name="slipway_index_published_timestamp_seconds",
-                             documentation="Unix time the served index version was published.",
-                             labelnames=["index"], multiprocess_mode="livemin"),
-        "version": m.Gauge(name="slipway_index_version_info", documentation="1 for the index "
-                           "version served, 0 for one served before.",
-                           labelnames=["index", "version"], multiprocess_mode="livemax"),
+        "published": m.Gauge(
+            name="slipway_index_published_timestamp_seconds",
+            documentation="Unix time the served index version was published.",
+            labelnames=["index"],
+            multiprocess_mode="livemin",
+        ),
+        "version": m.Gauge(
+            name="slipway_index_version_info",
+            documentation="1 for the index version served, 0 for one served before.",
+            labelnames=["index", "version"],
+            multiprocess_mode="livemax",
+        ),
     }
 
 
@@ -86,8 +121,18 @@ def request_done(route: str, method: str, status: int, seconds: float) -> None:
 
 
 # Paths of the server itself (BentoML's probes and metrics, the API's docs), kept as they are.
-SERVER_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json",
-                          "/openapi.json", "/docs/oauth2-redirect"})
+SERVER_PATHS = frozenset(
+    {
+        "/livez",
+        "/readyz",
+        "/healthz",
+        "/metrics",
+        "/docs",
+        "/docs.json",
+        "/openapi.json",
+        "/docs/oauth2-redirect",
+    }
+)
 OTHER_PATH = "other"
 
 

@@ -61,8 +61,11 @@ class BodyTooLarge(HTTPException):
     """Raised while the body streams in, past the limit (FastAPI passes HTTPException on)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The body exceeds {limit} bytes (SLIPWAY_MAX_BODY_BYTES); send "
-                         "fewer or shorter texts.")
+        super().__init__(
+            413,
+            f"The body exceeds {limit} bytes (SLIPWAY_MAX_BODY_BYTES); send "
+            "fewer or shorter texts.",
+        )
 
 
 # A check that runs before a body is read or a slot taken (authentication and the request rate
@@ -99,10 +102,17 @@ class ApiMiddleware:
     """See the module docstring. ``deprecated`` maps route templates to their deprecation;
     ``gate`` guards the paths under ``protected``; ``load`` counts the slots taken."""
 
-    def __init__(self, app: Any, max_body_bytes: int, max_concurrency: int,
-                 deprecated: dict[str, Deprecated] | None = None, gate: Gate | None = None,
-                 protected: str = "/v1/", deadlines: Deadlines | None = None,
-                 load: Load | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        max_body_bytes: int,
+        max_concurrency: int,
+        deprecated: dict[str, Deprecated] | None = None,
+        gate: Gate | None = None,
+        protected: str = "/v1/",
+        deadlines: Deadlines | None = None,
+        load: Load | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.deprecated = deprecated or {}
@@ -121,8 +131,9 @@ class ApiMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
         given = headers.get("x-request-id", "")
         request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -135,11 +146,14 @@ class ApiMiddleware:
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 sent["started"], sent["status"] = True, message["status"]
-                message["headers"] = [*message.get("headers", []),
-                                      *self._headers(scope, request_id)]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *self._headers(scope, request_id),
+                ]
                 if deadline is not None:  # a stream gets its own, longer deadline
-                    deadline.reschedule(asyncio.get_running_loop().time()
-                                        + self.deadlines.stream_seconds)
+                    deadline.reschedule(
+                        asyncio.get_running_loop().time() + self.deadlines.stream_seconds
+                    )
             await send(message)
 
         try:
@@ -163,17 +177,29 @@ class ApiMiddleware:
             if not sent["started"]:
                 await _send_error(send_wrapper, self._too_large())
         except _BodyTimeout:
-            await _send_error(send_wrapper, ApiError(
-                408, f"The body did not arrive within {self.deadlines.body_seconds:g} s; send "
-                "it at once.", code="body_timeout"))
+            await _send_error(
+                send_wrapper,
+                ApiError(
+                    408,
+                    f"The body did not arrive within {self.deadlines.body_seconds:g} s; send "
+                    "it at once.",
+                    code="body_timeout",
+                ),
+            )
         except _Disconnected:
             sent["status"] = 499  # the client went away before its body was complete
         except TimeoutError:
             if not sent["started"]:
-                await _send_error(send_wrapper, ApiError(
-                    504, "The request took longer than its deadline "
-                    f"({self.deadlines.response_seconds:g} s); retry shortly.",
-                    type="server_error", code="timeout"))
+                await _send_error(
+                    send_wrapper,
+                    ApiError(
+                        504,
+                        "The request took longer than its deadline "
+                        f"({self.deadlines.response_seconds:g} s); retry shortly.",
+                        type="server_error",
+                        code="timeout",
+                    ),
+                )
                 metrics.timed_out("request")
         except Exception:
             errors_logger.exception("Unhandled error in %s %s", method, scope.get("path"))
@@ -183,24 +209,41 @@ class ApiMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             seconds = time.perf_counter() - start
             metrics.request_done(route, method, sent["status"], seconds)
-            logger.info("request", extra={
-                "request_id": request_id, "method": method, "path": scope.get("path", "")[:256],
-                "route": route, "status": sent["status"], "duration_ms": round(seconds * 1e3, 2),
-                "principal": scope["state"].get("principal", "-")})
+            logger.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "path": scope.get("path", "")[:256],
+                    "route": route,
+                    "status": sent["status"],
+                    "duration_ms": round(seconds * 1e3, 2),
+                    "principal": scope["state"].get("principal", "-"),
+                },
+            )
             REQUEST_ID.reset(token)
 
-    async def _refusal(self, scope: dict[str, Any], method: str,
-                       headers: dict[str, str]) -> ApiError | None:
+    async def _refusal(
+        self, scope: dict[str, Any], method: str, headers: dict[str, str]
+    ) -> ApiError | None:
         """The cheap checks, in order: path and header sizes, the gate (credentials, request
         rate), then the body's declared type and size."""
         path = scope.get("path", "")
         if len(path) > MAX_PATH_CHARS:
-            return ApiError(414, f"The path is longer than {MAX_PATH_CHARS} characters.",
-                            param="path", code="uri_too_long")
+            return ApiError(
+                414,
+                f"The path is longer than {MAX_PATH_CHARS} characters.",
+                param="path",
+                code="uri_too_long",
+            )
         for name in ("authorization", "x-api-key"):
             if len(headers.get(name, "")) > MAX_CREDENTIAL_CHARS:
-                return ApiError(431, f"The {name} header is longer than {MAX_CREDENTIAL_CHARS} "
-                                "characters.", param=name, code="header_too_large")
+                return ApiError(
+                    431,
+                    f"The {name} header is longer than {MAX_CREDENTIAL_CHARS} characters.",
+                    param=name,
+                    code="header_too_large",
+                )
         if self.gate is not None and path.startswith(self.protected):
             refused = await self.gate(scope, headers)
             if refused is not None:
@@ -209,17 +252,25 @@ class ApiMiddleware:
             return None
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            return ApiError(415, f"Send the body as JSON with 'Content-Type: application/json' "
-                            f"(got {ctype or 'none'!r}).", param="content-type",
-                            code="unsupported_media_type")
+            return ApiError(
+                415,
+                f"Send the body as JSON with 'Content-Type: application/json' "
+                f"(got {ctype or 'none'!r}).",
+                param="content-type",
+                code="unsupported_media_type",
+            )
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return self._too_large()
         return None
 
     def _too_large(self) -> ApiError:
-        return ApiError(413, f"The body exceeds {self.max_body} bytes (SLIPWAY_MAX_BODY_BYTES); "
-                        "send fewer or shorter texts.", code="body_too_large")
+        return ApiError(
+            413,
+            f"The body exceeds {self.max_body} bytes (SLIPWAY_MAX_BODY_BYTES); "
+            "send fewer or shorter texts.",
+            code="body_too_large",
+        )
 
     async def _read_body(self, receive: Any, method: str) -> bytes:
         """The whole body, read before a slot is taken, within the body deadline and size."""
@@ -244,11 +295,15 @@ class ApiMiddleware:
             raise _BodyTimeout from exc
 
     def _headers(self, scope: dict[str, Any], request_id: str) -> list[tuple[bytes, bytes]]:
-        out = [(b"x-request-id", request_id.encode()), (b"x-api-version", API_VERSION.encode()),
-               (b"x-slipway-version", __version__.encode())]
+        out = [
+            (b"x-request-id", request_id.encode()),
+            (b"x-api-version", API_VERSION.encode()),
+            (b"x-slipway-version", __version__.encode()),
+        ]
         state = scope.get("state", {})
-        out += [(k.lower().encode(), v.encode())
-                for k, v in state.get("ratelimit_headers", {}).items()]
+        out += [
+            (k.lower().encode(), v.encode()) for k, v in state.get("ratelimit_headers", {}).items()
+        ]
         route = getattr(scope.get("route"), "path", None)
         if route in self.deprecated:
             out += self.deprecated[route].headers()
@@ -303,9 +358,12 @@ def configure_json_logging(level: int = logging.INFO) -> None:
     if any(getattr(h, "_slipway_json", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                       rename_fields={"asctime": "time", "levelname": "level",
-                                                      "name": "logger"}))
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
     handler.addFilter(RequestIdFilter())
     handler._slipway_json = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -33,8 +33,11 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         """RateLimit-Limit/-Remaining/-Reset, and Retry-After when refused."""
-        out = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining),
-               "RateLimit-Reset": str(math.ceil(self.reset_seconds))}
+        out = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(math.ceil(self.reset_seconds)),
+        }
         if not self.allowed:
             out["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return out
@@ -69,14 +72,22 @@ class MemoryRateLimiter:
         with self._lock:
             now = self.clock()
             levels: dict[str, tuple[float, float, float]] = {}
-            for kind, limit, cost in (("req", limits.requests_per_minute, 1),
-                                      ("tok", limits.tokens_per_minute, tokens)):
+            for kind, limit, cost in (
+                ("req", limits.requests_per_minute, 1),
+                ("tok", limits.tokens_per_minute, tokens),
+            ):
                 if limit:
                     capacity = float(limit)
                     level, stamp = self._buckets.get((key, kind), (capacity, now))
                     levels[kind] = (_bucket(level, stamp, capacity, now), capacity, float(cost))
-            wait = max((_wait(lv, cost, cap) for lv, cap, cost in levels.values()
-                        if cost > cap or lv < cost), default=0.0)
+            wait = max(
+                (
+                    _wait(lv, cost, cap)
+                    for lv, cap, cost in levels.values()
+                    if cost > cap or lv < cost
+                ),
+                default=0.0,
+            )
             too_big = any(cost > cap for _, cap, cost in levels.values())
             allowed = wait == 0.0 and not too_big
             for kind, (lv, _, charge) in levels.items():
@@ -84,15 +95,20 @@ class MemoryRateLimiter:
             return _decision(allowed, levels.get("req"), wait, too_big)
 
 
-def _decision(allowed: bool, req: tuple[float, float, float] | None, wait: float,
-              too_big: bool) -> Decision:
+def _decision(
+    allowed: bool, req: tuple[float, float, float] | None, wait: float, too_big: bool
+) -> Decision:
     if req is None:
         return Decision(allowed, 0, 0, 0.0, 0.0 if allowed else (3600.0 if too_big else wait))
     level, capacity, cost = req
     left = level - cost if allowed else level
-    return Decision(allowed, int(capacity), max(0, math.floor(left)),
-                    (capacity - left) * 60.0 / capacity,
-                    0.0 if allowed else (3600.0 if too_big else wait))
+    return Decision(
+        allowed,
+        int(capacity),
+        max(0, math.floor(left)),
+        (capacity - left) * 60.0 / capacity,
+        0.0 if allowed else (3600.0 if too_big else wait),
+    )
 
 
 # KEYS: request bucket, token bucket. ARGV: request capacity, token capacity, token cost
@@ -144,6 +160,7 @@ class RedisRateLimiter:
         """Check both buckets and charge them together, or refuse."""
         rpm, tpm = limits.requests_per_minute or 0, limits.tokens_per_minute or 0
         allowed, level, wait, too_big = self._script(
-            keys=[f"{self.prefix}{key}:req", f"{self.prefix}{key}:tok"], args=[rpm, tpm, tokens])
+            keys=[f"{self.prefix}{key}:req", f"{self.prefix}{key}:tok"], args=[rpm, tpm, tokens]
+        )
         req = (float(level) + (1 if int(allowed) else 0), float(rpm), 1) if rpm else None
         return _decision(bool(int(allowed)), req, float(wait), bool(int(too_big)))

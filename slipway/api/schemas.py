@@ -22,8 +22,10 @@ Stop = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field
 Key = Annotated[str, Field(min_length=1, max_length=64)]
 Value = Annotated[str, Field(max_length=256)]
 MAX_FILTER_KEYS = 16
-Filters = Annotated[dict[Key, Value | Annotated[list[Value], Field(min_length=1, max_length=32)]],
-                    Field(max_length=MAX_FILTER_KEYS)]
+Filters = Annotated[
+    dict[Key, Value | Annotated[list[Value], Field(min_length=1, max_length=32)]],
+    Field(max_length=MAX_FILTER_KEYS),
+]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]  # the decoders take a C int
 
 
@@ -44,8 +46,9 @@ class Usage(BaseModel):
 
 def usage(prompt: int, completion: int = 0) -> Usage:
     """The usage of a call that read ``prompt`` tokens and wrote ``completion``."""
-    return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                 total_tokens=prompt + completion)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -62,6 +65,7 @@ class ErrorBody(BaseModel):
 
 
 # --- Slipway's own routes ----------------------------------------------------------------
+
 
 class EmbedRequest(Strict):
     texts: Texts = Field(description="Texts to embed, in order.")
@@ -96,11 +100,16 @@ class GenerateResponse(BaseModel):
 
 
 class SummarizeRequest(Strict):
-    text: Annotated[str, Field(min_length=1, max_length=LIMITS.max_chars * LIMITS.max_texts,
-                               pattern=r"\S")] | None = None
+    text: (
+        Annotated[
+            str, Field(min_length=1, max_length=LIMITS.max_chars * LIMITS.max_texts, pattern=r"\S")
+        ]
+        | None
+    ) = None
     document_ids: Annotated[list[Key], Field(min_length=1, max_length=16)] | None = None
     max_words: Annotated[int, Field(ge=5, le=400)] = Field(
-        default=60, description="Length of the summary, in words (approximate).")
+        default=60, description="Length of the summary, in words (approximate)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> SummarizeRequest:
@@ -203,6 +212,7 @@ class ModelsResponse(BaseModel):
 
 # --- OpenAI-compatible routes ------------------------------------------------------------
 
+
 class OpenAIRequest(BaseModel):
     """OpenAI's SDKs send fields we do not use (``user``, ``stream_options``...): ignored."""
 
@@ -277,8 +287,10 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, Field(max_length=LIMITS.max_chars)] | Annotated[
-        list[TextPart], Field(min_length=1, max_length=16)]
+    content: (
+        Annotated[str, Field(max_length=LIMITS.max_chars)]
+        | Annotated[list[TextPart], Field(min_length=1, max_length=16)]
+    )
 
     def text(self) -> str:
         """The message's text (text parts joined)."""

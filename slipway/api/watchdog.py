@@ -40,6 +40,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def ensure_started(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start probing ``loop`` (once; later calls do nothing)."""
@@ -47,8 +48,7 @@ class Watchdog:
             if self._thread is not None:
                 return
             self._loop = loop
-            self._thread = threading.Thread(target=self._run, name="slipway-watchdog",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="slipway-watchdog", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -64,8 +64,9 @@ class Watchdog:
         """Whether the loop and its threads made progress lately."""
         stalled = self.stalled()
         if stalled:
-            logger.error("Not alive: no progress of %s for over %s s", ", ".join(stalled),
-                         self.stall_seconds)
+            logger.error(
+                "Not alive: no progress of %s for over %s s", ", ".join(stalled), self.stall_seconds
+            )
         return not stalled
 
     def _run(self) -> None:
@@ -90,7 +91,9 @@ class Watchdog:
         elif probe.name == "executor":
             asyncio.get_running_loop().run_in_executor(None, self._seen, probe)
         else:
-            asyncio.ensure_future(anyio.to_thread.run_sync(self._seen, probe))
+            task = asyncio.ensure_future(anyio.to_thread.run_sync(self._seen, probe))
+            self._tasks.add(task)  # a task nobody references may be collected mid-flight
+            task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _seen(probe: _Probe) -> None:

@@ -19,8 +19,13 @@ from typing import Any, Protocol
 def cache_key(kind: str, versions: dict[str, str], payload: Any) -> str:
     """A key from the kind of result, the versions that produced it and the request (canonical
     JSON: the same request in any key order gives the same key)."""
-    body = json.dumps({"v": versions, "p": payload}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, default=str)
+    body = json.dumps(
+        {"v": versions, "p": payload},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
     return f"{kind}:{hashlib.sha256(body.encode()).hexdigest()}"
 
 
@@ -35,8 +40,12 @@ class ResultCache(Protocol):
 class MemoryCache:
     """In-process LRU cache with a TTL, safe across threads; counts hits and misses."""
 
-    def __init__(self, max_entries: int = 10_000, ttl_seconds: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        ttl_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_entries < 1 or ttl_seconds <= 0:
             raise ValueError("max_entries must be >= 1 and ttl_seconds > 0.")
         self.max_entries = max_entries

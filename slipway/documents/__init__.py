@@ -41,8 +41,10 @@ class DocumentSet(BaseModel):
 
     def summary(self) -> str:
         """One line: documents kept, skipped and dropped as duplicates."""
-        return (f"{len(self.documents)} documents from {self.source}; "
-                f"{len(self.skipped)} skipped, {self.duplicates} exact duplicates dropped")
+        return (
+            f"{len(self.documents)} documents from {self.source}; "
+            f"{len(self.skipped)} skipped, {self.duplicates} exact duplicates dropped"
+        )
 
 
 def clean_text(text: str) -> str:
@@ -106,11 +108,16 @@ def read_corpus(
             continue
         seen_hashes.add(digest)
         seen_ids.add(item.id)
-        docs.append(Document(id=item.id, title=title, text=text, content_hash=digest,
-                             metadata=item.metadata))
+        docs.append(
+            Document(
+                id=item.id, title=title, text=text, content_hash=digest, metadata=item.metadata
+            )
+        )
     for name, reason in list(skipped.items())[:LOGGED_SKIPS]:
         logger.warning("Skipped %s: %s", name, reason)
     if len(skipped) > LOGGED_SKIPS:
-        logger.warning("... and %d more skipped (all are listed in the DocumentSet's `skipped`)",
-                       len(skipped) - LOGGED_SKIPS)
+        logger.warning(
+            "... and %d more skipped (all are listed in the DocumentSet's `skipped`)",
+            len(skipped) - LOGGED_SKIPS,
+        )
     return DocumentSet(source=str(path), documents=docs, skipped=skipped, duplicates=duplicates)

@@ -38,8 +38,10 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     """The fast tokenizer of a model directory (``tokenizer.json``)."""
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} has no tokenizer.json; chunk with the embedder's "
-                                "model directory (a fast tokenizer is required).")
+        raise FileNotFoundError(
+            f"{model_dir} has no tokenizer.json; chunk with the embedder's "
+            "model directory (a fast tokenizer is required)."
+        )
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_truncation()
     tokenizer.no_padding()
@@ -63,12 +65,14 @@ def split_text(
     chunk is the only exception, and is cut at a token)."""
     if chunk_tokens < 8 or not 0 <= overlap_tokens < chunk_tokens // 2:
         raise ValueError("chunk_tokens must be >= 8 and overlap_tokens in [0, chunk_tokens / 2).")
-    return split_encoded(text, tokenizer.encode(text, add_special_tokens=False).offsets,
-                         chunk_tokens, overlap_tokens)
+    return split_encoded(
+        text, tokenizer.encode(text, add_special_tokens=False).offsets, chunk_tokens, overlap_tokens
+    )
 
 
-def split_encoded(text: str, offsets: list[tuple[int, int]], chunk_tokens: int,
-                  overlap_tokens: int) -> list[tuple[str, int]]:
+def split_encoded(
+    text: str, offsets: list[tuple[int, int]], chunk_tokens: int, overlap_tokens: int
+) -> list[tuple[str, int]]:
     """:func:`split_text` on a text already tokenized (its token character offsets)."""
     if chunk_tokens < 8 or not 0 <= overlap_tokens < chunk_tokens // 2:
         raise ValueError("chunk_tokens must be >= 8 and overlap_tokens in [0, chunk_tokens / 2).")
@@ -108,18 +112,32 @@ def chunk_documents(
         block = docs[start : start + 512]
         encodings = tokenizer.encode_batch([d.text for d in block], add_special_tokens=False)
         for doc, encoding in zip(block, encodings, strict=True):
-            chunks.extend(_chunks_of(doc, split_encoded(doc.text, encoding.offsets, chunk_tokens,
-                                                        overlap_tokens)))
-    return ChunkSet(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
-                    tokenizer=tokenizer_name, chunks=chunks)
+            chunks.extend(
+                _chunks_of(
+                    doc, split_encoded(doc.text, encoding.offsets, chunk_tokens, overlap_tokens)
+                )
+            )
+    return ChunkSet(
+        chunk_tokens=chunk_tokens,
+        overlap_tokens=overlap_tokens,
+        tokenizer=tokenizer_name,
+        chunks=chunks,
+    )
 
 
 def _chunks_of(doc: Document, pieces: list[tuple[str, int]]) -> list[Chunk]:
     chunks = []
     for position, (text, n_tokens) in enumerate(pieces):
-        chunks.append(Chunk(
-            id=f"{doc.id}#{position}", doc_id=doc.id, position=position, text=text,
-            n_tokens=n_tokens, title=doc.title, metadata=doc.metadata,
-            content_hash=hashlib.sha256(text.encode()).hexdigest(),
-        ))
+        chunks.append(
+            Chunk(
+                id=f"{doc.id}#{position}",
+                doc_id=doc.id,
+                position=position,
+                text=text,
+                n_tokens=n_tokens,
+                title=doc.title,
+                metadata=doc.metadata,
+                content_hash=hashlib.sha256(text.encode()).hexdigest(),
+            )
+        )
     return chunks

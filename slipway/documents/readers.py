@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 SourceFormat = Literal["auto", "directory", "jsonl", "csv", "beir"]
-TEXT_SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown",
-                 ".html": "html", ".htm": "html", ".pdf": "pdf"}
+TEXT_SUFFIXES = {
+    ".txt": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+}
 
 
 class SourceError(ValueError):
@@ -78,8 +84,9 @@ def open_text(path: Path) -> TextIO:
     return path.open(encoding="utf-8", errors="replace", newline="")
 
 
-def read_source(path: Path, fmt: SourceFormat = "auto", columns: CsvColumns | None = None
-                ) -> Iterator[Item]:
+def read_source(
+    path: Path, fmt: SourceFormat = "auto", columns: CsvColumns | None = None
+) -> Iterator[Item]:
     """Documents of a source, in a stable order."""
     path = Path(path)
     if not path.exists():
@@ -106,7 +113,7 @@ def read_directory(root: Path) -> Iterator[Item]:
             continue
         try:
             title, text = _read_file(path, kind)
-        except Exception as exc:  # noqa: BLE001 - any parser error is reported, not raised
+        except Exception as exc:
             yield Skipped(name, f"unreadable {kind}: {type(exc).__name__}: {exc}")
             continue
         yield RawDocument(id=name, title=title, text=text, metadata={"source": name, "type": kind})
@@ -168,8 +175,12 @@ def read_jsonl(path: Path) -> Iterator[Item]:
             doc_id = str(row.get("_id") or row.get("id") or where)
             meta = row.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
-            yield RawDocument(id=doc_id, title=str(row.get("title") or ""), text=text,
-                              metadata={k: str(v) for k, v in meta.items()})
+            yield RawDocument(
+                id=doc_id,
+                title=str(row.get("title") or ""),
+                text=text,
+                metadata={k: str(v) for k, v in meta.items()},
+            )
 
 
 def read_csv(path: Path, columns: CsvColumns) -> Iterator[Item]:
@@ -180,8 +191,10 @@ def read_csv(path: Path, columns: CsvColumns) -> Iterator[Item]:
         header = reader.fieldnames or []
         missing = [c for c in (columns.id, columns.text, *columns.metadata) if c not in header]
         if missing:
-            raise SourceError(f"{path.name} has no column(s) {missing}; its columns are {header}. "
-                              "Set the CSV column names in the step parameters.")
+            raise SourceError(
+                f"{path.name} has no column(s) {missing}; its columns are {header}. "
+                "Set the CSV column names in the step parameters."
+            )
         for number, row in enumerate(reader, start=2):
             text = row.get(columns.text)
             if text is None:
@@ -189,6 +202,8 @@ def read_csv(path: Path, columns: CsvColumns) -> Iterator[Item]:
                 continue
             title = row.get(columns.title, "") if columns.title else ""
             yield RawDocument(
-                id=str(row[columns.id] or f"{path.name}:{number}"), title=title or "", text=text,
+                id=str(row[columns.id] or f"{path.name}:{number}"),
+                title=title or "",
+                text=text,
                 metadata={c: str(row.get(c) or "") for c in columns.metadata},
             )

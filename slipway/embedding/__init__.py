@@ -44,7 +44,9 @@ class PoolingConfig:
                 mode = "max"
         modules = model_dir / "modules.json"
         if modules.is_file():
-            normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+            normalize = any(
+                "Normalize" in m.get("type", "") for m in json.loads(modules.read_text())
+            )
         sbert = model_dir / "sentence_bert_config.json"
         if sbert.is_file():
             max_length = int(json.loads(sbert.read_text()).get("max_seq_length", max_length))

@@ -49,7 +49,9 @@ class EmbeddingCache:
             marks = ",".join("?" * len(part))
             rows = self._db.execute(
                 f"SELECT content_hash, vector FROM embeddings WHERE model_version = ? "
-                f"AND content_hash IN ({marks})", [model_version, *part])
+                f"AND content_hash IN ({marks})",
+                [model_version, *part],
+            )
             found.update({h: np.frombuffer(v, dtype=np.float32) for h, v in rows})
         return found
 
@@ -58,24 +60,32 @@ class EmbeddingCache:
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
-                [(model_version, h, np.asarray(v, dtype=np.float32).tobytes())
-                 for h, v in zip(hashes, vectors, strict=True)])
+                [
+                    (model_version, h, np.asarray(v, dtype=np.float32).tobytes())
+                    for h, v in zip(hashes, vectors, strict=True)
+                ],
+            )
 
     def count(self, model_version: str | None = None) -> int:
         """Cached vectors, for one model version or all."""
         if model_version is None:
             return int(self._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
-        return int(self._db.execute("SELECT COUNT(*) FROM embeddings WHERE model_version = ?",
-                                    [model_version]).fetchone()[0])
+        return int(
+            self._db.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE model_version = ?", [model_version]
+            ).fetchone()[0]
+        )
 
     def close(self) -> None:
         """Close the database."""
         self._db.close()
 
 
-def embed_cached(embedder: Embedder, model_version: str, texts: Sequence[str],
-                 cache: EmbeddingCache) -> tuple[np.ndarray, int]:
-    """Vectors of ``texts`` in order, embedding only what the cache lacks; returns (vectors, hits)."""
+def embed_cached(
+    embedder: Embedder, model_version: str, texts: Sequence[str], cache: EmbeddingCache
+) -> tuple[np.ndarray, int]:
+    """Vectors of ``texts`` in order, embedding only what the cache lacks; returns (vectors,
+    hits)."""
     hashes = [text_hash(t) for t in texts]
     cached = cache.get_many(model_version, sorted(set(hashes)))
     missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items())
@@ -83,8 +93,11 @@ def embed_cached(embedder: Embedder, model_version: str, texts: Sequence[str],
         fresh = embedder.embed([t for _, t in missing])
         cache.put_many(model_version, [h for h, _ in missing], fresh)
         cached.update({h: v for (h, _), v in zip(missing, fresh, strict=True)})
-    vectors = np.stack([cached[h] for h in hashes]) if texts else np.zeros((0, embedder.dimension),
-                                                                          dtype=np.float32)
+    vectors = (
+        np.stack([cached[h] for h in hashes])
+        if texts
+        else np.zeros((0, embedder.dimension), dtype=np.float32)
+    )
     fresh_hashes = {h for h, _ in missing}
     hits = sum(1 for h in hashes if h not in fresh_hashes)
     return vectors.astype(np.float32, copy=False), hits

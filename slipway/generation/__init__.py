@@ -71,16 +71,29 @@ class GenAIDecoder:
         self._og = og
         config = og.Config(str(model_dir))
         threads = threads or len(os.sched_getaffinity(0))
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        config.overlay(
+            json.dumps(
+                {
+                    "model": {
+                        "decoder": {
+                            "session_options": {
+                                "intra_op_num_threads": threads,
+                                "inter_op_num_threads": 1,
+                            }
+                        }
+                    }
+                }
+            )
+        )
         config.clear_providers()
         use_cuda = providers is not None and "CUDAExecutionProvider" in providers
         if use_cuda:
             config.append_provider("cuda")
         self.provider = "CUDAExecutionProvider" if use_cuda else "CPUExecutionProvider"
         self.model = og.Model(config)
-        self.context_length = int(json.loads((model_dir / "genai_config.json").read_text())
-                                  ["model"]["context_length"])
+        self.context_length = int(
+            json.loads((model_dir / "genai_config.json").read_text())["model"]["context_length"]
+        )
 
     def _generator(self, sampling: Sampling, max_length: int) -> Any:
         og = self._og
@@ -109,7 +122,8 @@ class GenAIDecoder:
             yield token
 
     def next_token_logits(self, ids: Sequence[int], start: int) -> np.ndarray:
-        """Logits predicting ``ids[start:]`` (teacher-forced), shape ``(len(ids) - start, vocab)``."""
+        """Logits predicting ``ids[start:]`` (teacher-forced), of shape
+        ``(len(ids) - start, vocab)``."""
         gen = self._generator(Sampling(), len(ids) + 1)
         gen.append_tokens(list(ids[:start]))
         rows = [np.array(gen.get_logits())[0, -1]]
@@ -131,8 +145,11 @@ class OptimumDecoder:
         self._torch = torch
         chosen = default_providers(providers)
         self.model = ORTModelForCausalLM.from_pretrained(
-            model_dir, session_options=session_options(threads), provider=chosen[0],
-            use_cache=True, local_files_only=True,
+            model_dir,
+            session_options=session_options(threads),
+            provider=chosen[0],
+            use_cache=True,
+            local_files_only=True,
         )
         self.provider = chosen[0]
 
@@ -151,7 +168,7 @@ class OptimumDecoder:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         with torch.inference_mode():
             out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-        yield from (int(t) for t in out[0, len(prompt_ids):])
+        yield from (int(t) for t in out[0, len(prompt_ids) :])
 
     def next_token_logits(self, ids: Sequence[int], start: int) -> np.ndarray:
         """Logits predicting ``ids[start:]`` from one teacher-forced forward pass."""
@@ -184,13 +201,17 @@ class TextGenerator:
         """Token ids of a conversation (``role``/``content`` dicts) in the chat template; plain
         ``role: content`` lines for a model without one."""
         if getattr(self.tokenizer, "chat_template", None):
-            return list(self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], add_generation_prompt=True, tokenize=True))
+            return list(
+                self.tokenizer.apply_chat_template(
+                    [dict(m) for m in messages], add_generation_prompt=True, tokenize=True
+                )
+            )
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
         return list(self.tokenizer(text)["input_ids"])
 
-    def stream(self, prompt_ids: Sequence[int], sampling: Sampling,
-               stats: Generation | None = None) -> Iterator[str]:
+    def stream(
+        self, prompt_ids: Sequence[int], sampling: Sampling, stats: Generation | None = None
+    ) -> Iterator[str]:
         """Yield text pieces as they are decoded; stops at EOS or a stop string. ``stats``, when
         given, receives the token ids and the finish reason."""
         produced: list[int] = stats.token_ids if stats is not None else []
@@ -207,14 +228,14 @@ class TextGenerator:
                 if stats is not None:
                     stats.finish_reason = "stop"
                 if cut > len(emitted):
-                    yield text[len(emitted):cut]
+                    yield text[len(emitted) : cut]
                 return
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more tokens
                 continue
             hold = _partial_stop_len(text, sampling.stop)
             safe = len(text) - hold
             if safe > len(emitted):
-                yield text[len(emitted):safe]
+                yield text[len(emitted) : safe]
                 emitted = text[:safe]
 
 
@@ -272,19 +293,33 @@ class Request:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         s = self.sampling
-        return {"prompt": self.prompt, "messages": [list(m) for m in self.messages],
-                "chat": self.chat, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
-                "top_p": s.top_p, "stop": list(s.stop), "seed": s.seed}
+        return {
+            "prompt": self.prompt,
+            "messages": [list(m) for m in self.messages],
+            "chat": self.chat,
+            "max_new_tokens": s.max_new_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "stop": list(s.stop),
+            "seed": s.seed,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Request:
         """Inverse of :meth:`to_dict`."""
-        sampling = Sampling(max_new_tokens=int(data["max_new_tokens"]),
-                            temperature=float(data["temperature"]), top_p=float(data["top_p"]),
-                            stop=tuple(data.get("stop") or ()), seed=data.get("seed"))
-        return cls(sampling, data.get("prompt"),
-                   tuple((str(r), str(c)) for r, c in data.get("messages") or ()),
-                   bool(data.get("chat", True)))
+        sampling = Sampling(
+            max_new_tokens=int(data["max_new_tokens"]),
+            temperature=float(data["temperature"]),
+            top_p=float(data["top_p"]),
+            stop=tuple(data.get("stop") or ()),
+            seed=data.get("seed"),
+        )
+        return cls(
+            sampling,
+            data.get("prompt"),
+            tuple((str(r), str(c)) for r, c in data.get("messages") or ()),
+            bool(data.get("chat", True)),
+        )
 
 
 def request_ids(generator: TextGenerator, request: Request) -> list[int]:
@@ -303,8 +338,11 @@ def generation_events(generator: TextGenerator, request: Request) -> Iterator[di
     stats = Generation(text="", prompt_tokens=len(ids))
     for piece in generator.stream(ids, request.sampling, stats):
         yield {"text": piece}
-    yield {"finish_reason": stats.finish_reason, "prompt_tokens": stats.prompt_tokens,
-           "completion_tokens": len(stats.token_ids)}
+    yield {
+        "finish_reason": stats.finish_reason,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": len(stats.token_ids),
+    }
 
 
 def complete(generator: TextGenerator, request: Request) -> dict[str, Any]:

@@ -34,11 +34,17 @@ def connection(settings: GraphSettings | None = None) -> GraphConnection:
     settings = settings or GraphSettings()
     if settings.neo4j_uri:
         if settings.neo4j_password is None:
-            raise RuntimeError("SLIPWAY_NEO4J_URI is set but SLIPWAY_NEO4J_PASSWORD is not; set "
-                               "it (or name a ZenML secret in SLIPWAY_NEO4J_SECRET).")
-        return GraphConnection(settings.neo4j_uri, settings.neo4j_user,
-                               settings.neo4j_password.get_secret_value(),
-                               settings.neo4j_database, embedded=False)
+            raise RuntimeError(
+                "SLIPWAY_NEO4J_URI is set but SLIPWAY_NEO4J_PASSWORD is not; set "
+                "it (or name a ZenML secret in SLIPWAY_NEO4J_SECRET)."
+            )
+        return GraphConnection(
+            settings.neo4j_uri,
+            settings.neo4j_user,
+            settings.neo4j_password.get_secret_value(),
+            settings.neo4j_database,
+            embedded=False,
+        )
     from slipway.graph.server import start_server
 
     info = start_server(settings)
@@ -56,12 +62,16 @@ def connect(settings: GraphSettings | None = None) -> Neo4jGraph:
         driver.verify_connectivity()
     except AuthError as exc:
         driver.close()
-        raise RuntimeError(f"The graph server at {target.uri} refused user {target.user!r}: "
-                           "check SLIPWAY_NEO4J_USER and SLIPWAY_NEO4J_PASSWORD.") from exc
+        raise RuntimeError(
+            f"The graph server at {target.uri} refused user {target.user!r}: "
+            "check SLIPWAY_NEO4J_USER and SLIPWAY_NEO4J_PASSWORD."
+        ) from exc
     except (ServiceUnavailable, OSError) as exc:
         driver.close()
-        raise RuntimeError(f"No graph server answers at {target.uri}: check SLIPWAY_NEO4J_URI "
-                           f"(or unset it to use the embedded server). ({exc})") from exc
+        raise RuntimeError(
+            f"No graph server answers at {target.uri}: check SLIPWAY_NEO4J_URI "
+            f"(or unset it to use the embedded server). ({exc})"
+        ) from exc
     return Neo4jGraph(driver, target.database)
 
 
@@ -76,8 +86,9 @@ class FoundEntity:
 class GraphQueries:
     """Graph reads for retrieval and the API: entities of a text, neighbours, expansion."""
 
-    def __init__(self, graph: Neo4jGraph, nlp: Any, neighbours: int = 5,
-                 neighbour_weight: float = 0.5) -> None:
+    def __init__(
+        self, graph: Neo4jGraph, nlp: Any, neighbours: int = 5, neighbour_weight: float = 0.5
+    ) -> None:
         self.graph = graph
         self.nlp = nlp
         self.neighbour_count = neighbours

@@ -27,7 +27,7 @@ CONTEXT_CHARS = 120
 MAX_NAME_CHARS = 100
 
 _SPACE = re.compile(r"\s+")
-_POSSESSIVE = re.compile(r"(?:'s|'|’s|’)$", re.IGNORECASE)
+_POSSESSIVE = re.compile(r"(?:'s|'|’s|’)$", re.IGNORECASE)  # noqa: RUF001 - typographic too
 _TITLES = re.compile(
     r"^(?:mr|mrs|ms|miss|mx|dr|prof|professor|sir|dame|madam|lord|lady|rev|hon|sen|rep|gov|"
     r"pres|president|ceo|mssrs|messrs)\.?\s+",
@@ -38,7 +38,7 @@ _ORG_SUFFIX = re.compile(
     r"\.?$",
     re.IGNORECASE,
 )
-_EDGE_PUNCT = "\"'“”‘’`.,;:!?()[]{}<>-–—*_#|/\\ "
+_EDGE_PUNCT = "\"'“”‘’`.,;:!?()[]{}<>-–—*_#|/\\ "  # noqa: RUF001 - typographic too
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,9 @@ def load_nlp(name: str) -> Any:
     import spacy
 
     try:
-        nlp = spacy.load(name, exclude=["parser", "lemmatizer", "tagger", "attribute_ruler",
-                                        "senter", "textcat"])
+        nlp = spacy.load(
+            name, exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter", "textcat"]
+        )
     except OSError as exc:
         raise RuntimeError(
             f"spaCy pipeline {name!r} is not installed. Install it (the default is the PyPI "
@@ -65,12 +66,15 @@ def load_nlp(name: str) -> Any:
             "name or a pipeline directory."
         ) from exc
     if "ner" not in nlp.pipe_names:
-        raise RuntimeError(f"spaCy pipeline {name!r} has no 'ner' component; "
-                           "set SLIPWAY_NER_MODEL to a pipeline with NER.")
+        raise RuntimeError(
+            f"spaCy pipeline {name!r} has no 'ner' component; "
+            "set SLIPWAY_NER_MODEL to a pipeline with NER."
+        )
     # In the small English pipelines NER embeds tokens itself; the shared tok2vec then only
     # fed the excluded tagger and parser (measured: 1.45x faster NER without it, same entities).
     if "tok2vec" in nlp.pipe_names and "ner" not in getattr(
-            nlp.get_pipe("tok2vec"), "listening_components", ["ner"]):
+        nlp.get_pipe("tok2vec"), "listening_components", ["ner"]
+    ):
         nlp.remove_pipe("tok2vec")
     return nlp
 
@@ -109,8 +113,12 @@ def _context(text: str, start: int, end: int) -> str:
     return _SPACE.sub(" ", text[left : end + CONTEXT_CHARS]).strip()
 
 
-def extract_mentions(nlp: Any, chunks: Sequence[tuple[str, str]], batch_size: int = 64,
-                     types: dict[str, str] | None = None) -> list[Mention]:
+def extract_mentions(
+    nlp: Any,
+    chunks: Sequence[tuple[str, str]],
+    batch_size: int = 64,
+    types: dict[str, str] | None = None,
+) -> list[Mention]:
     """Mentions of named entities in ``(chunk_id, text)`` pairs, with ``nlp.pipe`` in batches."""
     types = ENTITY_TYPES if types is None else types
     mentions: list[Mention] = []
@@ -120,6 +128,9 @@ def extract_mentions(nlp: Any, chunks: Sequence[tuple[str, str]], batch_size: in
             entity_type = types.get(ent.label_)
             if entity_type is None or not usable(display_name(ent.text, entity_type)):
                 continue
-            mentions.append(Mention(chunk_id, ent.text, entity_type,
-                                    _context(text, ent.start_char, ent.end_char)))
+            mentions.append(
+                Mention(
+                    chunk_id, ent.text, entity_type, _context(text, ent.start_char, ent.end_char)
+                )
+            )
     return mentions

@@ -59,15 +59,22 @@ class GnnConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"GnnConfig.{name} must be at least 1; got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
-            raise ValueError("GnnConfig needs lr > 0, weight_decay >= 0 and 0 <= dropout < 1; got "
-                             f"lr={self.lr}, weight_decay={self.weight_decay}, "
-                             f"dropout={self.dropout}")
+            raise ValueError(
+                "GnnConfig needs lr > 0, weight_decay >= 0 and 0 <= dropout < 1; got "
+                f"lr={self.lr}, weight_decay={self.weight_decay}, "
+                f"dropout={self.dropout}"
+            )
         if self.patience < 0:
             raise ValueError(f"GnnConfig.patience must be >= 0; got {self.patience}")
-        if (not 0 < self.val_fraction < 1 or not 0 < self.test_fraction < 1
-                or self.val_fraction + self.test_fraction >= 1):
-            raise ValueError("GnnConfig.val_fraction and test_fraction must be in (0, 1) and sum "
-                             f"to less than 1; got {self.val_fraction} and {self.test_fraction}")
+        if (
+            not 0 < self.val_fraction < 1
+            or not 0 < self.test_fraction < 1
+            or self.val_fraction + self.test_fraction >= 1
+        ):
+            raise ValueError(
+                "GnnConfig.val_fraction and test_fraction must be in (0, 1) and sum "
+                f"to less than 1; got {self.val_fraction} and {self.test_fraction}"
+            )
 
     def as_params(self) -> dict[str, str | int | float]:
         """The settings as MLflow parameters, prefixed ``gnn_`` so they never clash."""
@@ -141,23 +148,27 @@ class _Encoder(torch.nn.Module):
         return self.conv(self.dropout(torch.relu(hidden)), graph.adj)
 
 
-def _graph(pairs: np.ndarray, weights: np.ndarray | None, x: torch.Tensor,
-           model: GnnModel) -> _Graph:
+def _graph(
+    pairs: np.ndarray, weights: np.ndarray | None, x: torch.Tensor, model: GnnModel
+) -> _Graph:
     """The message-passing graph of undirected pairs over features ``x``."""
     adj = _adjacency(pairs, weights, x.shape[0], model)
     return _Graph(adj, torch.sparse.mm(adj, x, "mean") if model == "sage" else adj @ x)
 
 
-def _check_inputs(features: np.ndarray, edges: np.ndarray,
-                  weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _check_inputs(
+    features: np.ndarray, edges: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Validated float32 features, int64 edges and float64 weights; ValueError otherwise."""
     features = np.asarray(features)
     edges = np.asarray(edges)
     if edges.size == 0:
         edges = edges.reshape(0, 2)
     if features.ndim != 2 or features.shape[0] < 2 or features.shape[1] < 1:
-        raise ValueError(f"features must be a 2-D array (nodes, dim) with at least 2 nodes; "
-                         f"got shape {features.shape}")
+        raise ValueError(
+            f"features must be a 2-D array (nodes, dim) with at least 2 nodes; "
+            f"got shape {features.shape}"
+        )
     if not np.issubdtype(features.dtype, np.number):
         raise ValueError(f"features must be numeric; got dtype {features.dtype}")
     features = features.astype(np.float32, copy=False)
@@ -167,27 +178,34 @@ def _check_inputs(features: np.ndarray, edges: np.ndarray,
     if edges.ndim != 2 or edges.shape[1] != 2:
         raise ValueError(f"edges must have shape (m, 2); got {edges.shape}")
     if edges.shape[0] < MIN_EDGES:
-        raise ValueError(f"the entity graph has {edges.shape[0]} co-occurrence edges; link "
-                         f"prediction needs at least {MIN_EDGES}: add documents or lower the "
-                         "minimum co-occurrence count the graph is built with")
+        raise ValueError(
+            f"the entity graph has {edges.shape[0]} co-occurrence edges; link "
+            f"prediction needs at least {MIN_EDGES}: add documents or lower the "
+            "minimum co-occurrence count the graph is built with"
+        )
     if not np.issubdtype(edges.dtype, np.integer):
         raise ValueError(f"edges must be integer node indices; got dtype {edges.dtype}")
     edges = edges.astype(np.int64, copy=False)
     n = features.shape[0]
     if edges.min() < 0 or edges.max() >= n:
-        raise ValueError(f"edges reference nodes outside 0..{n - 1} (min {edges.min()}, max "
-                         f"{edges.max()}); features has {n} rows")
+        raise ValueError(
+            f"edges reference nodes outside 0..{n - 1} (min {edges.min()}, max "
+            f"{edges.max()}); features has {n} rows"
+        )
     if (edges[:, 0] == edges[:, 1]).any():
         raise ValueError(f"edges contain {int((edges[:, 0] == edges[:, 1]).sum())} self-loop(s)")
     keys = _pair_keys(edges, n)
     if np.unique(keys).size != keys.size:
-        raise ValueError(f"edges contain {keys.size - np.unique(keys).size} duplicate pair(s); "
-                         "give each undirected pair once")
+        raise ValueError(
+            f"edges contain {keys.size - np.unique(keys).size} duplicate pair(s); "
+            "give each undirected pair once"
+        )
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (edges.shape[0],):
-            raise ValueError(f"weights must have shape ({edges.shape[0]},), one per edge; "
-                             f"got {weights.shape}")
+            raise ValueError(
+                f"weights must have shape ({edges.shape[0]},), one per edge; got {weights.shape}"
+            )
         if not np.isfinite(weights).all() or (weights < 0).any():
             raise ValueError("weights must be finite and non-negative")
     return features, edges, weights
@@ -198,8 +216,9 @@ def _pair_keys(pairs: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1])
 
 
-def _adjacency(pairs: np.ndarray, weights: np.ndarray | None, n: int,
-               model: GnnModel) -> torch.Tensor:
+def _adjacency(
+    pairs: np.ndarray, weights: np.ndarray | None, n: int, model: GnnModel
+) -> torch.Tensor:
     """Sparse CSR adjacency of undirected pairs: plain for SAGE (mean aggregation), symmetric-
     normalised with self-loops and edge weights for GCN."""
     src = np.concatenate([pairs[:, 0], pairs[:, 1]])
@@ -241,21 +260,25 @@ def _split(edges: np.ndarray, n: int, config: GnnConfig, rng: np.random.Generato
     n_test = max(1, round(m * config.test_fraction))
     n_val = max(1, round(m * config.val_fraction))
     if m - n_test - n_val < 1:
-        raise ValueError(f"{m} edges leave no training edges after holding out {n_val} "
-                         f"validation and {n_test} test edges")
+        raise ValueError(
+            f"{m} edges leave no training edges after holding out {n_val} "
+            f"validation and {n_test} test edges"
+        )
     negatives = _negatives(rng, n, n_val + n_test, np.sort(_pair_keys(edges, n)))
-    train_index = perm[n_test + n_val:]
+    train_index = perm[n_test + n_val :]
     train = edges[train_index]
     return _Split(
-        train=train, train_index=train_index, train_keys=np.sort(_pair_keys(train, n)),
-        val=np.concatenate([edges[perm[n_test:n_test + n_val]], negatives[:n_val]]),
+        train=train,
+        train_index=train_index,
+        train_keys=np.sort(_pair_keys(train, n)),
+        val=np.concatenate([edges[perm[n_test : n_test + n_val]], negatives[:n_val]]),
         val_labels=np.r_[np.ones(n_val), np.zeros(n_val)],
         test=np.concatenate([edges[perm[:n_test]], negatives[n_val:]]),
-        test_labels=np.r_[np.ones(n_test), np.zeros(n_test)])
+        test_labels=np.r_[np.ones(n_test), np.zeros(n_test)],
+    )
 
 
-def _negatives(rng: np.random.Generator, n: int, count: int,
-               forbidden: np.ndarray) -> np.ndarray:
+def _negatives(rng: np.random.Generator, n: int, count: int, forbidden: np.ndarray) -> np.ndarray:
     """``count`` random node pairs (no self-loops) whose keys are not in sorted ``forbidden``."""
     found: list[np.ndarray] = []
     need = count
@@ -269,17 +292,21 @@ def _negatives(rng: np.random.Generator, n: int, count: int,
         need -= len(found[-1])
         if need == 0:
             return np.concatenate(found)
-    raise ValueError(f"could not sample {count} non-edges among {n} nodes: the graph is too "
-                     "dense for link prediction with negative sampling")
+    raise ValueError(
+        f"could not sample {count} non-edges among {n} nodes: the graph is too "
+        "dense for link prediction with negative sampling"
+    )
 
 
-def _csr(crow: np.ndarray, col: np.ndarray, values: torch.Tensor, size: tuple[int, int]
-         ) -> torch.Tensor:
+def _csr(
+    crow: np.ndarray, col: np.ndarray, values: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
     """A torch sparse CSR matrix from numpy structure and torch values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col), values,
-                                       size=size, check_invariants=False)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(crow), torch.from_numpy(col), values, size=size, check_invariants=False
+        )
 
 
 def _dots(z: torch.Tensor, pairs: np.ndarray) -> torch.Tensor:
@@ -344,21 +371,27 @@ def _standardise(features: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((centred / np.where(scale > 1e-8, scale, 1.0)).astype(np.float32))
 
 
-def _evaluate(encoder: _Encoder, x: torch.Tensor, graph: _Graph,
-              pairs: np.ndarray) -> np.ndarray:
+def _evaluate(encoder: _Encoder, x: torch.Tensor, graph: _Graph, pairs: np.ndarray) -> np.ndarray:
     """Decoder scores of ``pairs`` with the encoder in eval mode (no dropout, no gradients)."""
     encoder.eval()
     with torch.no_grad():
         return _scores(encoder(x, graph), pairs).numpy()
 
 
-def _fit(encoder: _Encoder, x: torch.Tensor, graph: _Graph, split: _Split, config: GnnConfig,
-         rng: np.random.Generator) -> tuple[list[float], list[float], list[float], int]:
+def _fit(
+    encoder: _Encoder,
+    x: torch.Tensor,
+    graph: _Graph,
+    split: _Split,
+    config: GnnConfig,
+    rng: np.random.Generator,
+) -> tuple[list[float], list[float], list[float], int]:
     """Train with fresh negatives each epoch and load the best epoch's weights by validation
     AUC; return the losses, validation AUCs, epoch seconds and the best epoch (0-based)."""
     n, count = x.shape[0], len(split.train)
-    optimiser = torch.optim.Adam(encoder.parameters(), lr=config.lr,
-                                 weight_decay=config.weight_decay)
+    optimiser = torch.optim.Adam(
+        encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     labels = torch.cat([torch.ones(count), torch.zeros(count)])
     losses: list[float] = []
     aucs: list[float] = []
@@ -384,8 +417,9 @@ def _fit(encoder: _Encoder, x: torch.Tensor, graph: _Graph, split: _Split, confi
     return losses, aucs, seconds, best_epoch
 
 
-def train_link_predictor(features: np.ndarray, edges: np.ndarray, weights: np.ndarray | None,
-                         config: GnnConfig) -> GnnResult:
+def train_link_predictor(
+    features: np.ndarray, edges: np.ndarray, weights: np.ndarray | None, config: GnnConfig
+) -> GnnResult:
     """Train a GNN encoder by link prediction; return its L2-normalised embeddings and AUCs.
 
     ``edges`` are undirected pairs of row indices of ``features``, each pair once; ``weights``
@@ -415,10 +449,17 @@ def train_link_predictor(features: np.ndarray, edges: np.ndarray, weights: np.nd
         z = encoder(x, _graph(edges, weights, x, config.model))
     return GnnResult(
         embeddings=torch.nn.functional.normalize(z, dim=1).numpy().astype(np.float32),
-        losses=losses, val_aucs=val_aucs, test_auc=test_auc,
+        losses=losses,
+        val_aucs=val_aucs,
+        test_auc=test_auc,
         cosine_auc=_auc(split.test_labels, _cosine(features, split.test)),
-        random_auc=random_auc, epoch_seconds=float(np.mean(seconds)), best_epoch=best_epoch,
-        nodes=n, edges=m, config=config)
+        random_auc=random_auc,
+        epoch_seconds=float(np.mean(seconds)),
+        best_epoch=best_epoch,
+        nodes=n,
+        edges=m,
+        config=config,
+    )
 
 
 def nearest(embeddings: np.ndarray, query: int, k: int) -> list[tuple[int, float]]:
@@ -447,8 +488,10 @@ def loss_figure(result: GnnResult) -> Figure:
     twin.plot(epochs, result.val_aucs, color="tab:orange", label="validation AUC")
     twin.axvline(result.best_epoch, color="tab:gray", linestyle="--", linewidth=1)
     twin.set_ylabel("validation AUC", color="tab:orange")
-    ax.set_title(f"{result.config.model.upper()} link prediction: test AUC {result.test_auc:.3f}"
-                 f" (cosine {result.cosine_auc:.3f}, random {result.random_auc:.3f})")
+    ax.set_title(
+        f"{result.config.model.upper()} link prediction: test AUC {result.test_auc:.3f}"
+        f" (cosine {result.cosine_auc:.3f}, random {result.random_auc:.3f})"
+    )
     fig.tight_layout()
     return fig
 
@@ -464,10 +507,12 @@ def log_to_mlflow(result: GnnResult) -> None:
     mlflow.log_params(result.config.as_params())
     mlflow.log_metrics(result.metrics())
     now = int(time.time() * 1000)
-    history = [Metric(key, float(value), now, epoch)
-               for epoch, (loss, auc) in enumerate(zip(result.losses, result.val_aucs, strict=True))
-               for key, value in (("gnn_loss", loss), ("gnn_val_auc", auc))]
+    history = [
+        Metric(key, float(value), now, epoch)
+        for epoch, (loss, auc) in enumerate(zip(result.losses, result.val_aucs, strict=True))
+        for key, value in (("gnn_loss", loss), ("gnn_val_auc", auc))
+    ]
     client = mlflow.MlflowClient()
     for start in range(0, len(history), 1000):  # one request per 1000 values, not per epoch
-        client.log_batch(run.info.run_id, metrics=history[start:start + 1000])
+        client.log_batch(run.info.run_id, metrics=history[start : start + 1000])
     mlflow.log_figure(loss_figure(result), "gnn/loss_curve.png")

@@ -28,8 +28,10 @@ EXIT_HELD = 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The launcher's command line: where, which ports, which database, how much heap."""
-    parser = argparse.ArgumentParser(prog="python -m slipway.graph.launcher",
-                                     description="Run the embedded ArcadeDB Bolt server.")
+    parser = argparse.ArgumentParser(
+        prog="python -m slipway.graph.launcher",
+        description="Run the embedded ArcadeDB Bolt server.",
+    )
     parser.add_argument("root", type=Path, help="Server directory (config/, databases/, log/).")
     parser.add_argument("--http-port", type=int, required=True, help="HTTP port.")
     parser.add_argument("--bolt-port", type=int, required=True, help="Bolt port.")
@@ -79,18 +81,25 @@ def serve(args: argparse.Namespace, password: str, stop: threading.Event) -> Non
     from arcadedb_embedded.jvm import start_jvm
 
     start_jvm(heap_size=args.heap)
-    server = create_server(root_path=str(args.root), root_password=password, config={
-        "host": "127.0.0.1",
-        "http_port": args.http_port,
-        "server_plugins": "Bolt:com.arcadedb.bolt.BoltProtocolPlugin",
-        "bolt_port": args.bolt_port,
-        "bolt_defaultDatabase": args.database,
-    })
+    server = create_server(
+        root_path=str(args.root),
+        root_password=password,
+        config={
+            "host": "127.0.0.1",
+            "http_port": args.http_port,
+            "server_plugins": "Bolt:com.arcadedb.bolt.BoltProtocolPlugin",
+            "bolt_port": args.bolt_port,
+            "bolt_defaultDatabase": args.database,
+        },
+    )
     server.start()
     try:
         server.create_database(args.database)  # opens it when it exists
-        print(f"\n{READY} pid={os.getpid()} bolt={args.bolt_port} http={args.http_port} "
-              f"in {time.monotonic() - started:.2f}s", flush=True)
+        print(
+            f"\n{READY} pid={os.getpid()} bolt={args.bolt_port} http={args.http_port} "
+            f"in {time.monotonic() - started:.2f}s",
+            flush=True,
+        )
         while not stop.wait(0.5):
             pass
     finally:
@@ -103,18 +112,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     password = os.environ.pop(PASSWORD_ENV, "")
     if len(password) < 8:
-        print(f"error: set {PASSWORD_ENV} to the root password (8 characters or more)",
-              file=sys.stderr, flush=True)
+        print(
+            f"error: set {PASSWORD_ENV} to the root password (8 characters or more)",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_USAGE
     stop = stop_event()
     args.root = args.root.resolve()
     args.root.mkdir(parents=True, exist_ok=True)
     os.chdir(args.root)  # ArcadeDB writes ./log/ and JVM crash files into the working directory
-    record = {"pid": os.getpid(), "bolt_port": args.bolt_port, "http_port": args.http_port,
-              "database": args.database}
+    record = {
+        "pid": os.getpid(),
+        "bolt_port": args.bolt_port,
+        "http_port": args.http_port,
+        "database": args.database,
+    }
     if hold_directory(args.root, record) is None:
-        print(f"error: {args.root} is held by another graph server (pid {holder_pid(args.root)})",
-              file=sys.stderr, flush=True)
+        print(
+            f"error: {args.root} is held by another graph server (pid {holder_pid(args.root)})",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_HELD
     serve(args, password, stop)
     return 0

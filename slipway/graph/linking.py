@@ -92,8 +92,12 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
-def _disambiguate(keys: list[tuple[str, str]], vectors: np.ndarray, rows: list[int],
-                  stored: Mapping[str, StoredContext]) -> list[str]:
+def _disambiguate(
+    keys: list[tuple[str, str]],
+    vectors: np.ndarray,
+    rows: list[int],
+    stored: Mapping[str, StoredContext],
+) -> list[str]:
     """New types for the mentions ``rows`` of one ambiguous name, by context; ``stored`` holds
     the graph's context means of that name, by type."""
     sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(vectors.shape[1], np.float32))
@@ -120,10 +124,13 @@ def _disambiguate(keys: list[tuple[str, str]], vectors: np.ndarray, rows: list[i
     return chosen
 
 
-def link_mentions(mentions: Sequence[Mention], doc_of: Mapping[str, str],
-                  stored_types: Mapping[str, set[str]] | None = None,
-                  stored_contexts: Mapping[str, StoredContext] | None = None,
-                  embed: EmbedFn | None = None) -> LinkResult:
+def link_mentions(
+    mentions: Sequence[Mention],
+    doc_of: Mapping[str, str],
+    stored_types: Mapping[str, set[str]] | None = None,
+    stored_contexts: Mapping[str, StoredContext] | None = None,
+    embed: EmbedFn | None = None,
+) -> LinkResult:
     """Link mentions to canonical entities.
 
     ``doc_of`` maps chunk ids to document ids; ``stored_types`` maps a normalised name to the
@@ -133,16 +140,21 @@ def link_mentions(mentions: Sequence[Mention], doc_of: Mapping[str, str],
     """
     stored_types = stored_types or {}
     stored_contexts = stored_contexts or {}
-    keys = _resolve_surnames([(entity_key(m.surface, m.type), m.type) for m in mentions],
-                             [doc_of[m.chunk_id] for m in mentions])
+    keys = _resolve_surnames(
+        [(entity_key(m.surface, m.type), m.type) for m in mentions],
+        [doc_of[m.chunk_id] for m in mentions],
+    )
     by_key: dict[str, list[int]] = defaultdict(list)
     for row, (key, _) in enumerate(keys):
         by_key[key].append(row)
     vectors: dict[int, np.ndarray] = {}
     reassigned = 0
     if embed is not None:
-        ambiguous = {key: rows for key, rows in by_key.items()
-                     if len({keys[r][1] for r in rows} | stored_types.get(key, set())) > 1}
+        ambiguous = {
+            key: rows
+            for key, rows in by_key.items()
+            if len({keys[r][1] for r in rows} | stored_types.get(key, set())) > 1
+        }
         flat = [r for rows in ambiguous.values() for r in rows]
         if flat:
             embedded = np.asarray(embed([mentions[r].context for r in flat]), dtype=np.float32)
@@ -152,8 +164,9 @@ def link_mentions(mentions: Sequence[Mention], doc_of: Mapping[str, str],
             kind, key = split_entity_id(eid)
             stored_by_key[key][kind] = ctx
         for key, rows in ambiguous.items():
-            chosen = _disambiguate(keys, np.stack([vectors[r] for r in rows]), rows,
-                                   stored_by_key.get(key, {}))
+            chosen = _disambiguate(
+                keys, np.stack([vectors[r] for r in rows]), rows, stored_by_key.get(key, {})
+            )
             for r, kind in zip(rows, chosen, strict=True):
                 if kind != keys[r][1]:
                     reassigned += 1
@@ -171,16 +184,18 @@ def link_mentions(mentions: Sequence[Mention], doc_of: Mapping[str, str],
         update.mentions += 1
         if row in vectors:
             vector = vectors[row]
-            update.context_sum = vector.copy() if update.context_sum is None \
-                else update.context_sum + vector
+            update.context_sum = (
+                vector.copy() if update.context_sum is None else update.context_sum + vector
+            )
             update.context_count += 1
         counts = chunk_entities[mention.chunk_id]
         counts[eid] = counts.get(eid, 0) + 1
     return LinkResult(entities, dict(chunk_entities), mention_entity, vectors, reassigned)
 
 
-def cooccurrence_pairs(chunk_entities: Mapping[str, Mapping[str, int]],
-                       max_entities: int = 40) -> Counter[tuple[str, str]]:
+def cooccurrence_pairs(
+    chunk_entities: Mapping[str, Mapping[str, int]], max_entities: int = 40
+) -> Counter[tuple[str, str]]:
     """Entity pairs (sorted ids) with the number of chunks both occur in; per chunk only its
     ``max_entities`` most-mentioned entities pair up (a roster of 200 names is not 20k facts)."""
     pairs: Counter[tuple[str, str]] = Counter()

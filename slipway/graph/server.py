@@ -160,7 +160,8 @@ def _prepare(directory: Path) -> None:
     except OSError as exc:
         raise GraphServerError(
             f"The graph directory {directory} is not writable ({exc.strerror or exc}); set "
-            "SLIPWAY_GRAPH_DIR to a writable directory.") from exc
+            "SLIPWAY_GRAPH_DIR to a writable directory."
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -181,7 +182,8 @@ def _answering(info: ServerInfo, settings: GraphSettings) -> ServerInfo:
     except GraphServerError as exc:
         raise GraphServerError(
             f"The graph server (pid {info.pid}) at {info.directory} runs but does not answer on "
-            f"{info.uri} ({exc}); run `slipway graph stop` and start it again.") from exc
+            f"{info.uri} ({exc}); run `slipway graph stop` and start it again."
+        ) from exc
     return info
 
 
@@ -201,7 +203,8 @@ def _adopt(directory: Path, settings: GraphSettings) -> ServerInfo | None:
         raise GraphServerError(
             f"The graph directory {directory} is held by another process (pid "
             f"{holder.get('pid', '?')}); run `slipway graph stop`, or set SLIPWAY_GRAPH_DIR to "
-            "another directory.")
+            "another directory."
+        )
     _wait_ready(info, None, time.monotonic() + settings.graph_start_timeout)
     _write_state(directory, info)
     return info
@@ -216,7 +219,8 @@ def _password(directory: Path) -> str:
     if path.exists() or (directory / USERS_FILE).exists():
         raise GraphServerError(
             f"The graph directory {directory} has users but no readable {CREDENTIALS_FILE}; "
-            f"restore it, or delete {directory / USERS_FILE} to set a new root password.")
+            f"restore it, or delete {directory / USERS_FILE} to set a new root password."
+        )
     password = secrets.token_urlsafe(24)
     _write_json(path, {"user": USER, "password": password}, mode=0o600)
     return password
@@ -227,11 +231,15 @@ def _ports(settings: GraphSettings) -> tuple[int, int]:
     wanted = ((settings.graph_bolt_port, BOLT_PORT_VAR), (settings.graph_http_port, HTTP_PORT_VAR))
     for port, variable in wanted:
         if port and _port_taken(port):
-            raise _PortTaken(f"Port {port} on 127.0.0.1 is taken; set {variable}=0 (a free "
-                             "port) or another port.")
+            raise _PortTaken(
+                f"Port {port} on 127.0.0.1 is taken; set {variable}=0 (a free "
+                "port) or another port."
+            )
     if settings.graph_bolt_port and settings.graph_bolt_port == settings.graph_http_port:
-        raise GraphServerError(f"{BOLT_PORT_VAR} and {HTTP_PORT_VAR} are both "
-                               f"{settings.graph_bolt_port}; give them different ports (or 0).")
+        raise GraphServerError(
+            f"{BOLT_PORT_VAR} and {HTTP_PORT_VAR} are both "
+            f"{settings.graph_bolt_port}; give them different ports (or 0)."
+        )
     bolt_port = settings.graph_bolt_port or _free_port({settings.graph_http_port})
     http_port = settings.graph_http_port or _free_port({bolt_port})
     return bolt_port, http_port
@@ -258,18 +266,32 @@ def _free_port(avoid: set[int]) -> int:
             return port
 
 
-def _launch(directory: Path, settings: GraphSettings, bolt_port: int, http_port: int,
-            password: str) -> ServerInfo:
+def _launch(
+    directory: Path, settings: GraphSettings, bolt_port: int, http_port: int, password: str
+) -> ServerInfo:
     """Spawn a detached launcher and wait until it answers; kill it when it does not."""
     log = directory / LOG_FILE
     offset = _rotate(log)
     proc = _spawn(directory, bolt_port, http_port, settings.graph_heap, password)
-    info = ServerInfo(uri=f"bolt://127.0.0.1:{bolt_port}", user=USER, password=password,
-                      database=DATABASE, pid=proc.pid, bolt_port=bolt_port, http_port=http_port,
-                      directory=directory, log=log)
+    info = ServerInfo(
+        uri=f"bolt://127.0.0.1:{bolt_port}",
+        user=USER,
+        password=password,
+        database=DATABASE,
+        pid=proc.pid,
+        bolt_port=bolt_port,
+        http_port=http_port,
+        directory=directory,
+        log=log,
+    )
     try:
-        _wait_ready(info, proc, time.monotonic() + settings.graph_start_timeout,
-                    timeout=settings.graph_start_timeout, log_offset=offset)
+        _wait_ready(
+            info,
+            proc,
+            time.monotonic() + settings.graph_start_timeout,
+            timeout=settings.graph_start_timeout,
+            log_offset=offset,
+        )
     except BaseException:
         _terminate(proc.pid, 5.0)
         raise
@@ -287,25 +309,49 @@ def _rotate(log: Path) -> int:
         return 0
 
 
-def _spawn(directory: Path, bolt_port: int, http_port: int, heap: str,
-           password: str) -> subprocess.Popen[bytes]:
+def _spawn(
+    directory: Path, bolt_port: int, http_port: int, heap: str, password: str
+) -> subprocess.Popen[bytes]:
     """Start the launcher script in its own session, its output appended to the log."""
     env = {**os.environ, PASSWORD_ENV: password}
-    command = [sys.executable, "-P", str(LAUNCHER_SCRIPT), str(directory), "--bolt-port",
-               str(bolt_port), "--http-port", str(http_port), "--database", DATABASE,
-               "--heap", heap]
+    command = [
+        sys.executable,
+        "-P",
+        str(LAUNCHER_SCRIPT),
+        str(directory),
+        "--bolt-port",
+        str(bolt_port),
+        "--http-port",
+        str(http_port),
+        "--database",
+        DATABASE,
+        "--heap",
+        heap,
+    ]
     with open(directory / LOG_FILE, "ab") as log:
         log.write(f"\n--- {_now()} starting: bolt {bolt_port}, http {http_port}\n".encode())
         log.flush()
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=directory, env=env,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
     _children[proc.pid] = proc
     return proc
 
 
-def _wait_ready(info: ServerInfo, proc: subprocess.Popen[bytes] | None, deadline: float,
-                timeout: float | None = None, log_offset: int = 0) -> None:
+def _wait_ready(
+    info: ServerInfo,
+    proc: subprocess.Popen[bytes] | None,
+    deadline: float,
+    timeout: float | None = None,
+    log_offset: int = 0,
+) -> None:
     """Poll ``RETURN 1`` on the database until it answers (the Bolt port opens before it)."""
     from neo4j import GraphDatabase
     from neo4j.exceptions import AuthError, DriverError, Neo4jError
@@ -324,14 +370,16 @@ def _wait_ready(info: ServerInfo, proc: subprocess.Popen[bytes] | None, deadline
                     raise GraphServerError(
                         f"The graph server at {info.uri} refuses the root password in "
                         f"{info.directory / CREDENTIALS_FILE}; restore the matching file, or "
-                        f"delete {info.directory / USERS_FILE} to set a new one.") from exc
+                        f"delete {info.directory / USERS_FILE} to set a new one."
+                    ) from exc
             except (Neo4jError, DriverError, OSError):
                 refusals = 0
             if time.monotonic() > deadline:
                 waited = f" within {timeout:.0f}s" if timeout is not None else ""
                 raise GraphServerError(
                     f"The graph server did not answer on {info.uri}{waited}; see the log at "
-                    f"{info.log}, or raise SLIPWAY_GRAPH_START_TIMEOUT.")
+                    f"{info.log}, or raise SLIPWAY_GRAPH_START_TIMEOUT."
+                )
             time.sleep(0.1)
 
 
@@ -353,17 +401,23 @@ def _died(info: ServerInfo, code: int | None, tail: str) -> GraphServerError:
     if code == EXIT_HELD or "LockException" in tail or "is held by another" in tail:
         return GraphServerError(
             f"The graph directory {info.directory} is in use by another graph server; run "
-            "`slipway graph stop`, or set SLIPWAY_GRAPH_DIR to another directory.")
+            "`slipway graph stop`, or set SLIPWAY_GRAPH_DIR to another directory."
+        )
     if "Unable to listen for BOLT connections" in tail:
-        return _PortTaken(f"Bolt port {info.bolt_port} on 127.0.0.1 is taken; set "
-                          f"{BOLT_PORT_VAR}=0 (a free port) or another port.")
+        return _PortTaken(
+            f"Bolt port {info.bolt_port} on 127.0.0.1 is taken; set "
+            f"{BOLT_PORT_VAR}=0 (a free port) or another port."
+        )
     if "Unable to listen to a HTTP port" in tail:
-        return _PortTaken(f"HTTP port {info.http_port} on 127.0.0.1 is taken; set "
-                          f"{HTTP_PORT_VAR}=0 (a free port) or another port.")
+        return _PortTaken(
+            f"HTTP port {info.http_port} on 127.0.0.1 is taken; set "
+            f"{HTTP_PORT_VAR}=0 (a free port) or another port."
+        )
     status = f" with status {code}" if code is not None else ""
     return GraphServerError(
         f"The graph server launcher (pid {info.pid}) exited{status} before it was ready; "
-        f"the last lines of {info.log}:\n{tail}")
+        f"the last lines of {info.log}:\n{tail}"
+    )
 
 
 def _tail(log: Path, offset: int, lines: int = TAIL_LINES) -> str:
@@ -380,10 +434,17 @@ def _tail(log: Path, offset: int, lines: int = TAIL_LINES) -> str:
 
 def _write_state(directory: Path, info: ServerInfo) -> None:
     """Record the ready server in ``server.json`` (atomically)."""
-    _write_json(directory / STATE_FILE, {
-        "pid": info.pid, "bolt_port": info.bolt_port, "http_port": info.http_port,
-        "database": info.database, "started_at": _now(),
-    }, mode=0o644)
+    _write_json(
+        directory / STATE_FILE,
+        {
+            "pid": info.pid,
+            "bolt_port": info.bolt_port,
+            "http_port": info.http_port,
+            "database": info.database,
+            "started_at": _now(),
+        },
+        mode=0o644,
+    )
 
 
 # --- stop and state -----------------------------------------------------------------------
@@ -444,8 +505,10 @@ def _is_launcher(pid: int, directory: Path) -> bool:
         return not Path("/proc/self").exists()  # no /proc: trust the live pid
     except OSError:
         return False
-    launcher = any(arg == LAUNCHER_MODULE.encode() or arg.endswith(b"slipway/graph/launcher.py")
-                   for arg in args)
+    launcher = any(
+        arg == LAUNCHER_MODULE.encode() or arg.endswith(b"slipway/graph/launcher.py")
+        for arg in args
+    )
     return launcher and str(directory).encode() in args
 
 
@@ -478,11 +541,17 @@ def _info(directory: Path, record: dict[str, Any]) -> ServerInfo | None:
     except (KeyError, TypeError, ValueError):
         return None
     credentials = _read_json(directory / CREDENTIALS_FILE) or {}
-    return ServerInfo(uri=f"bolt://127.0.0.1:{bolt_port}", user=USER,
-                      password=str(credentials.get("password", "")),
-                      database=str(record.get("database", DATABASE)), pid=pid,
-                      bolt_port=bolt_port, http_port=http_port, directory=directory,
-                      log=directory / LOG_FILE)
+    return ServerInfo(
+        uri=f"bolt://127.0.0.1:{bolt_port}",
+        user=USER,
+        password=str(credentials.get("password", "")),
+        database=str(record.get("database", DATABASE)),
+        pid=pid,
+        bolt_port=bolt_port,
+        http_port=http_port,
+        directory=directory,
+        log=directory / LOG_FILE,
+    )
 
 
 def _pid_of(record: dict[str, Any]) -> int:
@@ -525,5 +594,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["GraphServerError", "ServerInfo", "ensure_server", "graph_directory",
-           "running_server", "start_server", "stop_server"]
+__all__ = [
+    "GraphServerError",
+    "ServerInfo",
+    "ensure_server",
+    "graph_directory",
+    "running_server",
+    "start_server",
+    "stop_server",
+]

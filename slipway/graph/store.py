@@ -165,12 +165,18 @@ def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _entity(record: Mapping[str, Any]) -> EntityRow:
-    return EntityRow(record["id"], record["name"], record["type"], list(record["aliases"] or []),
-                     int(record["mentions"] or 0))
+    return EntityRow(
+        record["id"],
+        record["name"],
+        record["type"],
+        list(record["aliases"] or []),
+        int(record["mentions"] or 0),
+    )
 
 
-_ENTITY_FIELDS = "e.id AS id, e.name AS name, e.type AS type, e.aliases AS aliases, " \
-                 "e.mentions AS mentions"
+_ENTITY_FIELDS = (
+    "e.id AS id, e.name AS name, e.type AS type, e.aliases AS aliases, e.mentions AS mentions"
+)
 
 
 class Neo4jGraph:
@@ -213,8 +219,10 @@ class Neo4jGraph:
 
     def entity_types(self, keys: Iterable[str]) -> dict[str, set[str]]:
         """The types the graph has for each normalised name."""
-        rows = self.read("UNWIND $keys AS key MATCH (e:Entity {key: key}) "
-                         "RETURN e.key AS key, e.type AS type", keys=sorted(set(keys)))
+        rows = self.read(
+            "UNWIND $keys AS key MATCH (e:Entity {key: key}) RETURN e.key AS key, e.type AS type",
+            keys=sorted(set(keys)),
+        )
         found: dict[str, set[str]] = {}
         for row in rows:
             found.setdefault(row["key"], set()).add(row["type"])
@@ -223,20 +231,30 @@ class Neo4jGraph:
     def entity_contexts(self, ids: Iterable[str]) -> dict[str, StoredContext]:
         """The stored context means of these entities (those that have one)."""
         rows = self.read(READ_CONTEXTS, ids=sorted(set(ids)))
-        return {r["id"]: StoredContext(np.asarray(r["context"], np.float32), int(r["count"]))
-                for r in rows}
+        return {
+            r["id"]: StoredContext(np.asarray(r["context"], np.float32), int(r["count"]))
+            for r in rows
+        }
 
     def remove_documents(self, ids: Sequence[str], max_pair_entities: int) -> None:
         """Detach these documents in one transaction: their chunks, mentions and co-occurrence
         counts go, and entities left with no mention are deleted."""
         self.write(lambda tx: _remove(tx, list(ids), max_pair_entities))
 
-    def add_documents(self, docs: Sequence[DocumentWrite], entities: Sequence[dict[str, Any]],
-                      contexts: Mapping[str, tuple[np.ndarray, int]], max_pair_entities: int) -> None:
+    def add_documents(
+        self,
+        docs: Sequence[DocumentWrite],
+        entities: Sequence[dict[str, Any]],
+        contexts: Mapping[str, tuple[np.ndarray, int]],
+        max_pair_entities: int,
+    ) -> None:
         """Write documents with their chunks, mentions and co-occurrences in one transaction."""
-        for attempt in Retrying(retry=retry_if_exception_type(ConstraintError),
-                                stop=stop_after_attempt(3), wait=wait_random(0.05, 0.5),
-                                reraise=True):
+        for attempt in Retrying(
+            retry=retry_if_exception_type(ConstraintError),
+            stop=stop_after_attempt(3),
+            wait=wait_random(0.05, 0.5),
+            reraise=True,
+        ):
             with attempt:
                 self.write(lambda tx: _add(tx, docs, entities, contexts, max_pair_entities))
 
@@ -254,9 +272,11 @@ class Neo4jGraph:
 
     def entities_by_key(self, keys: Iterable[str]) -> list[EntityRow]:
         """Entities whose normalised name is one of ``keys``, most mentioned first."""
-        rows = self.read(f"UNWIND $keys AS key MATCH (e:Entity {{key: key}}) "
-                         f"RETURN {_ENTITY_FIELDS} ORDER BY mentions DESC, id",
-                         keys=sorted(set(keys)))
+        rows = self.read(
+            f"UNWIND $keys AS key MATCH (e:Entity {{key: key}}) "
+            f"RETURN {_ENTITY_FIELDS} ORDER BY mentions DESC, id",
+            keys=sorted(set(keys)),
+        )
         return [_entity(row) for row in rows]
 
     def neighbours(self, entity_id: str, limit: int = 10) -> list[Neighbour]:
@@ -264,16 +284,22 @@ class Neo4jGraph:
         rows = self.read(
             "MATCH (x:Entity {id: $id})-[r:CO_OCCURS]-(e:Entity) "
             f"RETURN {_ENTITY_FIELDS}, r.weight AS weight ORDER BY weight DESC, id LIMIT $limit",
-            id=entity_id, limit=limit)
+            id=entity_id,
+            limit=limit,
+        )
         return [Neighbour(_entity(row), int(row["weight"])) for row in rows]
 
-    def chunks_mentioning(self, weights: Mapping[str, float], limit: int) -> list[tuple[str, float]]:
+    def chunks_mentioning(
+        self, weights: Mapping[str, float], limit: int
+    ) -> list[tuple[str, float]]:
         """Chunks ranked by the weighted mentions of the given entities."""
         rows = self.read(
             "UNWIND $rows AS row MATCH (e:Entity {id: row.id})<-[m:MENTIONS]-(c:Chunk) "
             "RETURN c.id AS chunk, sum(row.w * m.count) AS score "
             "ORDER BY score DESC, chunk LIMIT $limit",
-            rows=[{"id": k, "w": float(w)} for k, w in weights.items()], limit=limit)
+            rows=[{"id": k, "w": float(w)} for k, w in weights.items()],
+            limit=limit,
+        )
         return [(row["chunk"], float(row["score"])) for row in rows]
 
     def entity_graph(self) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
@@ -281,22 +307,28 @@ class Neo4jGraph:
         nodes = self.read("MATCH (e:Entity) RETURN e.id AS id, e.name AS name ORDER BY id")
         ids = [row["id"] for row in nodes]
         position = {eid: i for i, eid in enumerate(ids)}
-        edges = self.read("MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) "
-                           "RETURN a.id AS a, b.id AS b, r.weight AS w")
-        pairs = np.array([[position[r["a"]], position[r["b"]]] for r in edges],
-                         dtype=np.int64).reshape(-1, 2)
+        edges = self.read(
+            "MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) RETURN a.id AS a, b.id AS b, r.weight AS w"
+        )
+        pairs = np.array(
+            [[position[r["a"]], position[r["b"]]] for r in edges], dtype=np.int64
+        ).reshape(-1, 2)
         weights = np.array([float(r["w"]) for r in edges], dtype=np.float32)
         order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # storage order varies; training must not
         return ids, [row["name"] for row in nodes], pairs[order], weights[order]
 
     def set_embeddings(self, ids: Sequence[str], vectors: np.ndarray, batch: int = 2000) -> None:
         """Write graph embeddings to the entities' ``embedding`` property, batch by batch."""
-        rows = [{"id": eid, "v": [float(x) for x in vec]} for eid, vec in zip(ids, vectors,
-                                                                               strict=True)]
+        rows = [
+            {"id": eid, "v": [float(x) for x in vec]} for eid, vec in zip(ids, vectors, strict=True)
+        ]
         for part in batched(rows, batch):
-            self.write(lambda tx, p=part: tx.run(
-                "UNWIND $rows AS row MATCH (e:Entity {id: row.id}) SET e.embedding = row.v",
-                rows=list(p)).consume())
+            self.write(
+                lambda tx, p=part: tx.run(
+                    "UNWIND $rows AS row MATCH (e:Entity {id: row.id}) SET e.embedding = row.v",
+                    rows=list(p),
+                ).consume()
+            )
 
     def clear(self) -> None:
         """Delete every node and relationship of the graph (tests and full rebuilds)."""
@@ -312,49 +344,77 @@ def _remove(tx: ManagedTransaction, ids: list[str], max_pair_entities: int) -> N
             mentions[record["entity"]] += int(record["n"])
     # exactly the pairs _add counted for these chunks
     pairs = cooccurrence_pairs(chunk_entities, max_pair_entities)
-    tx.run(SUBTRACT_COOCCURRENCE,
-           rows=[{"a": a, "b": b, "w": w} for (a, b), w in pairs.items()]).consume()
+    tx.run(
+        SUBTRACT_COOCCURRENCE, rows=[{"a": a, "b": b, "w": w} for (a, b), w in pairs.items()]
+    ).consume()
     tx.run(SUBTRACT_MENTIONS, rows=[{"id": e, "n": n} for e, n in mentions.items()]).consume()
     tx.run(DELETE_DOCUMENTS, ids=ids).consume()
     tx.run(DELETE_ORPHANS, ids=sorted(mentions)).consume()
 
 
-def _add(tx: ManagedTransaction, docs: Sequence[DocumentWrite], entities: Sequence[dict[str, Any]],
-         contexts: Mapping[str, tuple[np.ndarray, int]], max_pair_entities: int) -> None:
+def _add(
+    tx: ManagedTransaction,
+    docs: Sequence[DocumentWrite],
+    entities: Sequence[dict[str, Any]],
+    contexts: Mapping[str, tuple[np.ndarray, int]],
+    max_pair_entities: int,
+) -> None:
     chunk_entities = {cid: counts for d in docs for cid, counts in d.mentions.items()}
     pairs = cooccurrence_pairs(chunk_entities, max_pair_entities)
-    write_entities_and_pairs(tx, entities,
-                             [{"a": a, "b": b, "w": w} for (a, b), w in pairs.items()])
+    write_entities_and_pairs(
+        tx, entities, [{"a": a, "b": b, "w": w} for (a, b), w in pairs.items()]
+    )
     if contexts:
-        stored = {r["id"]: (np.asarray(r["context"], np.float32), int(r["count"]))
-                  for r in tx.run(READ_CONTEXTS, ids=sorted(contexts))}
+        stored = {
+            r["id"]: (np.asarray(r["context"], np.float32), int(r["count"]))
+            for r in tx.run(READ_CONTEXTS, ids=sorted(contexts))
+        }
         rows = []
         for eid, (total, count) in contexts.items():
             old_mean, old_count = stored.get(eid, (np.zeros_like(total), 0))
             mean = (old_mean * old_count + total) / (old_count + count)
-            rows.append({"id": eid, "context": [float(x) for x in mean],
-                         "count": old_count + count})
+            rows.append(
+                {"id": eid, "context": [float(x) for x in mean], "count": old_count + count}
+            )
         tx.run(SET_CONTEXTS, rows=rows).consume()
-    tx.run(CREATE_DOCUMENTS, rows=[
-        {"id": d.id, "hash": d.hash, "title": d.title,
-         "chunks": [{"id": cid, "position": pos} for cid, pos in d.chunks]} for d in docs
-    ]).consume()
-    tx.run(CREATE_MENTIONS, rows=[{"chunk": cid, "entity": eid, "n": n}
-                                  for cid, counts in chunk_entities.items()
-                                  for eid, n in counts.items()]).consume()
+    tx.run(
+        CREATE_DOCUMENTS,
+        rows=[
+            {
+                "id": d.id,
+                "hash": d.hash,
+                "title": d.title,
+                "chunks": [{"id": cid, "position": pos} for cid, pos in d.chunks],
+            }
+            for d in docs
+        ],
+    ).consume()
+    tx.run(
+        CREATE_MENTIONS,
+        rows=[
+            {"chunk": cid, "entity": eid, "n": n}
+            for cid, counts in chunk_entities.items()
+            for eid, n in counts.items()
+        ],
+    ).consume()
 
 
-def write_entities_and_pairs(tx: ManagedTransaction, rows: Sequence[Mapping[str, Any]],
-                             pairs: Sequence[Mapping[str, Any]]) -> None:
+def write_entities_and_pairs(
+    tx: ManagedTransaction, rows: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]]
+) -> None:
     """Add entity rows (id, name, type, key, aliases, n) and co-occurrence rows (a, b, w; each
     pair once): new entities are created, existing ones get the mentions and aliases added;
     a pair is created outright when an endpoint is new here, merged otherwise."""
-    existing = {record["id"] for record in tx.run(
-        EXISTING_ENTITIES, ids=[row["id"] for row in rows])}
+    existing = {
+        record["id"] for record in tx.run(EXISTING_ENTITIES, ids=[row["id"] for row in rows])
+    }
     new_rows = [row for row in rows if row["id"] not in existing]
     new = {row["id"]: i for i, row in enumerate(new_rows)}
-    both_new = [{"a": new[p["a"]], "b": new[p["b"]], "w": p["w"]} for p in pairs
-                if p["a"] in new and p["b"] in new]
+    both_new = [
+        {"a": new[p["a"]], "b": new[p["b"]], "w": p["w"]}
+        for p in pairs
+        if p["a"] in new and p["b"] in new
+    ]
     if both_new:
         tx.run(CREATE_ENTITIES_AND_PAIRS, rows=new_rows, pairs=both_new).consume()
     elif new_rows:

@@ -53,8 +53,9 @@ class GraphStats(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
 
 
-def document_signatures(documents: Sequence[Document], chunks: Sequence[Chunk],
-                        extractor: str) -> dict[str, str]:
+def document_signatures(
+    documents: Sequence[Document], chunks: Sequence[Chunk], extractor: str
+) -> dict[str, str]:
     """Per document: a hash of its content, its chunks and the extractor that reads it."""
     by_doc: dict[str, list[Chunk]] = defaultdict(list)
     for chunk in chunks:
@@ -73,18 +74,29 @@ def plan_graph_refresh(signatures: Mapping[str, str], in_graph: Mapping[str, str
     new = sorted(d for d in signatures if d not in in_graph)
     changed = sorted(d for d in signatures if d in in_graph and in_graph[d] != signatures[d])
     gone = sorted(d for d in in_graph if d not in signatures)
-    return GraphPlan(add=new + changed, remove=changed + gone, new=len(new), changed=len(changed),
-                     removed=len(gone), unchanged=len(signatures) - len(new) - len(changed))
+    return GraphPlan(
+        add=new + changed,
+        remove=changed + gone,
+        new=len(new),
+        changed=len(changed),
+        removed=len(gone),
+        unchanged=len(signatures) - len(new) - len(changed),
+    )
 
 
-def _ambiguous_ids(graph: Neo4jGraph, mentions: Sequence[Mention]) -> tuple[
-        dict[str, set[str]], list[str]]:
+def _ambiguous_ids(
+    graph: Neo4jGraph, mentions: Sequence[Mention]
+) -> tuple[dict[str, set[str]], list[str]]:
     types_in_run: dict[str, set[str]] = defaultdict(set)
     for mention in mentions:
         types_in_run[entity_key(mention.surface, mention.type)].add(mention.type)
     stored = graph.entity_types(types_in_run)
-    ids = [entity_id(kind, key) for key, kinds in stored.items()
-           if len(kinds | types_in_run[key]) > 1 for kind in kinds]
+    ids = [
+        entity_id(kind, key)
+        for key, kinds in stored.items()
+        if len(kinds | types_in_run[key]) > 1
+        for kind in kinds
+    ]
     return stored, ids
 
 
@@ -94,32 +106,58 @@ def _batch_entities(link: LinkResult, chunk_ids: set[str]) -> list[dict[str, Any
     for cid in chunk_ids:
         for eid, n in link.chunk_entities.get(cid, {}).items():
             counts[eid] += n
-    rows = [{"id": eid, "type": link.entities[eid].type, "key": link.entities[eid].key,
-             "name": link.entities[eid].name, "aliases": link.entities[eid].aliases, "n": n}
-            for eid, n in sorted(counts.items())]
+    rows = [
+        {
+            "id": eid,
+            "type": link.entities[eid].type,
+            "key": link.entities[eid].key,
+            "name": link.entities[eid].name,
+            "aliases": link.entities[eid].aliases,
+            "n": n,
+        }
+        for eid, n in sorted(counts.items())
+    ]
     return rows
 
 
-def update_graph(graph: Neo4jGraph, documents: Sequence[Document], chunks: Sequence[Chunk],
-                 nlp: Any, embed: EmbedFn | None = None, *, batch_docs: int = 200,
-                 ner_batch: int = 64, max_pair_entities: int = 40,
-                 on_batch: Callable[[int], None] | None = None) -> GraphStats:
+def update_graph(
+    graph: Neo4jGraph,
+    documents: Sequence[Document],
+    chunks: Sequence[Chunk],
+    nlp: Any,
+    embed: EmbedFn | None = None,
+    *,
+    batch_docs: int = 200,
+    ner_batch: int = 64,
+    max_pair_entities: int = 40,
+    on_batch: Callable[[int], None] | None = None,
+) -> GraphStats:
     """Bring the graph in line with ``documents``: detach removed and changed documents, then
     extract, link and write new and changed ones, ``batch_docs`` documents per transaction."""
     started = time.perf_counter()
     graph.ensure_schema()
     signatures = document_signatures(documents, chunks, nlp_label(nlp))
     plan = plan_graph_refresh(signatures, graph.document_hashes())
-    logger.info("knowledge graph: %d new, %d changed, %d removed, %d unchanged documents",
-                plan.new, plan.changed, plan.removed, plan.unchanged)
+    logger.info(
+        "knowledge graph: %d new, %d changed, %d removed, %d unchanged documents",
+        plan.new,
+        plan.changed,
+        plan.removed,
+        plan.unchanged,
+    )
     for ids in batched(plan.remove, batch_docs):
         graph.remove_documents(ids, max_pair_entities)
     adding = set(plan.add)
     todo = [c for c in chunks if c.doc_id in adding]
     mentions = extract_mentions(nlp, [(c.id, c.text) for c in todo], batch_size=ner_batch)
     stored_types, ambiguous = _ambiguous_ids(graph, mentions)
-    link = link_mentions(mentions, {c.id: c.doc_id for c in todo}, stored_types,
-                         graph.entity_contexts(ambiguous) if ambiguous else {}, embed)
+    link = link_mentions(
+        mentions,
+        {c.id: c.doc_id for c in todo},
+        stored_types,
+        graph.entity_contexts(ambiguous) if ambiguous else {},
+        embed,
+    )
     by_id = {doc.id: doc for doc in documents}
     chunks_of: dict[str, list[Chunk]] = defaultdict(list)
     for chunk in todo:
@@ -128,11 +166,20 @@ def update_graph(graph: Neo4jGraph, documents: Sequence[Document], chunks: Seque
     for row, vector in link.vectors.items():
         vectors_of[mentions[row].chunk_id].append((link.mention_entity[row], vector))
     for number, ids in enumerate(batched(plan.add, batch_docs)):
-        writes = [DocumentWrite(
-            id=doc_id, hash=signatures[doc_id], title=by_id[doc_id].title,
-            chunks=[(c.id, c.position) for c in chunks_of[doc_id]],
-            mentions={c.id: link.chunk_entities[c.id] for c in chunks_of[doc_id]
-                      if c.id in link.chunk_entities}) for doc_id in ids]
+        writes = [
+            DocumentWrite(
+                id=doc_id,
+                hash=signatures[doc_id],
+                title=by_id[doc_id].title,
+                chunks=[(c.id, c.position) for c in chunks_of[doc_id]],
+                mentions={
+                    c.id: link.chunk_entities[c.id]
+                    for c in chunks_of[doc_id]
+                    if c.id in link.chunk_entities
+                },
+            )
+            for doc_id in ids
+        ]
         chunk_ids = {c for w in writes for c, _ in w.chunks}
         entity_rows = _batch_entities(link, chunk_ids)
         contexts: dict[str, tuple[np.ndarray, int]] = {}
@@ -144,7 +191,14 @@ def update_graph(graph: Neo4jGraph, documents: Sequence[Document], chunks: Seque
         if on_batch is not None:
             on_batch(number)
     return GraphStats(
-        new=plan.new, changed=plan.changed, removed=plan.removed, unchanged=plan.unchanged,
-        chunks_processed=len(todo), mentions=len(mentions), entities_touched=len(link.entities),
-        reassigned_by_context=link.reassigned, seconds=round(time.perf_counter() - started, 3),
-        counts=graph.counts())
+        new=plan.new,
+        changed=plan.changed,
+        removed=plan.removed,
+        unchanged=plan.unchanged,
+        chunks_processed=len(todo),
+        mentions=len(mentions),
+        entities_touched=len(link.entities),
+        reassigned_by_context=link.reassigned,
+        seconds=round(time.perf_counter() - started, 3),
+        counts=graph.counts(),
+    )

@@ -27,20 +27,25 @@ class EntityVectors:
     def replace(self, ids: Sequence[str], names: Sequence[str], vectors: np.ndarray) -> int:
         """Replace the table with these embeddings (one training run's output); rows written."""
         vectors = np.asarray(vectors, dtype=np.float32)
-        table = pa.table({
-            "id": pa.array(list(ids), pa.string()),
-            "name": pa.array(list(names), pa.string()),
-            "type": pa.array([split_entity_id(i)[0] for i in ids], pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
-                                                        vectors.shape[1]),
-        })
+        table = pa.table(
+            {
+                "id": pa.array(list(ids), pa.string()),
+                "name": pa.array(list(names), pa.string()),
+                "type": pa.array([split_entity_id(i)[0] for i in ids], pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.reshape(-1)), vectors.shape[1]
+                ),
+            }
+        )
         self.db.create_table(TABLE, table, mode="overwrite")
         return table.num_rows
 
     def _table(self):  # type: ignore[no-untyped-def]
         if TABLE not in self.db.table_names():
-            raise LookupError(f"No entity embeddings under {self.root}: run the kg_update "
-                              "pipeline (its train_graph_embeddings step writes them).")
+            raise LookupError(
+                f"No entity embeddings under {self.root}: run the kg_update "
+                "pipeline (its train_graph_embeddings step writes them)."
+            )
         return self.db.open_table(TABLE)
 
     def vector_of(self, entity_id: str) -> np.ndarray | None:
@@ -48,13 +53,15 @@ class EntityVectors:
         rows = self._table().search().where(f"id = {sql_string(entity_id)}").limit(1).to_list()
         return np.asarray(rows[0]["vector"], np.float32) if rows else None
 
-    def nearest(self, vector: np.ndarray, k: int = 10,
-                exclude: str | None = None) -> list[tuple[str, str, float]]:
+    def nearest(
+        self, vector: np.ndarray, k: int = 10, exclude: str | None = None
+    ) -> list[tuple[str, str, float]]:
         """The ``k`` entities closest to ``vector``: (id, name, cosine similarity)."""
         query = self._table().search(np.asarray(vector, np.float32)).metric("cosine")
         rows = query.limit(k + (1 if exclude else 0)).to_list()
-        hits = [(r["id"], r["name"], 1.0 - float(r["_distance"])) for r in rows
-                if r["id"] != exclude]
+        hits = [
+            (r["id"], r["name"], 1.0 - float(r["_distance"])) for r in rows if r["id"] != exclude
+        ]
         return hits[:k]
 
     def similar(self, entity_id: str, k: int = 10) -> list[tuple[str, str, float]]:
@@ -63,4 +70,3 @@ class EntityVectors:
         if vector is None:
             raise LookupError(f"Entity {entity_id!r} has no graph embedding.")
         return self.nearest(vector, k, exclude=entity_id)
-

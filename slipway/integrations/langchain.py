@@ -24,14 +24,27 @@ __all__ = ["SlipwayAPIError", "SlipwayEmbeddings", "SlipwayRetriever"]
 class SlipwayAPIError(RuntimeError):
     """A Slipway server answered with an error status."""
 
-    def __init__(self, status: int, message: str, type: str | None = None,
-                 code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         self.status, self.message, self.type, self.code, self.param = (
-            status, message, type, code, param)
-        detail = ", ".join(f"{k}={v}" for k, v in (("type", type), ("code", code),
-                                                   ("param", param)) if v)
-        super().__init__(f"Slipway server error {status}: {message}"
-                         + (f" ({detail})" if detail else ""))
+            status,
+            message,
+            type,
+            code,
+            param,
+        )
+        detail = ", ".join(
+            f"{k}={v}" for k, v in (("type", type), ("code", code), ("param", param)) if v
+        )
+        super().__init__(
+            f"Slipway server error {status}: {message}" + (f" ({detail})" if detail else "")
+        )
 
 
 def _check(response: httpx.Response) -> dict[str, Any]:
@@ -45,8 +58,9 @@ def _check(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(error, dict):
         error = {"message": str(error)}
     message = error.get("message") or response.text or response.reason_phrase
-    raise SlipwayAPIError(response.status_code, str(message), error.get("type"),
-                          error.get("code"), error.get("param"))
+    raise SlipwayAPIError(
+        response.status_code, str(message), error.get("type"), error.get("code"), error.get("param")
+    )
 
 
 class _HttpConfig(BaseModel):
@@ -69,8 +83,10 @@ class _HttpConfig(BaseModel):
 def _one_mode(local: bool, base_url: str | None, what: str) -> None:
     """Exactly one of the in-process object and ``base_url`` must be set."""
     if local == (base_url is not None):
-        raise ValueError(f"Configure exactly one of {what} (in-process) and base_url (HTTP); "
-                         f"got {'both' if local else 'neither'}.")
+        raise ValueError(
+            f"Configure exactly one of {what} (in-process) and base_url (HTTP); "
+            f"got {'both' if local else 'neither'}."
+        )
 
 
 class SlipwayRetriever(_HttpConfig, BaseRetriever):
@@ -101,8 +117,16 @@ class SlipwayRetriever(_HttpConfig, BaseRetriever):
         return self
 
     @classmethod
-    def from_published(cls, index_name: str, embedder: Any, *, settings: Any = None,
-                       fusion: Any = None, expander: Any = None, **kwargs: Any) -> Self:
+    def from_published(
+        cls,
+        index_name: str,
+        embedder: Any,
+        *,
+        settings: Any = None,
+        fusion: Any = None,
+        expander: Any = None,
+        **kwargs: Any,
+    ) -> Self:
         """An in-process retriever over the published version of index ``index_name``."""
         from slipway.retrieval.stores import published_searcher
 
@@ -121,33 +145,42 @@ class SlipwayRetriever(_HttpConfig, BaseRetriever):
     def _http_documents(body: dict[str, Any]) -> list[Document]:
         return [_document(hit, body.get("index_version")) for hit in body["results"]]
 
-    def _get_relevant_documents(self, query: str, *,
-                                run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
         """Search synchronously."""
         if self._local is not None:
             return self._local_documents(self._local.search([query], self.k, self.filters)[0])
         with httpx.Client(timeout=self.timeout) as client:
-            response = client.post(self._url("/v1/search"), json=self._payload(query),
-                                   headers=self._headers())
+            response = client.post(
+                self._url("/v1/search"), json=self._payload(query), headers=self._headers()
+            )
         return self._http_documents(_check(response))
 
     async def _aget_relevant_documents(
-            self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
     ) -> list[Document]:
         """Search without blocking the event loop."""
         if self._local is not None:
             hits = await self._local.search_async([query], self.k, self.filters)
             return self._local_documents(hits[0])
         async with httpx.AsyncClient(timeout=self.timeout) as client:
-            response = await client.post(self._url("/v1/search"), json=self._payload(query),
-                                         headers=self._headers())
+            response = await client.post(
+                self._url("/v1/search"), json=self._payload(query), headers=self._headers()
+            )
         return self._http_documents(_check(response))
 
 
 def _document(hit: dict[str, Any], index_version: str | None) -> Document:
     """A LangChain document of one search hit (its id is the chunk id)."""
-    metadata = {**hit.get("metadata", {}), "id": hit["id"], "doc_id": hit["doc_id"],
-                "score": hit["score"], "title": hit["title"], "position": hit["position"]}
+    metadata = {
+        **hit.get("metadata", {}),
+        "id": hit["id"],
+        "doc_id": hit["doc_id"],
+        "score": hit["score"],
+        "title": hit["title"],
+        "position": hit["position"],
+    }
     if index_version is not None:
         metadata["index_version"] = index_version
     return Document(id=hit["id"], page_content=hit["text"], metadata=metadata)
@@ -168,8 +201,7 @@ class SlipwayEmbeddings(_HttpConfig, Embeddings):
         return self
 
     def _batches(self, texts: Sequence[str]) -> list[list[str]]:
-        return [list(texts[i : i + self.batch_size])
-                for i in range(0, len(texts), self.batch_size)]
+        return [list(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, in order."""
@@ -180,8 +212,9 @@ class SlipwayEmbeddings(_HttpConfig, Embeddings):
         out: list[list[float]] = []
         with httpx.Client(timeout=self.timeout) as client:
             for batch in self._batches(texts):
-                response = client.post(self._url("/v1/embed"), json={"texts": batch},
-                                       headers=self._headers())
+                response = client.post(
+                    self._url("/v1/embed"), json={"texts": batch}, headers=self._headers()
+                )
                 out.extend(_check(response)["embeddings"])
         return out
 
@@ -196,8 +229,9 @@ class SlipwayEmbeddings(_HttpConfig, Embeddings):
         out: list[list[float]] = []
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             for batch in self._batches(texts):
-                response = await client.post(self._url("/v1/embed"), json={"texts": batch},
-                                             headers=self._headers())
+                response = await client.post(
+                    self._url("/v1/embed"), json={"texts": batch}, headers=self._headers()
+                )
                 out.extend(_check(response)["embeddings"])
         return out
 

@@ -221,7 +221,9 @@ def _infer_shapes(model_path: Path) -> None:
     if not any(node.domain == "com.microsoft" for node in model.graph.node):
         return
     inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    onnx.save(inferred, str(model_path), save_as_external_data=_has_external_data(model_path.parent))
+    onnx.save(
+        inferred, str(model_path), save_as_external_data=_has_external_data(model_path.parent)
+    )
 
 
 def _has_external_data(onnx_dir: Path) -> bool:
@@ -261,11 +263,22 @@ def build_genai(model_dir: Path, out_dir: Path, config: BuildConfig, precision: 
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir.parent / f".genai-cache-{out_dir.name}"
     cmd = [
-        sys.executable, "-m", "onnxruntime_genai.models.builder",
-        "-i", str(model_dir), "-o", str(out_dir), "-p", precision,
-        "-e", "cuda" if config.target is Target.GPU else "cpu", "-c", str(cache),
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(model_dir),
+        "-o",
+        str(out_dir),
+        "-p",
+        precision,
+        "-e",
+        "cuda" if config.target is Target.GPU else "cpu",
+        "-c",
+        str(cache),
         # int8 with tied embeddings would point the embedding at a weight int8 never writes
-        "--extra_options", "shared_embeddings=false",
+        "--extra_options",
+        "shared_embeddings=false",
     ]
     logger.info("Building %s generator with onnxruntime-genai: %s", precision, " ".join(cmd[2:]))
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_offline_env())

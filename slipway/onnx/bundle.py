@@ -47,8 +47,10 @@ class OnnxBundle:
             raise BundleError(f"{root} is not an ONNX bundle (no {MANIFEST}).")
         manifest = json.loads(path.read_text())
         if manifest.get("format") != FORMAT_VERSION:
-            raise BundleError(f"{root} has bundle format {manifest.get('format')}, "
-                              f"this Slipway reads {FORMAT_VERSION}.")
+            raise BundleError(
+                f"{root} has bundle format {manifest.get('format')}, "
+                f"this Slipway reads {FORMAT_VERSION}."
+            )
         return cls(root=Path(root), manifest=manifest)
 
     def save(self) -> None:
@@ -63,7 +65,9 @@ class OnnxBundle:
             raise BundleError(f"Unknown role {role!r}; expected one of {ROLES}.")
         return self.root / role
 
-    def add_model(self, role: str, model_dir: Path, info: dict[str, Any], move: bool = False) -> None:
+    def add_model(
+        self, role: str, model_dir: Path, info: dict[str, Any], move: bool = False
+    ) -> None:
         """Copy (or move) a model directory into the bundle and record how it was built."""
         dst = self.role_dir(role)
         if dst.exists():

@@ -46,5 +46,7 @@ def read_cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
                 model = value.strip()
             elif key in ("flags", "Features") and not flags:
                 flags = frozenset(value.split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     return CpuInfo(model=model, flags=flags, cores=cores)

@@ -55,13 +55,21 @@ def parity(
         logger.info("Generator parity on %d prompts, %d tokens", len(prompts), max_new_tokens)
         runtime = bundle.runtime("generator")
         quantized = info.get("precision", "fp32") != "fp32"
-        candidates = {"generator": (load_generator(bundle.role_dir("generator"), runtime, threads),
-                                    quantized)}
+        candidates = {
+            "generator": (load_generator(bundle.role_dir("generator"), runtime, threads), quantized)
+        }
         if quantized and exported is not None and "generator" in exported.roles:
             candidates["generator_fp32"] = (
-                load_generator(exported.role_dir("generator"), runtime, threads), False)
-        results = generator_parity(candidates, bundle.source_path("generator"), prompts,
-                                   max_new_tokens=max_new_tokens, threads=threads)
+                load_generator(exported.role_dir("generator"), runtime, threads),
+                False,
+            )
+        results = generator_parity(
+            candidates,
+            bundle.source_path("generator"),
+            prompts,
+            max_new_tokens=max_new_tokens,
+            threads=threads,
+        )
         parts.update({label: result.check(thresholds) for label, result in results.items()})
     report = as_report(**parts)
     bundle.record("parity", report)
@@ -71,8 +79,12 @@ def parity(
 def parity_metrics(report: dict[str, Any]) -> dict[str, float]:
     """Headline parity figures as flat metrics."""
     keys = ("min_cosine", "mean_cosine", "exact_match", "token_agreement", "mean_kl", "max_kl")
-    return {f"{role}_{k}": float(v) for role, part in report.items()
-            for k, v in part.items() if k in keys}
+    return {
+        f"{role}_{k}": float(v)
+        for role, part in report.items()
+        for k, v in part.items()
+        if k in keys
+    }
 
 
 def latency(
@@ -96,8 +108,9 @@ def latency(
 
         texts = calibration_texts(corpus_texts, limit=batch)
         onnx = OnnxEmbedder(bundle.role_dir("embedder"), threads=threads)
-        ref = SentenceTransformer(str(bundle.source_path("embedder")), device="cpu",
-                                  local_files_only=True)
+        ref = SentenceTransformer(
+            str(bundle.source_path("embedder")), device="cpu", local_files_only=True
+        )
 
         def run_onnx() -> float:
             onnx.embed(texts)
@@ -115,8 +128,9 @@ def latency(
         from transformers import AutoModelForCausalLM
 
         gen = load_generator(bundle.role_dir("generator"), bundle.runtime("generator"), threads)
-        model = AutoModelForCausalLM.from_pretrained(bundle.source_path("generator"), dtype=torch.float32,
-                                                     local_files_only=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            bundle.source_path("generator"), dtype=torch.float32, local_files_only=True
+        ).eval()
         ids = gen.prompt_ids(calibration_prompts(limit=1)[0])
         sampling = Sampling(max_new_tokens=new_tokens, ignore_eos=True)
 
@@ -126,11 +140,18 @@ def latency(
         def gen_torch() -> float:
             inputs = torch.tensor([ids])
             with torch.inference_mode():
-                out = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+                out = model.generate(
+                    inputs,
+                    attention_mask=torch.ones_like(inputs),
+                    do_sample=False,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                )
             return out.shape[1] - len(ids)
 
-        a, b = interleaved(gen_onnx, gen_torch, max(2, rounds // 2), names=("gen_onnx", "gen_torch"))
+        a, b = interleaved(
+            gen_onnx, gen_torch, max(2, rounds // 2), names=("gen_onnx", "gen_torch")
+        )
         metrics.update(a.as_metrics() | b.as_metrics())
         metrics["gen_speedup"] = a.throughput / b.throughput
         timings += [a, b]

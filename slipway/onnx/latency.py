@@ -70,7 +70,9 @@ def latency_plot_png(timings: list[Timing], path: str, title: str) -> None:
 
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
-    ax.boxplot([np.array(t.latencies) * 1000 for t in timings], tick_labels=[t.name for t in timings])
+    ax.boxplot(
+        [np.array(t.latencies) * 1000 for t in timings], tick_labels=[t.name for t in timings]
+    )
     ax.set_ylabel("latency per call (ms)")
     ax.set_title(title)
     fig.tight_layout()

@@ -116,7 +116,9 @@ def generator_parity(
 
     if threads:
         torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(torch_dir, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        torch_dir, dtype=torch.float32, local_files_only=True
+    )
     model.eval()
     first = next(iter(candidates.values()))[0]
     eos = sorted(first.eos_ids)
@@ -126,9 +128,15 @@ def generator_parity(
         ids = first.prompt_ids(prompt)
         inputs = torch.tensor([ids])
         with torch.inference_mode():
-            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0])
-            ref = [int(t) for t in out[0, len(ids):]]
+            out = model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=eos[0],
+            )
+            ref = [int(t) for t in out[0, len(ids) :]]
             full = ids + ref
             ref_logits = model(torch.tensor([full])).logits[0, len(ids) - 1 : len(full) - 1].numpy()
         ref_cut = _until_eos(ref, first.eos_ids)
@@ -139,7 +147,9 @@ def generator_parity(
                 tally.exact += 1
             elif len(tally.mismatches) < 10:
                 decode = generator.tokenizer.decode
-                tally.mismatches.append({"prompt": prompt, "torch": decode(ref_cut), "onnx": decode(got)})
+                tally.mismatches.append(
+                    {"prompt": prompt, "torch": decode(ref_cut), "onnx": decode(got)}
+                )
             onnx_logits = generator.decoder.next_token_logits(full, len(ids))
             tally.kls += [kl_divergence(r, o) for r, o in zip(ref_logits, onnx_logits, strict=True)]
             tally.agree += [bool(a) for a in ref_logits.argmax(-1) == onnx_logits.argmax(-1)]
@@ -197,7 +207,8 @@ def parity_report_html(report: dict[str, Any]) -> str:
             if k not in ("passed", "mismatches")
         )
         mismatches = "".join(
-            f"<li><b>{html.escape(m.get('prompt', ''))}</b><br>torch: {html.escape(m.get('torch', ''))}"
+            f"<li><b>{html.escape(m.get('prompt', ''))}</b><br>"
+            f"torch: {html.escape(m.get('torch', ''))}"
             f"<br>onnx: {html.escape(m.get('onnx', ''))}</li>"
             for m in values.get("mismatches", [])[:5]
         )
@@ -219,12 +230,16 @@ def as_report(**parts: EmbedderParity | GeneratorParity) -> dict[str, Any]:
 
 def raise_on_failure(report: dict[str, Any]) -> None:
     """Fail with a readable report when any role did not pass."""
-    failed = [role for role, part in report.items() if isinstance(part, dict) and not part["passed"]]
+    failed = [
+        role for role, part in report.items() if isinstance(part, dict) and not part["passed"]
+    ]
     if failed:
         lines = [f"Parity gate failed for {', '.join(failed)}; nothing was registered."]
         for role in failed:
             details = {k: _fmt(v) for k, v in report[role].items() if k != "mismatches"}
             lines.append(f"  {role}: {details}")
-        lines.append("Loosen the thresholds in the parity_gate step config or change the "
-                     "quantization (e.g. quantization: off) if this is expected.")
+        lines.append(
+            "Loosen the thresholds in the parity_gate step config or change the "
+            "quantization (e.g. quantization: off) if this is expected."
+        )
         raise ParityError("\n".join(lines))

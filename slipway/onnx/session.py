@@ -46,7 +46,8 @@ def open_session(
 ) -> ort.InferenceSession:
     """Open an inference session and log which provider is active."""
     session = ort.InferenceSession(
-        str(model_path), sess_options=session_options(threads, spinning),
+        str(model_path),
+        sess_options=session_options(threads, spinning),
         providers=default_providers(providers),
     )
     logger.info("Loaded %s on %s", model_path.name, session.get_providers()[0])

@@ -93,8 +93,9 @@ def quantize_stage(
             if precision == info.get("precision"):
                 bundle.add_model(role, previous.role_dir(role), {**info, **extra})
             else:
-                work = build.build_genai(previous.source_path(role), _fresh_dir(f"q-{role}"),
-                                         config, precision)
+                work = build.build_genai(
+                    previous.source_path(role), _fresh_dir(f"q-{role}"), config, precision
+                )
                 bundle.add_model(role, work, {**info, **extra}, move=True)
             continue
         work = build.quantize(previous.role_dir(role), _fresh_dir(f"q-{role}"), config, cpu)
@@ -120,7 +121,9 @@ def configs_from(overrides: dict[str, dict[str, Any]] | None) -> dict[str, Build
     out = dict(DEFAULT_CONFIGS)
     for role, values in (overrides or {}).items():
         if role not in out:
-            raise ValueError(f"Unknown model role {role!r} in build configs; use embedder/generator.")
+            raise ValueError(
+                f"Unknown model role {role!r} in build configs; use embedder/generator."
+            )
         merged = {**out[role].__dict__, **values}
         if "quantization" in merged:
             merged["quantization"] = Quantization(merged["quantization"])

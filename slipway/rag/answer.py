@@ -16,8 +16,9 @@ from slipway.resources import Resources
 from slipway.retrieval.hybrid import FusionConfig
 
 
-async def answer(question: AnswerRequest, res: Resources, charge: Charge,
-                 request_id: str = "-") -> AnswerResponse:
+async def answer(
+    question: AnswerRequest, res: Resources, charge: Charge, request_id: str = "-"
+) -> AnswerResponse:
     """A cited answer to ``question``; ``charge`` is asked for the prompt and new tokens
     before the generator runs."""
     if not res.tracer.sample():
@@ -34,48 +35,76 @@ async def answer(question: AnswerRequest, res: Resources, charge: Charge,
 
 async def _answer(question: AnswerRequest, res: Resources, charge: Charge) -> AnswerResponse:
     try:
-        budget = prompts.prompt_budget(res.serve.context_tokens, res.model_context,
-                                       question.max_new_tokens)
+        budget = prompts.prompt_budget(
+            res.serve.context_tokens, res.model_context, question.max_new_tokens
+        )
     except ValueError as exc:
         raise ApiError(400, f"max_new_tokens: {exc}", param="max_new_tokens") from exc
     top = FusionConfig().rerank_top
     candidates = max(question.top_k, top) if res.can_rerank else question.top_k
     tracer = res.tracer
     with tracer.span("retrieve", top_k=candidates, graph=question.graph) as span:
-        found = await search(SearchRequest(query=question.question, top_k=candidates,
-                                           filters=question.filters, rerank=False,
-                                           graph=question.graph), res)
+        found = await search(
+            SearchRequest(
+                query=question.question,
+                top_k=candidates,
+                filters=question.filters,
+                rerank=False,
+                graph=question.graph,
+            ),
+            res,
+        )
         if span is not None:
             span.set_outputs([h.id for h in found.results])
     with tracer.span("rerank", reranker=res.can_rerank) as span:
-        hits = (await rerank_top(res, question.question, found.results, top))[:question.top_k]
+        hits = (await rerank_top(res, question.question, found.results, top))[: question.top_k]
         if span is not None:
             span.set_outputs([h.id for h in hits])
     with tracer.span("prompt", budget=budget) as span:
         sources = [prompts.Source(h.id, h.doc_id, h.title, h.text, h.score) for h in hits]
         try:
-            prompt, used = await asyncio.to_thread(prompts.answer_prompt, res.gen_tokenizer,
-                                                   question.question, sources, budget)
+            prompt, used = await asyncio.to_thread(
+                prompts.answer_prompt, res.gen_tokenizer, question.question, sources, budget
+            )
         except ValueError as exc:  # the question leaves no room for sources
-            raise ApiError(400, f"question: {exc} The prompt budget is {budget} tokens "
-                           f"(less max_new_tokens={question.max_new_tokens}).",
-                           param="question", code="context_length_exceeded") from exc
+            raise ApiError(
+                400,
+                f"question: {exc} The prompt budget is {budget} tokens "
+                f"(less max_new_tokens={question.max_new_tokens}).",
+                param="question",
+                code="context_length_exceeded",
+            ) from exc
         prompt_tokens = await gen_tokens(res, prompt)
         if span is not None:
             span.set_attributes({"sources": len(used), "prompt_tokens": prompt_tokens})
     await charge(prompt_tokens + question.max_new_tokens)
-    call = Request(Sampling(max_new_tokens=question.max_new_tokens,
-                            temperature=question.temperature, seed=question.seed), prompt=prompt)
+    call = Request(
+        Sampling(
+            max_new_tokens=question.max_new_tokens,
+            temperature=question.temperature,
+            seed=question.seed,
+        ),
+        prompt=prompt,
+    )
     with tracer.span("generate", max_new_tokens=question.max_new_tokens) as span:
         out = await generate_text(res, call)
         if span is not None:
-            span.set_attributes({"prompt_tokens": out["prompt_tokens"],
-                                 "completion_tokens": out["completion_tokens"]})
+            span.set_attributes(
+                {
+                    "prompt_tokens": out["prompt_tokens"],
+                    "completion_tokens": out["completion_tokens"],
+                }
+            )
             span.set_outputs(out["text"])
     metrics.tokens("/v1/answer", out["prompt_tokens"], out["completion_tokens"])
     return AnswerResponse(
-        model=res.model_id, index_version=found.index_version, answer=out["text"].strip(),
+        model=res.model_id,
+        index_version=found.index_version,
+        answer=out["text"].strip(),
         finish_reason=out["finish_reason"],
-        citations=[Citation(n=i + 1, id=s.id, doc_id=s.doc_id, title=s.title, score=s.score)
-                   for i, s in enumerate(used)],
-        usage=usage(out["prompt_tokens"], out["completion_tokens"]))
+        citations=[
+            Citation(n=i + 1, id=s.id, doc_id=s.doc_id, title=s.title, score=s.score)
+            for i, s in enumerate(used)
+        ],
+        usage=usage(out["prompt_tokens"], out["completion_tokens"]),
+    )

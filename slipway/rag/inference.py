@@ -30,9 +30,15 @@ async def embed_texts(res: Resources, texts: list[str]) -> np.ndarray:
             found[i] = value
     missing = [i for i in range(len(texts)) if i not in found]
     if missing:
-        vectors = np.asarray(await bounded(res.embedder.embed([texts[i] for i in missing]),
-                                           res.serve.encoder_timeout_s, "encoder", "encoder"),
-                             np.float32)
+        vectors = np.asarray(
+            await bounded(
+                res.embedder.embed([texts[i] for i in missing]),
+                res.serve.encoder_timeout_s,
+                "encoder",
+                "encoder",
+            ),
+            np.float32,
+        )
         for i, vector in zip(missing, vectors, strict=True):
             found[i] = vector.tolist()
             res.remember(keys[i], found[i])
@@ -42,12 +48,14 @@ async def embed_texts(res: Resources, texts: list[str]) -> np.ndarray:
 async def generate_text(res: Resources, request: Request) -> dict[str, Any]:
     """A whole generation; greedy ones are cached per model version."""
     cacheable = request.sampling.greedy
-    key, value = (res.cached("generate", res.versions(), request.to_dict()) if cacheable
-                  else ("", None))
+    key, value = (
+        res.cached("generate", res.versions(), request.to_dict()) if cacheable else ("", None)
+    )
     if value is not None:
         return dict(value)
-    out = await bounded(res.generator.complete(request), res.serve.generator_timeout_s,
-                        "generator", "generator")
+    out = await bounded(
+        res.generator.complete(request), res.serve.generator_timeout_s, "generator", "generator"
+    )
     if cacheable:
         res.remember(key, out)
     return out
@@ -55,8 +63,7 @@ async def generate_text(res: Resources, request: Request) -> dict[str, Any]:
 
 def generation_events(res: Resources, request: Request) -> AsyncIterator[dict[str, Any]]:
     """A generation's events, each within the generator's deadline of the last."""
-    return bounded_events(res.generator.events(request), res.serve.generator_timeout_s,
-                          "generator")
+    return bounded_events(res.generator.events(request), res.serve.generator_timeout_s, "generator")
 
 
 async def embed_tokens(res: Resources, texts: Sequence[str]) -> int:

@@ -53,13 +53,16 @@ def prompt_budget(context_tokens: int, model_context: int | None, max_new_tokens
     context = min(context_tokens, model_context) if model_context else context_tokens
     budget = context - max_new_tokens - TEMPLATE_RESERVE
     if budget < 64:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a "
-                         f"{context}-token context; ask for fewer new tokens.")
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a "
+            f"{context}-token context; ask for fewer new tokens."
+        )
     return budget
 
 
-def answer_prompt(tokenizer: Tokenizer, question: str, sources: Sequence[Source],
-                  budget: int) -> tuple[str, list[Source]]:
+def answer_prompt(
+    tokenizer: Tokenizer, question: str, sources: Sequence[Source], budget: int
+) -> tuple[str, list[Source]]:
     """The RAG prompt and the sources that fit in ``budget`` tokens, best first. A first
     source longer than the room left is cut to fit; later ones that do not fit are dropped."""
     head = f"{ANSWER_INSTRUCTIONS}\n\nSources:\n"
@@ -104,15 +107,18 @@ def map_pieces(tokenizer: Tokenizer, text: str, budget: int, max_words: int) -> 
     overhead = count_tokens(tokenizer, summary_prompt("", max_words))
     room = budget - overhead
     if room < 16:
-        raise ValueError("The prompt budget is too small to summarize; raise "
-                         "SLIPWAY_CONTEXT_TOKENS or ask for fewer words.")
+        raise ValueError(
+            "The prompt budget is too small to summarize; raise "
+            "SLIPWAY_CONTEXT_TOKENS or ask for fewer words."
+        )
     if count_tokens(tokenizer, text) <= room:
         return [text]
     return [piece for piece, _ in split_text(text, tokenizer, room, min(32, room // 8))]
 
 
-def reduce_groups(tokenizer: Tokenizer, partials: Sequence[str], budget: int,
-                  max_words: int) -> list[str]:
+def reduce_groups(
+    tokenizer: Tokenizer, partials: Sequence[str], budget: int, max_words: int
+) -> list[str]:
     """Partial summaries joined into as few texts as fit ``budget`` each (the reduce step;
     repeat until one remains)."""
     room = budget - count_tokens(tokenizer, summary_prompt("", max_words))

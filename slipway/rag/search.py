@@ -21,8 +21,13 @@ async def search(query: SearchRequest, res: Resources) -> SearchResponse:
     """The top hits for ``query`` in the published index."""
     state = res.index_state()
     rerank_on = query.rerank and res.can_rerank
-    payload: dict[str, Any] = {"q": query.query, "k": query.top_k, "f": query.filters,
-                               "r": rerank_on, "g": query.graph}
+    payload: dict[str, Any] = {
+        "q": query.query,
+        "k": query.top_k,
+        "f": query.filters,
+        "r": rerank_on,
+        "g": query.graph,
+    }
     key, value = res.cached("search", res.versions(state), payload)
     if value is not None:
         return SearchResponse.model_validate(value)
@@ -31,30 +36,48 @@ async def search(query: SearchRequest, res: Resources) -> SearchResponse:
     async def embed(queries: list[str]) -> np.ndarray:
         return await embed_texts(res, queries)
 
-    hits = (await bounded(searcher.search_async([query.query], query.top_k, query.filters,
-                                                embed=embed),
-                          res.serve.search_timeout_s, "search", "search"))[0]
-    response = SearchResponse(index_version=state.opened.version, model=res.model_id,
-                              reranked=searcher.reranker is not None, graph_expanded=query.graph,
-                              results=state.opened.hydrate(hits))
+    hits = (
+        await bounded(
+            searcher.search_async([query.query], query.top_k, query.filters, embed=embed),
+            res.serve.search_timeout_s,
+            "search",
+            "search",
+        )
+    )[0]
+    response = SearchResponse(
+        index_version=state.opened.version,
+        model=res.model_id,
+        reranked=searcher.reranker is not None,
+        graph_expanded=query.graph,
+        results=state.opened.hydrate(hits),
+    )
     res.remember(key, response.model_dump())
     return response
 
 
-async def rerank_top(res: Resources, query: str, hits: list[ChunkHit],
-                     top_n: int) -> list[ChunkHit]:
+async def rerank_top(
+    res: Resources, query: str, hits: list[ChunkHit], top_n: int
+) -> list[ChunkHit]:
     """``hits`` re-ranked by the configured re-ranker (as they are without one), in a worker
     thread within the search deadline."""
     if res.reranker is None or not hits:
         return hits
-    return await bounded(asyncio.to_thread(rerank_hits, res.reranker, query, hits, top_n),
-                         res.serve.search_timeout_s, "search", "re-ranker")
+    return await bounded(
+        asyncio.to_thread(rerank_hits, res.reranker, query, hits, top_n),
+        res.serve.search_timeout_s,
+        "search",
+        "re-ranker",
+    )
 
 
-def rerank_hits(reranker: Reranker, query: str, hits: list[ChunkHit],
-                top_n: int) -> list[ChunkHit]:
+def rerank_hits(reranker: Reranker, query: str, hits: list[ChunkHit], top_n: int) -> list[ChunkHit]:
     """``hits`` with the first ``top_n`` re-ordered (and re-scored) by the re-ranker."""
     by_id = {h.id: h for h in hits}
-    order = rerank(reranker, query, [(h.id, h.score) for h in hits],
-                   [indexed_text(h.title, h.text) for h in hits[:top_n]], top_n)
+    order = rerank(
+        reranker,
+        query,
+        [(h.id, h.score) for h in hits],
+        [indexed_text(h.title, h.text) for h in hits[:top_n]],
+        top_n,
+    )
     return [by_id[chunk_id].model_copy(update={"score": score}) for chunk_id, score in order]

@@ -27,8 +27,9 @@ async def summarize(request: SummarizeRequest, res: Resources, charge: Charge) -
     tokenizer = res.gen_tokenizer
     try:
         budget = prompts.prompt_budget(res.serve.context_tokens, res.model_context, new_tokens)
-        pieces = await asyncio.to_thread(prompts.map_pieces, tokenizer, text, budget,
-                                         request.max_words)
+        pieces = await asyncio.to_thread(
+            prompts.map_pieces, tokenizer, text, budget, request.max_words
+        )
     except ValueError as exc:
         raise ApiError(400, f"max_words: {exc}", param="max_words") from exc
     await charge(await gen_tokens(res, text) + new_tokens * len(pieces))
@@ -36,21 +37,35 @@ async def summarize(request: SummarizeRequest, res: Resources, charge: Charge) -
     prompt_total = completion_total = 0
     n_pieces = len(pieces)
     for _ in range(MAX_ROUNDS):
-        outs = [await generate_text(res, Request(sampling, prompts.summary_prompt(
-            piece, request.max_words))) for piece in pieces]
+        outs = [
+            await generate_text(
+                res, Request(sampling, prompts.summary_prompt(piece, request.max_words))
+            )
+            for piece in pieces
+        ]
         prompt_total += sum(o["prompt_tokens"] for o in outs)
         completion_total += sum(o["completion_tokens"] for o in outs)
         if len(outs) == 1:
             break
         texts = [o["text"] for o in outs]
-        groups = await asyncio.to_thread(prompts.reduce_groups, tokenizer, texts, budget,
-                                         request.max_words)
-        pieces = groups if len(groups) < len(outs) else ["\n".join(
-            prompts.truncate(tokenizer, t, budget // (2 * len(outs))) for t in texts)]
+        groups = await asyncio.to_thread(
+            prompts.reduce_groups, tokenizer, texts, budget, request.max_words
+        )
+        pieces = (
+            groups
+            if len(groups) < len(outs)
+            else [
+                "\n".join(prompts.truncate(tokenizer, t, budget // (2 * len(outs))) for t in texts)
+            ]
+        )
     metrics.tokens("/v1/summarize", prompt_total, completion_total)
-    return SummarizeResponse(model=res.model_id, summary=outs[0]["text"].strip(),
-                             document_ids=request.document_ids or [], pieces=n_pieces,
-                             usage=usage(prompt_total, completion_total))
+    return SummarizeResponse(
+        model=res.model_id,
+        summary=outs[0]["text"].strip(),
+        document_ids=request.document_ids or [],
+        pieces=n_pieces,
+        usage=usage(prompt_total, completion_total),
+    )
 
 
 def document_text(res: Resources, doc_ids: list[str]) -> str:
@@ -60,8 +75,12 @@ def document_text(res: Resources, doc_ids: list[str]) -> str:
     for doc_id in doc_ids:
         chunks = opened.chunks_of(doc_id)
         if not chunks:
-            raise ApiError(404, f"document_ids: no document {doc_id!r} in index "
-                           f"{res.serve.index_name} {opened.version}.", param="document_ids",
-                           code="document_not_found")
+            raise ApiError(
+                404,
+                f"document_ids: no document {doc_id!r} in index "
+                f"{res.serve.index_name} {opened.version}.",
+                param="document_ids",
+                code="document_not_found",
+            )
         texts.append("\n".join(chunks))
     return "\n\n".join(texts)

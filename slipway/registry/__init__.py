@@ -62,7 +62,9 @@ def register_bundle(
 ) -> RegisteredVersion:
     """Register ``source_uri`` as a new version; make it champion unless it is worse."""
     try:
-        client.create_registered_model(name, description="Slipway ONNX bundle (embedder + generator)")
+        client.create_registered_model(
+            name, description="Slipway ONNX bundle (embedder + generator)"
+        )
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
@@ -75,9 +77,15 @@ def register_bundle(
     if promote:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
     client.set_model_version_tag(name, mv.version, "promotion", reason)
-    logger.info("Registered %s version %s (%s)", name, mv.version,
-                f"now {CHAMPION}" if promote else f"not promoted: {reason}")
-    return RegisteredVersion(name=name, version=str(mv.version), source=source_uri, champion=promote)
+    logger.info(
+        "Registered %s version %s (%s)",
+        name,
+        mv.version,
+        f"now {CHAMPION}" if promote else f"not promoted: {reason}",
+    )
+    return RegisteredVersion(
+        name=name, version=str(mv.version), source=source_uri, champion=promote
+    )
 
 
 def current_champion(client: MlflowClient, name: str) -> str | None:
@@ -88,7 +96,9 @@ def current_champion(client: MlflowClient, name: str) -> str | None:
         return None
 
 
-def download_bundle(tracking_uri: str, name: str, version: str | None, dst: Path) -> tuple[str, Path]:
+def download_bundle(
+    tracking_uri: str, name: str, version: str | None, dst: Path
+) -> tuple[str, Path]:
     """Fetch a registered bundle (``version`` or the champion) into ``dst``."""
     import mlflow
 

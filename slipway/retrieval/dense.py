@@ -62,8 +62,9 @@ def lance_where(filters: Filters | None) -> str | None:
 class DenseReader(Protocol):
     """One committed index version, read-only."""
 
-    def search(self, vectors: np.ndarray, k: int = 10,
-               filters: Filters | None = None) -> list[list[Hit]]: ...
+    def search(
+        self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None
+    ) -> list[list[Hit]]: ...
 
     def count(self) -> int: ...
 
@@ -77,8 +78,13 @@ class VectorStore(Protocol):
 
     def stage(self, version: str, base: str | None, dimension: int) -> None: ...
 
-    def add(self, version: str, ids: Sequence[str], vectors: np.ndarray,
-            metadata: Sequence[Mapping[str, str]]) -> None: ...
+    def add(
+        self,
+        version: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, str]],
+    ) -> None: ...
 
     def delete(self, version: str, ids: Sequence[str]) -> None: ...
 
@@ -90,12 +96,14 @@ class VectorStore(Protocol):
 
 
 def _schema(dimension: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("id", pa.string()),
-        pa.field("doc_id", pa.string()),
-        pa.field("vector", pa.list_(pa.float32(), dimension)),
-        pa.field("tags", pa.list_(pa.string())),
-    ])
+    return pa.schema(
+        [
+            pa.field("id", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dimension)),
+            pa.field("tags", pa.list_(pa.string())),
+        ]
+    )
 
 
 class LanceDBReader:
@@ -104,23 +112,36 @@ class LanceDBReader:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def search(self, vectors: np.ndarray, k: int = 10,
-               filters: Filters | None = None) -> list[list[Hit]]:
+    def search(
+        self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None
+    ) -> list[list[Hit]]:
         """Top ``k`` (id, cosine similarity) per query vector, all queries in one call."""
         if len(vectors) == 0:
             return []
-        query = (self.table.search(np.asarray(vectors, dtype=np.float32).tolist()
-                                   if len(vectors) > 1 else vectors[0].astype(np.float32),
-                                   query_type="vector")
-                 .distance_type("cosine").limit(k).select(["id", "_distance"]))
+        query = (
+            self.table.search(
+                np.asarray(vectors, dtype=np.float32).tolist()
+                if len(vectors) > 1
+                else vectors[0].astype(np.float32),
+                query_type="vector",
+            )
+            .distance_type("cosine")
+            .limit(k)
+            .select(["id", "_distance"])
+        )
         where = lance_where(filters)
         if where:
             query = query.where(where, prefilter=True)
         out: list[list[Hit]] = [[] for _ in vectors]
         table = query.to_arrow()
-        qi = (table["query_index"].to_pylist() if "query_index" in table.column_names
-              else [0] * table.num_rows)
-        for q, i, d in zip(qi, table["id"].to_pylist(), table["_distance"].to_pylist(), strict=True):
+        qi = (
+            table["query_index"].to_pylist()
+            if "query_index" in table.column_names
+            else [0] * table.num_rows
+        )
+        for q, i, d in zip(
+            qi, table["id"].to_pylist(), table["_distance"].to_pylist(), strict=True
+        ):
             out[q].append((i, 1.0 - float(d)))
         return out
 
@@ -150,7 +171,11 @@ class LanceDBStore:
         self._table: Any = None
 
     def _open(self) -> Any:
-        names = self.db.list_tables().tables if hasattr(self.db, "list_tables") else self.db.table_names()
+        names = (
+            self.db.list_tables().tables
+            if hasattr(self.db, "list_tables")
+            else self.db.table_names()
+        )
         return self.db.open_table(self.table_name) if self.table_name in names else None
 
     def stage(self, version: str, base: str | None, dimension: int) -> None:
@@ -159,8 +184,9 @@ class LanceDBStore:
         if base is None or table is None:
             if table is not None:
                 logger.info("Starting %s from an empty table", version)
-            self._table = self.db.create_table(self.table_name, schema=_schema(dimension),
-                                               mode="overwrite")
+            self._table = self.db.create_table(
+                self.table_name, schema=_schema(dimension), mode="overwrite"
+            )
             return
         table.restore(base)
         self._table = table
@@ -170,19 +196,28 @@ class LanceDBStore:
             raise RuntimeError("stage() a version before writing to it.")
         return self._table
 
-    def add(self, version: str, ids: Sequence[str], vectors: np.ndarray,
-            metadata: Sequence[Mapping[str, str]]) -> None:
+    def add(
+        self,
+        version: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, str]],
+    ) -> None:
         """Append rows (the refresh deletes a changed chunk's old row first)."""
         if len(ids) == 0:
             return
         dim = vectors.shape[1]
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), pa.float32())
-        batch = pa.table({
-            "id": pa.array(list(ids), pa.string()),
-            "doc_id": pa.array([m.get("doc_id", i.split("#")[0]) for i, m in zip(ids, metadata, strict=True)]),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-            "tags": pa.array([metadata_tags(m) for m in metadata], pa.list_(pa.string())),
-        })
+        batch = pa.table(
+            {
+                "id": pa.array(list(ids), pa.string()),
+                "doc_id": pa.array(
+                    [m.get("doc_id", i.split("#")[0]) for i, m in zip(ids, metadata, strict=True)]
+                ),
+                "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+                "tags": pa.array([metadata_tags(m) for m in metadata], pa.list_(pa.string())),
+            }
+        )
         self._staged().add(batch)
 
     def delete(self, version: str, ids: Sequence[str]) -> None:
@@ -195,8 +230,11 @@ class LanceDBStore:
     def commit(self, version: str) -> str:
         """Compact the written fragments, build or update the ANN index, tag the result."""
         table = self._staged()
-        if (self.ann_min_rows and not any("vector" in i.columns for i in table.list_indices())
-                and table.count_rows() >= self.ann_min_rows):
+        if (
+            self.ann_min_rows
+            and not any("vector" in i.columns for i in table.list_indices())
+            and table.count_rows() >= self.ann_min_rows
+        ):
             from lancedb.index import HnswSq
 
             logger.info("Building the IVF-HNSW-SQ vector index over %d rows", table.count_rows())
@@ -218,7 +256,8 @@ class LanceDBStore:
         return LanceDBReader(table)
 
     def gc(self, keep: Sequence[str]) -> None:
-        """Drop every version but the tagged ones in ``keep`` (and the latest, which Lance keeps)."""
+        """Drop every version but the tagged ones in ``keep`` (and the latest, which Lance
+        keeps)."""
         table = self._open()
         if table is None:
             return

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 Hit = tuple[str, float]
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[Hit]], k: int = 60,
-                           weights: Sequence[float] | None = None) -> list[Hit]:
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[Hit]], k: int = 60, weights: Sequence[float] | None = None
+) -> list[Hit]:
     """RRF: ``sum_i w_i / (k + rank_i)``; ties broken by id for a stable order."""
     weights = weights or [1.0] * len(rankings)
     scores: dict[str, float] = {}

@@ -45,10 +45,16 @@ class HybridSearcher:
     inside that pool (which deadlocked the service once as many searches as threads were in
     flight)."""
 
-    def __init__(self, embedder: Embedder | None, dense: DenseReader, sparse: SparseIndex,
-                 fusion: FusionConfig | None = None, reranker: Reranker | None = None,
-                 text_of: Callable[[str], str] | None = None,
-                 expander: Expander | None = None) -> None:
+    def __init__(
+        self,
+        embedder: Embedder | None,
+        dense: DenseReader,
+        sparse: SparseIndex,
+        fusion: FusionConfig | None = None,
+        reranker: Reranker | None = None,
+        text_of: Callable[[str], str] | None = None,
+        expander: Expander | None = None,
+    ) -> None:
         if reranker is not None and text_of is None:
             raise ValueError("A re-ranker needs the chunk texts (text_of).")
         self.embedder = embedder
@@ -61,27 +67,37 @@ class HybridSearcher:
 
     def _embed(self, queries: Sequence[str]) -> np.ndarray:
         if self.embedder is None:
-            raise ValueError("This searcher has no embedder: pass query vectors "
-                             "(search_vectors) or an async embed function (search_async).")
+            raise ValueError(
+                "This searcher has no embedder: pass query vectors "
+                "(search_vectors) or an async embed function (search_async)."
+            )
         return self.embedder.embed(list(queries))
 
-    def dense_search(self, queries: Sequence[str], k: int,
-                     filters: Filters | None = None) -> list[list[Hit]]:
+    def dense_search(
+        self, queries: Sequence[str], k: int, filters: Filters | None = None
+    ) -> list[list[Hit]]:
         """Nearest chunks by embedding."""
         return self.dense.search(self._embed(queries), k, filters)
 
-    def sparse_search(self, queries: Sequence[str], k: int,
-                      filters: Filters | None = None) -> list[list[Hit]]:
+    def sparse_search(
+        self, queries: Sequence[str], k: int, filters: Filters | None = None
+    ) -> list[list[Hit]]:
         """Best chunks by BM25."""
         return self.sparse.search(queries, k, filters)
 
-    def search(self, queries: Sequence[str], k: int = 10,
-               filters: Filters | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: Sequence[str], k: int = 10, filters: Filters | None = None
+    ) -> list[list[Hit]]:
         """Embed ``queries`` with the searcher's embedder, then :meth:`search_vectors`."""
         return self.search_vectors(queries, self._embed(queries), k, filters)
 
-    def search_vectors(self, queries: Sequence[str], vectors: np.ndarray, k: int = 10,
-                       filters: Filters | None = None) -> list[list[Hit]]:
+    def search_vectors(
+        self,
+        queries: Sequence[str],
+        vectors: np.ndarray,
+        k: int = 10,
+        filters: Filters | None = None,
+    ) -> list[list[Hit]]:
         """Dense (by ``vectors``), sparse and graph rankings in the calling thread, fused, then
         re-ranked when a re-ranker is set; many queries per call."""
         n = max(k, self.fusion.candidates)
@@ -90,31 +106,46 @@ class HybridSearcher:
         graph = self.expander(list(queries), n) if self.expander is not None else None
         return self.finish(queries, dense, sparse, graph, k, filters)
 
-    async def search_async(self, queries: Sequence[str], k: int = 10,
-                           filters: Filters | None = None,
-                           embed: AsyncEmbed | None = None) -> list[list[Hit]]:
+    async def search_async(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filters: Filters | None = None,
+        embed: AsyncEmbed | None = None,
+    ) -> list[list[Hit]]:
         """:meth:`search_vectors` for an event loop: the queries are embedded first (``embed``,
         e.g. the encoder service, else the searcher's embedder in a worker thread), then the
         dense, sparse and graph lookups run at once, each a leaf task in a worker thread
         (onnxruntime, Lance and bm25s release the GIL), and the re-ranker in one more."""
         queries = list(queries)
-        vectors = (await embed(queries) if embed is not None
-                   else await asyncio.to_thread(self._embed, queries))
+        vectors = (
+            await embed(queries)
+            if embed is not None
+            else await asyncio.to_thread(self._embed, queries)
+        )
         n = max(k, self.fusion.candidates)
         parts: list[Awaitable[list[list[Hit]]]] = [
             asyncio.to_thread(self.dense.search, vectors, n, filters),
-            asyncio.to_thread(self.sparse.search, queries, n, filters)]
+            asyncio.to_thread(self.sparse.search, queries, n, filters),
+        ]
         if self.expander is not None:
             parts.append(asyncio.to_thread(self.expander, queries, n))
         dense, sparse, *graph = await asyncio.gather(*parts)
         if self.reranker is None:
             return self.finish(queries, dense, sparse, graph[0] if graph else None, k, filters)
-        return await asyncio.to_thread(self.finish, queries, dense, sparse,
-                                       graph[0] if graph else None, k, filters)
+        return await asyncio.to_thread(
+            self.finish, queries, dense, sparse, graph[0] if graph else None, k, filters
+        )
 
-    def finish(self, queries: Sequence[str], dense: list[list[Hit]], sparse: list[list[Hit]],
-               graph: list[list[Hit]] | None, k: int,
-               filters: Filters | None = None) -> list[list[Hit]]:
+    def finish(
+        self,
+        queries: Sequence[str],
+        dense: list[list[Hit]],
+        sparse: list[list[Hit]],
+        graph: list[list[Hit]] | None,
+        k: int,
+        filters: Filters | None = None,
+    ) -> list[list[Hit]]:
         """Fuse the rankings of each query (with filters, graph hits only boost chunks that
         passed them), re-rank when a re-ranker is set, keep the top ``k``."""
         if graph is None:
@@ -127,8 +158,9 @@ class HybridSearcher:
             fused = self._rerank(queries, fused)
         return [hits[:k] for hits in fused]
 
-    def fuse(self, dense: Sequence[Hit], sparse: Sequence[Hit],
-             graph: Sequence[Hit] | None = None) -> list[Hit]:
+    def fuse(
+        self, dense: Sequence[Hit], sparse: Sequence[Hit], graph: Sequence[Hit] | None = None
+    ) -> list[Hit]:
         """One ranking from the two (or three), per the fusion config."""
         rankings = [dense, sparse]
         weights = [self.fusion.dense_weight, self.fusion.sparse_weight]
@@ -142,8 +174,10 @@ class HybridSearcher:
     def _rerank(self, queries: Sequence[str], fused: list[list[Hit]]) -> list[list[Hit]]:
         assert self.reranker is not None and self.text_of is not None
         top = self.fusion.rerank_top
-        return [rerank(self.reranker, q, hits, [self.text_of(c) for c, _ in hits[:top]], top)
-                for q, hits in zip(queries, fused, strict=True)]
+        return [
+            rerank(self.reranker, q, hits, [self.text_of(c) for c, _ in hits[:top]], top)
+            for q, hits in zip(queries, fused, strict=True)
+        ]
 
 
 def _within(graph: Sequence[Hit], dense: Sequence[Hit], sparse: Sequence[Hit]) -> list[Hit]:

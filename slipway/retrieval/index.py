@@ -166,7 +166,9 @@ class IndexDir:
         """Version directories, oldest first (complete or not)."""
         if not self.versions.is_dir():
             return []
-        return sorted(p.name for p in self.versions.iterdir() if p.is_dir() and p.name[1:].isdigit())
+        return sorted(
+            p.name for p in self.versions.iterdir() if p.is_dir() and p.name[1:].isdigit()
+        )
 
     def pointer(self) -> Pointer | None:
         """The published pointer, if anything was published."""
@@ -204,7 +206,8 @@ class IndexDir:
 
 
 def write_manifest(index: IndexDir, manifest: Manifest) -> None:
-    """Write (or rewrite) a version's manifest atomically; its presence marks the version complete."""
+    """Write (or rewrite) a version's manifest atomically; its presence marks the version
+    complete."""
     _write_atomic(index.version_dir(manifest.version) / MANIFEST, manifest.model_dump_json())
 
 
@@ -225,8 +228,14 @@ class RefreshPlan(BaseModel):
     stats: RefreshStats
 
 
-def plan_refresh(chunks: Sequence[Chunk], doc_hashes: Mapping[str, str], base: Manifest | None,
-                 embedder: str, version: str, carries_over: bool) -> RefreshPlan:
+def plan_refresh(
+    chunks: Sequence[Chunk],
+    doc_hashes: Mapping[str, str],
+    base: Manifest | None,
+    embedder: str,
+    version: str,
+    carries_over: bool,
+) -> RefreshPlan:
     """Compare the new chunks with the base version, document by document."""
     by_doc: dict[str, list[Chunk]] = {}
     for chunk in chunks:
@@ -236,8 +245,10 @@ def plan_refresh(chunks: Sequence[Chunk], doc_hashes: Mapping[str, str], base: M
         stats.full_rebuild, stats.reason = True, "first version of this index"
     elif base.embedder != embedder:
         stats.full_rebuild = True
-        stats.reason = (f"the embedder changed ({base.embedder[:12]} -> {embedder[:12]}): "
-                        "every chunk is re-embedded")
+        stats.reason = (
+            f"the embedder changed ({base.embedder[:12]} -> {embedder[:12]}): "
+            "every chunk is re-embedded"
+        )
     old = {} if base is None or stats.full_rebuild else base.documents
     documents: dict[str, DocEntry] = {}
     write: list[Chunk] = []
@@ -257,8 +268,12 @@ def plan_refresh(chunks: Sequence[Chunk], doc_hashes: Mapping[str, str], base: M
             stats.changed_docs += 1
             delete.extend(previous.chunks)
         write.extend(doc_chunks)
-        documents[doc_id] = DocEntry(hash=doc_hashes.get(doc_id, signature), signature=signature,
-                                     version=version, chunks=[c.id for c in doc_chunks])
+        documents[doc_id] = DocEntry(
+            hash=doc_hashes.get(doc_id, signature),
+            signature=signature,
+            version=version,
+            chunks=[c.id for c in doc_chunks],
+        )
     for doc_id, previous in old.items():
         if doc_id not in by_doc:
             stats.removed_docs += 1
@@ -269,29 +284,33 @@ def plan_refresh(chunks: Sequence[Chunk], doc_hashes: Mapping[str, str], base: M
     return RefreshPlan(write=write, delete=delete, documents=documents, stats=stats)
 
 
-def check_chunk_tokenizer(chunks: Sequence[Chunk], tokenizer: Tokenizer, max_tokens: int,
-                          sample: int = 50) -> None:
+def check_chunk_tokenizer(
+    chunks: Sequence[Chunk], tokenizer: Tokenizer, max_tokens: int, sample: int = 50
+) -> None:
     """Chunks must fit the embedder's window and be cut with its own tokenizer (else their
     sizes are wrong and long ones are truncated): fail clearly otherwise."""
     longest = max((c.n_tokens for c in chunks), default=0)
     if longest > max_tokens:
         raise ValueError(
             f"Chunks have up to {longest} tokens but the embedder reads at most {max_tokens}: "
-            f"set chunk_tokens to {max_tokens} or less.")
+            f"set chunk_tokens to {max_tokens} or less."
+        )
     picked = list(chunks[:: max(1, len(chunks) // sample)])[:sample]
     if not picked:
         return
     counter = Tokenizer.from_str(tokenizer.to_str())
     counter.no_truncation()
-    counts = [len(e.ids) for e in counter.encode_batch([c.text for c in picked],
-                                                       add_special_tokens=False)]
+    counts = [
+        len(e.ids) for e in counter.encode_batch([c.text for c in picked], add_special_tokens=False)
+    ]
     differ = sum(1 for c, n in zip(picked, counts, strict=True) if n != c.n_tokens)
     if differ > len(picked) // 2:
         raise ValueError(
             f"{differ} of {len(picked)} sampled chunks have another token count under the "
             "embedder's tokenizer: they were cut with a different tokenizer. Chunk with the "
             "embedder's own model directory (chunk_corpus's embedder_path) or embed with the "
-            "model they were cut for.")
+            "model they were cut for."
+        )
 
 
 def _batches(chunks: Sequence[Chunk], size: int) -> Iterator[list[Chunk]]:
@@ -301,15 +320,17 @@ def _batches(chunks: Sequence[Chunk], size: int) -> Iterator[list[Chunk]]:
 
 
 def _write_chunks(path: Path, chunks: Sequence[Chunk]) -> None:
-    table = pa.table({
-        "id": [c.id for c in chunks],
-        "doc_id": [c.doc_id for c in chunks],
-        "position": pa.array([c.position for c in chunks], pa.int32()),
-        "title": [c.title for c in chunks],
-        "text": [c.text for c in chunks],
-        "n_tokens": pa.array([c.n_tokens for c in chunks], pa.int32()),
-        "metadata": [json.dumps(c.metadata, sort_keys=True) for c in chunks],
-    })
+    table = pa.table(
+        {
+            "id": [c.id for c in chunks],
+            "doc_id": [c.doc_id for c in chunks],
+            "position": pa.array([c.position for c in chunks], pa.int32()),
+            "title": [c.title for c in chunks],
+            "text": [c.text for c in chunks],
+            "n_tokens": pa.array([c.n_tokens for c in chunks], pa.int32()),
+            "metadata": [json.dumps(c.metadata, sort_keys=True) for c in chunks],
+        }
+    )
     pq.write_table(table, path)
 
 
@@ -336,19 +357,36 @@ def refresh_index(
     version = index.next_version()
     plan = plan_refresh(chunks, doc_hashes, base, embedder_fingerprint, version, store.carries_over)
     stats = plan.stats
-    if base is not None and not (stats.full_rebuild or stats.new_docs or stats.changed_docs
-                                 or stats.removed_docs):
+    if base is not None and not (
+        stats.full_rebuild or stats.new_docs or stats.changed_docs or stats.removed_docs
+    ):
         logger.info("Index %s: nothing changed since %s; no new version.", index.name, base_name)
         stats.seconds = round(time.perf_counter() - started, 3)
-        return IndexVersion(root=str(index.root), name=index.name, version=base.version,
-                            handle=base.handle, base=base_name, stats=stats, changed=False,
-                            embedder_dir=embedder_dir)
+        return IndexVersion(
+            root=str(index.root),
+            name=index.name,
+            version=base.version,
+            handle=base.handle,
+            base=base_name,
+            stats=stats,
+            changed=False,
+            embedder_dir=embedder_dir,
+        )
     if stats.full_rebuild:
         logger.warning("Index %s %s: full rebuild, %s.", index.name, version, stats.reason)
-    logger.info("Index %s %s from %s: %d new, %d changed, %d removed, %d unchanged documents; "
-                "%d chunks to write, %d to delete", index.name, version, base_name or "nothing",
-                stats.new_docs, stats.changed_docs, stats.removed_docs, stats.unchanged_docs,
-                len(plan.write), len(plan.delete))
+    logger.info(
+        "Index %s %s from %s: %d new, %d changed, %d removed, %d unchanged documents; "
+        "%d chunks to write, %d to delete",
+        index.name,
+        version,
+        base_name or "nothing",
+        stats.new_docs,
+        stats.changed_docs,
+        stats.removed_docs,
+        stats.unchanged_docs,
+        len(plan.write),
+        len(plan.delete),
+    )
     workdir = index.version_dir(version)
     shutil.rmtree(workdir, ignore_errors=True)  # an unfinished attempt's files
     workdir.mkdir(parents=True)
@@ -357,31 +395,67 @@ def refresh_index(
         store.delete(version, plan.delete)
     done = 0
     for batch in _batches(plan.write, write_batch):
-        vectors, hits = embed_cached(embedder, embedder_fingerprint,
-                                     [chunk_text(c) for c in batch], cache)
+        vectors, hits = embed_cached(
+            embedder, embedder_fingerprint, [chunk_text(c) for c in batch], cache
+        )
         store.add(version, [c.id for c in batch], vectors, [chunk_metadata(c) for c in batch])
         stats.cache_hits += hits
         stats.embedded += len(batch) - hits
         done += len(batch)
-        logger.info("Index %s %s: wrote %d/%d chunks (%d embedded, %d from the cache)",
-                    index.name, version, done, len(plan.write), stats.embedded, stats.cache_hits)
-    SparseIndex.build([c.id for c in chunks], [chunk_text(c) for c in chunks],
-                      metadata=[chunk_metadata(c) for c in chunks]).save(workdir / "sparse")
+        logger.info(
+            "Index %s %s: wrote %d/%d chunks (%d embedded, %d from the cache)",
+            index.name,
+            version,
+            done,
+            len(plan.write),
+            stats.embedded,
+            stats.cache_hits,
+        )
+    SparseIndex.build(
+        [c.id for c in chunks],
+        [chunk_text(c) for c in chunks],
+        metadata=[chunk_metadata(c) for c in chunks],
+    ).save(workdir / "sparse")
     _write_chunks(workdir / CHUNKS, chunks)
     handle = store.commit(version)
     reader = store.reader(handle)
     verify_version(reader, [c.id for c in chunks])
     stats.seconds = round(time.perf_counter() - started, 3)
-    manifest = Manifest(name=index.name, version=version, base=base_name, created=_now(),
-                        embedder=embedder_fingerprint, embedder_label=embedder_label,
-                        embedder_dir=embedder_dir, dimension=embedder.dimension, store=store_name, handle=handle,
-                        documents=plan.documents, stats=stats)
+    manifest = Manifest(
+        name=index.name,
+        version=version,
+        base=base_name,
+        created=_now(),
+        embedder=embedder_fingerprint,
+        embedder_label=embedder_label,
+        embedder_dir=embedder_dir,
+        dimension=embedder.dimension,
+        store=store_name,
+        handle=handle,
+        documents=plan.documents,
+        stats=stats,
+    )
     write_manifest(index, manifest)
-    logger.info("Index %s %s complete: %d documents, %d chunks, %d embedded, %d cache hits, %.1fs",
-                index.name, version, stats.documents, stats.chunks, stats.embedded,
-                stats.cache_hits, stats.seconds)
-    return IndexVersion(root=str(index.root), name=index.name, version=version, handle=handle,
-                        base=base_name, stats=stats, changed=True, embedder_dir=embedder_dir)
+    logger.info(
+        "Index %s %s complete: %d documents, %d chunks, %d embedded, %d cache hits, %.1fs",
+        index.name,
+        version,
+        stats.documents,
+        stats.chunks,
+        stats.embedded,
+        stats.cache_hits,
+        stats.seconds,
+    )
+    return IndexVersion(
+        root=str(index.root),
+        name=index.name,
+        version=version,
+        handle=handle,
+        base=base_name,
+        stats=stats,
+        changed=True,
+        embedder_dir=embedder_dir,
+    )
 
 
 class IndexCheckError(RuntimeError):
@@ -395,7 +469,8 @@ def verify_version(reader: DenseReader, expected_ids: Sequence[str]) -> None:
         missing, extra = len(expected - ids), len(ids - expected)
         raise IndexCheckError(
             f"Index check failed: {count} rows for {len(expected)} chunks ({missing} missing, "
-            f"{extra} unexpected, {count - len(ids)} duplicated); the version is not published.")
+            f"{extra} unexpected, {count - len(ids)} duplicated); the version is not published."
+        )
 
 
 class ChunkHit(BaseModel):
@@ -430,8 +505,9 @@ class OpenIndex:
 
     def chunks_of(self, doc_id: str) -> list[str]:
         """A document's chunk texts in order (empty when it is not indexed)."""
-        rows = sorted((r for r in self._rows.values() if r["doc_id"] == doc_id),
-                      key=lambda r: r["position"])
+        rows = sorted(
+            (r for r in self._rows.values() if r["doc_id"] == doc_id), key=lambda r: r["position"]
+        )
         return [r["text"] for r in rows]
 
     def doc_of(self, chunk_id: str) -> str:
@@ -448,9 +524,17 @@ class OpenIndex:
         out = []
         for chunk_id, score in hits:
             row = self._rows[chunk_id]
-            out.append(ChunkHit(id=chunk_id, doc_id=row["doc_id"], score=score, title=row["title"],
-                                text=row["text"], position=row["position"],
-                                metadata=json.loads(row["metadata"])))
+            out.append(
+                ChunkHit(
+                    id=chunk_id,
+                    doc_id=row["doc_id"],
+                    score=score,
+                    title=row["title"],
+                    text=row["text"],
+                    position=row["position"],
+                    metadata=json.loads(row["metadata"]),
+                )
+            )
         return out
 
 
@@ -458,8 +542,10 @@ def open_published(index: IndexDir, store: VectorStore, version: str | None = No
     """The published version (or ``version``), with a clear error when there is none."""
     version = version or index.published()
     if version is None:
-        raise LookupError(f"Index {index.name!r} at {index.root} has no published version; run "
-                          "the index_refresh pipeline first.")
+        raise LookupError(
+            f"Index {index.name!r} at {index.root} has no published version; run "
+            "the index_refresh pipeline first."
+        )
     return OpenIndex(index, version, store)
 
 
@@ -470,8 +556,10 @@ def collect_garbage(index: IndexDir, store: VectorStore, retain: int) -> list[st
         return []
     keep = pointer.history[:retain]
     if pointer.history[retain:]:
-        _write_atomic(index.path / POINTER, pointer.model_copy(update={"history": keep})
-                      .model_dump_json(indent=1))
+        _write_atomic(
+            index.path / POINTER,
+            pointer.model_copy(update={"history": keep}).model_dump_json(indent=1),
+        )
     versions = index.all_versions()
     newest = versions[-1] if versions else None  # may be a refused candidate, kept to inspect
     live = [v for v in [*keep, newest] if v is not None and index.complete(v)]

@@ -9,6 +9,7 @@ index is a RuntimeError that names the setting to change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import string
 import time
@@ -37,8 +38,10 @@ TOP_K_MAX = 10_000  # Pinecone's largest top_k
 QUERY_THREADS = 8  # concurrent queries of one search() call
 
 _KEY_HINT = "Set SLIPWAY_PINECONE_API_KEY to a valid key of the project that owns the index."
-_INDEX_HINT = ("Set SLIPWAY_PINECONE_INDEX to the name of an existing index, or "
-               "SLIPWAY_PINECONE_HOST to its host.")
+_INDEX_HINT = (
+    "Set SLIPWAY_PINECONE_INDEX to the name of an existing index, or "
+    "SLIPWAY_PINECONE_HOST to its host."
+)
 
 
 # Pinecone ids must be ASCII: other characters (and '%') are percent-encoded on the wire.
@@ -95,10 +98,13 @@ class _Index:
             UnauthorizedError,
         )
 
-        retrying = Retrying(retry=retry_if_exception(_transient),
-                            stop=stop_after_attempt(self.attempts),
-                            wait=wait_exponential(multiplier=self.wait, max=30),
-                            before_sleep=before_sleep_log(logger, logging.WARNING), reraise=True)
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.wait, max=30),
+            before_sleep=before_sleep_log(logger, logging.WARNING),
+            reraise=True,
+        )
         try:
             return retrying(getattr(self.client, method), **kwargs)
         except (UnauthorizedError, ForbiddenError) as exc:
@@ -107,7 +113,8 @@ class _Index:
             raise RuntimeError(
                 f"Cannot reach the Pinecone index at {self.host} after {self.attempts} attempts "
                 f"({exc}). Check SLIPWAY_PINECONE_HOST (or SLIPWAY_PINECONE_INDEX) and the "
-                "network.") from exc
+                "network."
+            ) from exc
 
     def count(self, namespace: str) -> int:
         """Vectors in ``namespace`` per describe_index_stats; 0 when it does not exist."""
@@ -119,8 +126,9 @@ def _auth_error(exc: Any, where: str) -> RuntimeError:
     """The clear error for a 401/403 from Pinecone."""
     status = getattr(exc, "status_code", "")
     what = "rejected the API key" if status == 401 else "refused access with this API key"
-    return RuntimeError(f"Pinecone {what} (HTTP {status}: {getattr(exc, 'message', exc)}) "
-                        f"at {where}. {_KEY_HINT}")
+    return RuntimeError(
+        f"Pinecone {what} (HTTP {status}: {getattr(exc, 'message', exc)}) at {where}. {_KEY_HINT}"
+    )
 
 
 class PineconeReader:
@@ -131,12 +139,20 @@ class PineconeReader:
         self.namespace = namespace
 
     def _query(self, vector: np.ndarray, k: int, flt: dict[str, Any] | None) -> list[Hit]:
-        response = self.index("query", vector=vector.tolist(), top_k=k, namespace=self.namespace,
-                              filter=flt, include_values=False, include_metadata=False)
+        response = self.index(
+            "query",
+            vector=vector.tolist(),
+            top_k=k,
+            namespace=self.namespace,
+            filter=flt,
+            include_values=False,
+            include_metadata=False,
+        )
         return [(chunk_id(m.id), float(m.score)) for m in response.matches]
 
-    def search(self, vectors: np.ndarray, k: int = 10,
-               filters: Filters | None = None) -> list[list[Hit]]:
+    def search(
+        self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None
+    ) -> list[list[Hit]]:
         """Top ``k`` (id, cosine similarity) per query vector, one query each, a few at a time."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(vectors) == 0:
@@ -162,8 +178,9 @@ class PineconeReader:
         token = None
         while True:
             try:
-                page = self.index("list_paginated", namespace=self.namespace,
-                                  pagination_token=token)
+                page = self.index(
+                    "list_paginated", namespace=self.namespace, pagination_token=token
+                )
             except NotFoundError:
                 return out
             out.update(chunk_id(item.id) for item in page.vectors if item.id is not None)
@@ -189,21 +206,29 @@ def _open_index(pc: Any, index_name: str | None, host: str | None) -> tuple[str,
         except (UnauthorizedError, ForbiddenError) as exc:
             raise _auth_error(exc, "the Pinecone control plane") from exc
         except NotFoundError as exc:
-            raise RuntimeError(f"Pinecone has no index named {index_name!r} in the API key's "
-                               f"project. {_INDEX_HINT}") from exc
+            raise RuntimeError(
+                f"Pinecone has no index named {index_name!r} in the API key's "
+                f"project. {_INDEX_HINT}"
+            ) from exc
         except (PineconeConnectionError, PineconeTimeoutError) as exc:
-            raise RuntimeError(f"Cannot reach the Pinecone control plane to look up index "
-                               f"{index_name!r} ({exc}). Check the network, or set "
-                               "SLIPWAY_PINECONE_HOST to skip the lookup.") from exc
+            raise RuntimeError(
+                f"Cannot reach the Pinecone control plane to look up index "
+                f"{index_name!r} ({exc}). Check the network, or set "
+                "SLIPWAY_PINECONE_HOST to skip the lookup."
+            ) from exc
         if not host:
-            raise RuntimeError(f"Pinecone index {index_name!r} has no host yet; wait until it "
-                               "is Ready, or set SLIPWAY_PINECONE_HOST.")
+            raise RuntimeError(
+                f"Pinecone index {index_name!r} has no host yet; wait until it "
+                "is Ready, or set SLIPWAY_PINECONE_HOST."
+            )
     try:
         return host, pc.index(host=host)
     except PineconeValueError as exc:
-        raise RuntimeError(f"Invalid Pinecone host {host!r} ({exc}). Set SLIPWAY_PINECONE_HOST "
-                           "to the index host shown in the Pinecone console, e.g. "
-                           "https://<index>-<id>.svc.<region>.pinecone.io.") from exc
+        raise RuntimeError(
+            f"Invalid Pinecone host {host!r} ({exc}). Set SLIPWAY_PINECONE_HOST "
+            "to the index host shown in the Pinecone console, e.g. "
+            "https://<index>-<id>.svc.<region>.pinecone.io."
+        ) from exc
 
 
 class PineconeStore:
@@ -211,9 +236,15 @@ class PineconeStore:
 
     carries_over = False
 
-    def __init__(self, api_key: str, index_name: str | None = None, host: str | None = None,
-                 namespace_prefix: str = "slipway-", batch_size: int = 200,
-                 consistency_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        index_name: str | None = None,
+        host: str | None = None,
+        namespace_prefix: str = "slipway-",
+        batch_size: int = 200,
+        consistency_timeout: float = 300.0,
+    ) -> None:
         from pinecone import Pinecone
 
         if not api_key:
@@ -221,8 +252,10 @@ class PineconeStore:
         if not (index_name or host):
             raise RuntimeError(f"No Pinecone index configured. {_INDEX_HINT}")
         if not namespace_prefix:
-            raise ValueError("namespace_prefix must not be empty: gc() deletes every namespace "
-                             "under it that it is not told to keep.")
+            raise ValueError(
+                "namespace_prefix must not be empty: gc() deletes every namespace "
+                "under it that it is not told to keep."
+            )
         if not 1 <= batch_size <= UPSERT_MAX:
             raise ValueError(f"batch_size must be between 1 and {UPSERT_MAX}, got {batch_size}.")
         self.namespace_prefix = namespace_prefix
@@ -255,7 +288,8 @@ class PineconeStore:
                 raise RuntimeError(
                     f"Pinecone namespace {namespace!r} reports {seen} vectors, expected "
                     f"{expected}, {self.consistency_timeout:.0f}s after {doing}. Pinecone is "
-                    "eventually consistent; run the refresh again, or raise the timeout.")
+                    "eventually consistent; run the refresh again, or raise the timeout."
+                )
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -268,12 +302,14 @@ class PineconeStore:
             raise RuntimeError(
                 f"The Pinecone index at {self.index.host} has dimension {stats.dimension}, the "
                 f"embedder {dimension}. Create an index of dimension {dimension} (metric cosine) "
-                f"and point SLIPWAY_PINECONE_INDEX or SLIPWAY_PINECONE_HOST at it.")
+                f"and point SLIPWAY_PINECONE_INDEX or SLIPWAY_PINECONE_HOST at it."
+            )
         if stats.metric and stats.metric != "cosine":
             raise RuntimeError(
                 f"The Pinecone index at {self.index.host} uses metric {stats.metric!r}; slipway "
                 "needs 'cosine'. Create an index with metric cosine and point "
-                "SLIPWAY_PINECONE_INDEX or SLIPWAY_PINECONE_HOST at it.")
+                "SLIPWAY_PINECONE_INDEX or SLIPWAY_PINECONE_HOST at it."
+            )
         namespace = self.namespace(version)
         try:
             self.index("delete_namespace", name=namespace)
@@ -283,21 +319,34 @@ class PineconeStore:
         self._settle(namespace, 0, "deleting an unfinished attempt")
         self._written[version] = set()
 
-    def add(self, version: str, ids: Sequence[str], vectors: np.ndarray,
-            metadata: Sequence[Mapping[str, str]]) -> None:
+    def add(
+        self,
+        version: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, str]],
+    ) -> None:
         """Upsert rows in batches of ``batch_size``; metadata carries ``doc_id``."""
         written = self._rows(version)
         if not len(ids) == len(vectors) == len(metadata):
-            raise ValueError(f"{len(ids)} ids, {len(vectors)} vectors and {len(metadata)} "
-                             "metadata rows; they must match.")
+            raise ValueError(
+                f"{len(ids)} ids, {len(vectors)} vectors and {len(metadata)} "
+                "metadata rows; they must match."
+            )
         values = np.ascontiguousarray(vectors, dtype=np.float32)
         namespace = self.namespace(version)
         for start in range(0, len(ids), self.batch_size):
             end = start + self.batch_size
-            rows = [{"id": wire_id(i), "values": v.tolist(),
-                     "metadata": {"doc_id": i.split("#")[0], **m}}
-                    for i, v, m in zip(ids[start:end], values[start:end], metadata[start:end],
-                                       strict=True)]
+            rows = [
+                {
+                    "id": wire_id(i),
+                    "values": v.tolist(),
+                    "metadata": {"doc_id": i.split("#")[0], **m},
+                }
+                for i, v, m in zip(
+                    ids[start:end], values[start:end], metadata[start:end], strict=True
+                )
+            ]
             self.index("upsert", vectors=rows, namespace=namespace)
             written.update(ids[start:end])
 
@@ -309,10 +358,9 @@ class PineconeStore:
         namespace = self.namespace(version)
         for start in range(0, len(ids), DELETE_MAX):
             part = [wire_id(i) for i in ids[start : start + DELETE_MAX]]
-            try:
+            # a namespace that does not exist (yet) has nothing to delete
+            with contextlib.suppress(NotFoundError):
                 self.index("delete", ids=part, namespace=namespace)
-            except NotFoundError:  # the namespace does not exist (yet): nothing to delete
-                pass
             written.difference_update(ids[start : start + DELETE_MAX])
 
     def commit(self, version: str) -> str:
@@ -326,8 +374,9 @@ class PineconeStore:
     def reader(self, handle: str) -> PineconeReader:
         """The committed version ``handle`` (a namespace name), read-only."""
         if not handle.startswith(self.namespace_prefix):
-            raise LookupError(f"{handle!r} is not a namespace of this store (prefix "
-                              f"{self.namespace_prefix!r}).")
+            raise LookupError(
+                f"{handle!r} is not a namespace of this store (prefix {self.namespace_prefix!r})."
+            )
         return PineconeReader(self.index, handle)
 
     def _namespaces(self) -> list[str]:
@@ -335,8 +384,9 @@ class PineconeStore:
         names: list[str] = []
         token = None
         while True:
-            page = self.index("list_namespaces_paginated", prefix=self.namespace_prefix,
-                              pagination_token=token)
+            page = self.index(
+                "list_namespaces_paginated", prefix=self.namespace_prefix, pagination_token=token
+            )
             names.extend(ns.name for ns in page.namespaces)
             token = page.pagination.next if page.pagination is not None else None
             if not token:

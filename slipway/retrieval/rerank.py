@@ -27,22 +27,30 @@ class CrossEncoderReranker:
         if not (Path(model_path) / "config.json").is_file():
             raise FileNotFoundError(
                 f"No cross-encoder at {model_path} (config.json missing); set "
-                "SLIPWAY_RERANKER_PATH to a local Hugging Face cross-encoder directory.")
-        self.model = CrossEncoder(str(model_path), device="cpu", max_length=max_length,
-                                  local_files_only=True)
+                "SLIPWAY_RERANKER_PATH to a local Hugging Face cross-encoder directory."
+            )
+        self.model = CrossEncoder(
+            str(model_path), device="cpu", max_length=max_length, local_files_only=True
+        )
         self.batch_size = batch_size
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         """One relevance score per text."""
         if not texts:
             return []
-        scores = self.model.predict([(query, t) for t in texts], batch_size=self.batch_size,
-                                    show_progress_bar=False)
+        scores = self.model.predict(
+            [(query, t) for t in texts], batch_size=self.batch_size, show_progress_bar=False
+        )
         return [float(s) for s in scores]
 
 
-def rerank(reranker: Reranker, query: str, hits: Sequence[tuple[str, float]],
-           texts: Sequence[str], top_n: int) -> list[tuple[str, float]]:
+def rerank(
+    reranker: Reranker,
+    query: str,
+    hits: Sequence[tuple[str, float]],
+    texts: Sequence[str],
+    top_n: int,
+) -> list[tuple[str, float]]:
     """The first ``top_n`` hits re-ordered by the re-ranker's score; the rest keep their order."""
     head, tail = list(hits[:top_n]), list(hits[top_n:])
     scores = reranker.score(query, texts[: len(head)])

@@ -18,8 +18,13 @@ IDS_FILE = "ids.json"
 class SparseIndex:
     """BM25 over chunk texts (defaults: k1=0.9, b=0.4, English stop words, no stemming)."""
 
-    def __init__(self, retriever: bm25s.BM25, ids: list[str], stopwords: str | None,
-                 metadata: Sequence[Mapping[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        retriever: bm25s.BM25,
+        ids: list[str],
+        stopwords: str | None,
+        metadata: Sequence[Mapping[str, str]] | None = None,
+    ) -> None:
         self.retriever = retriever
         self.ids = ids
         self.stopwords = stopwords
@@ -30,30 +35,40 @@ class SparseIndex:
                 self._postings.setdefault((key, value), []).append(row)
 
     @classmethod
-    def build(cls, ids: Sequence[str], texts: Sequence[str], k1: float = 0.9, b: float = 0.4,
-              stopwords: str | None = "english",
-              metadata: Sequence[Mapping[str, str]] | None = None) -> SparseIndex:
+    def build(
+        cls,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        k1: float = 0.9,
+        b: float = 0.4,
+        stopwords: str | None = "english",
+        metadata: Sequence[Mapping[str, str]] | None = None,
+    ) -> SparseIndex:
         """Index ``texts`` under ``ids``; ``metadata`` (one dict per text) enables filters."""
         if len(ids) != len(texts) or (metadata is not None and len(metadata) != len(ids)):
             raise ValueError("ids, texts and metadata must have the same length.")
         retriever = bm25s.BM25(k1=k1, b=b)
-        retriever.index(bm25s.tokenize(list(texts), stopwords=stopwords, show_progress=False),
-                        show_progress=False)
+        retriever.index(
+            bm25s.tokenize(list(texts), stopwords=stopwords, show_progress=False),
+            show_progress=False,
+        )
         return cls(retriever, list(ids), stopwords, metadata)
 
     def save(self, directory: Path) -> None:
         """Write the index, its ids and their metadata into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         self.retriever.save(str(directory))
-        (directory / IDS_FILE).write_text(json.dumps(
-            {"ids": self.ids, "stopwords": self.stopwords, "metadata": self.metadata}))
+        (directory / IDS_FILE).write_text(
+            json.dumps({"ids": self.ids, "stopwords": self.stopwords, "metadata": self.metadata})
+        )
 
     @classmethod
     def load(cls, directory: Path) -> SparseIndex:
         """Open an index written by :meth:`save`."""
         meta = json.loads((directory / IDS_FILE).read_text())
-        return cls(bm25s.BM25.load(str(directory)), meta["ids"], meta["stopwords"],
-                   meta.get("metadata"))
+        return cls(
+            bm25s.BM25.load(str(directory)), meta["ids"], meta["stopwords"], meta.get("metadata")
+        )
 
     def mask(self, filters: Filters | None) -> np.ndarray | None:
         """1.0 for the chunks that satisfy ``filters`` (``None`` when there are none)."""
@@ -68,8 +83,9 @@ class SparseIndex:
             mask *= allowed
         return mask
 
-    def search(self, queries: Sequence[str], k: int = 10,
-               filters: Filters | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: Sequence[str], k: int = 10, filters: Filters | None = None
+    ) -> list[list[Hit]]:
         """Top ``k`` (id, score) per query; a query with no known term gets no hits."""
         k = min(k, len(self.ids))
         if not queries or k == 0:
@@ -79,5 +95,7 @@ class SparseIndex:
             return [[] for _ in queries]
         tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, show_progress=False)
         docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, weight_mask=mask)
-        return [[(self.ids[int(d)], float(s)) for d, s in zip(row_d, row_s, strict=True) if s > 0]
-                for row_d, row_s in zip(docs, scores, strict=True)]
+        return [
+            [(self.ids[int(d)], float(s)) for d, s in zip(row_d, row_s, strict=True) if s > 0]
+            for row_d, row_s in zip(docs, scores, strict=True)
+        ]

@@ -24,23 +24,40 @@ def vector_store(index: IndexDir, settings: IndexSettings | None = None) -> Vect
     from slipway.retrieval.pinecone import PineconeStore
 
     if settings.pinecone_api_key is None:
-        raise RuntimeError("SLIPWAY_VECTOR_STORE=pinecone needs SLIPWAY_PINECONE_API_KEY "
-                           "(or a ZenML secret exported to the environment).")
-    return PineconeStore(api_key=settings.pinecone_api_key.get_secret_value(),
-                         index_name=settings.pinecone_index, host=settings.pinecone_host,
-                         namespace_prefix=f"{index.name}.")  # "." never occurs in a name
+        raise RuntimeError(
+            "SLIPWAY_VECTOR_STORE=pinecone needs SLIPWAY_PINECONE_API_KEY "
+            "(or a ZenML secret exported to the environment)."
+        )
+    return PineconeStore(
+        api_key=settings.pinecone_api_key.get_secret_value(),
+        index_name=settings.pinecone_index,
+        host=settings.pinecone_host,
+        namespace_prefix=f"{index.name}.",
+    )  # "." never occurs in a name
 
 
-def published_searcher(name: str, embedder: Embedder, settings: IndexSettings | None = None,
-                       fusion: FusionConfig | None = None, expander: Expander | None = None
-                       ) -> tuple[OpenIndex, HybridSearcher]:
+def published_searcher(
+    name: str,
+    embedder: Embedder,
+    settings: IndexSettings | None = None,
+    fusion: FusionConfig | None = None,
+    expander: Expander | None = None,
+) -> tuple[OpenIndex, HybridSearcher]:
     """The published version of index ``name`` and a hybrid searcher over it, re-ranking with
     ``SLIPWAY_RERANKER_PATH`` when set and fusing ``expander``'s graph expansion when given
     (e.g. ``GraphQueries.expand_many``). The embedder must be the one that built the index."""
     settings = settings or IndexSettings()
     index = index_dir(name, settings)
     opened = open_published(index, vector_store(index, settings))
-    reranker = (CrossEncoderReranker(settings.reranker_path)
-                if settings.reranker_path is not None else None)
-    return opened, HybridSearcher(embedder, opened.dense, opened.sparse, fusion, reranker,
-                                  text_of=opened.text_of, expander=expander)
+    reranker = (
+        CrossEncoderReranker(settings.reranker_path) if settings.reranker_path is not None else None
+    )
+    return opened, HybridSearcher(
+        embedder,
+        opened.dense,
+        opened.sparse,
+        fusion,
+        reranker,
+        text_of=opened.text_of,
+        expander=expander,
+    )

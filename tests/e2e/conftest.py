@@ -23,13 +23,19 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = {"generator": {"quantization": "int8"}}
 XQUAD = ROOT.parent / "shared" / "data" / "xquad_en" / "beir"  # used after shared_data checked it
-DEPRECATED = {"/v1/completions": {"since": "2026-11-01", "sunset": "2027-06-30",
-                                  "successor": "/v1/chat/completions"}}
+DEPRECATED = {
+    "/v1/completions": {
+        "since": "2026-11-01",
+        "sunset": "2027-06-30",
+        "successor": "/v1/chat/completions",
+    }
+}
 
 
 @pytest.fixture(scope="session")
-def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
-               shared_data: Path) -> dict[str, str]:
+def registered(
+    zenml_stack: str, tiny_embedder: Path, tiny_generator: Path, shared_data: Path
+) -> dict[str, str]:
     """Run the main job end to end (documents, model build, index refresh) and return the
     model_build's registered_model output."""
     from zenml import Model
@@ -38,13 +44,21 @@ def registered(zenml_stack: str, tiny_embedder: Path, tiny_generator: Path,
     from pipelines.llmops import llmops_pipeline
 
     run = llmops_pipeline.with_options(enable_cache=False, model=Model(name="slipway-e2e"))(
-        build=BUILD, model_name="slipway-e2e", bento=True, corpus=str(XQUAD),
-        index={"index_name": "e2e", "eval_dir": str(XQUAD)}, chunk_tokens=48, overlap_tokens=8,
-        embedder_path=str(tiny_embedder), generator_path=str(tiny_generator),
+        build=BUILD,
+        model_name="slipway-e2e",
+        bento=True,
+        corpus=str(XQUAD),
+        index={"index_name": "e2e", "eval_dir": str(XQUAD)},
+        chunk_tokens=48,
+        overlap_tokens=8,
+        embedder_path=str(tiny_embedder),
+        generator_path=str(tiny_generator),
     )
     run = Client().get_pipeline_run(run.id)
     assert run.status == "completed"
-    assert run.steps["publish_index_version"].outputs["published_index_version"][0].load() == "v000001"
+    assert (
+        run.steps["publish_index_version"].outputs["published_index_version"][0].load() == "v000001"
+    )
     out = run.steps["track_and_register"].outputs["registered_model"][0].load()
     bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
     assert bento_tag.startswith(f"slipway:v{out['version']}-")
@@ -73,47 +87,80 @@ class Server:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
 
-def post(server: Server, path: str, body: Any, role: str | None = "admin",
-         **kw: Any) -> httpx.Response:
+def post(
+    server: Server, path: str, body: Any, role: str | None = "admin", **kw: Any
+) -> httpx.Response:
     """POST JSON with the key of ``role`` (no credentials when ``role`` is None)."""
     headers = {**(server.headers(role) if role else {}), **kw.pop("headers", {})}
-    return httpx.post(f"{server.base}{path}", json=body, headers=headers,
-                      timeout=kw.pop("timeout", 60), **kw)
+    return httpx.post(
+        f"{server.base}{path}", json=body, headers=headers, timeout=kw.pop("timeout", 60), **kw
+    )
 
 
 def _create_keys(home: Path) -> dict[str, str]:
     from slipway.api.keys import FileKeyStore, Scope, create_key
 
     store = FileKeyStore(home / "api_keys.json")
-    specs = {"admin": ([Scope.ADMIN], 100_000, None), "embed": ([Scope.EMBED], 100_000, None),
-             "generate": ([Scope.GENERATE], 100_000, None),
-             "search": ([Scope.SEARCH], 100_000, None),
-             "limited": ([Scope.EMBED], 3, None), "tokens": ([Scope.EMBED], 100_000, 40),
-             "fuzz": ([Scope.ADMIN], 1_000_000, None)}
-    return {role: create_key(store, f"e2e-{role}", scopes, requests_per_minute=rpm,
-                             tokens_per_minute=tpm)[0]
-            for role, (scopes, rpm, tpm) in specs.items()}
+    specs = {
+        "admin": ([Scope.ADMIN], 100_000, None),
+        "embed": ([Scope.EMBED], 100_000, None),
+        "generate": ([Scope.GENERATE], 100_000, None),
+        "search": ([Scope.SEARCH], 100_000, None),
+        "limited": ([Scope.EMBED], 3, None),
+        "tokens": ([Scope.EMBED], 100_000, 40),
+        "fuzz": ([Scope.ADMIN], 1_000_000, None),
+    }
+    return {
+        role: create_key(
+            store, f"e2e-{role}", scopes, requests_per_minute=rpm, tokens_per_minute=tpm
+        )[0]
+        for role, (scopes, rpm, tpm) in specs.items()
+    }
 
 
 @contextmanager
-def serving(tracking_uri: str, log_path: Path, ready: bool = True,
-            args: tuple[str, ...] = (), started: list[subprocess.Popen[bytes]] | None = None,
-            **settings: str) -> Iterator[str]:
+def serving(
+    tracking_uri: str,
+    log_path: Path,
+    ready: bool = True,
+    args: tuple[str, ...] = (),
+    started: list[subprocess.Popen[bytes]] | None = None,
+    **settings: str,
+) -> Iterator[str]:
     """`slipway serve` on the registered e2e champion with ``SLIPWAY_*`` ``settings`` (and
     more ``args``), as a user starts it; yields its URL once it is live (and ready, unless
     ``ready`` is false). ``started`` receives the `slipway serve` process."""
     port = free_port()
     # its own BentoML home: a starting server empties the Prometheus multiprocess directory
     # under BENTOML_HOME, which would wipe the metrics of another server sharing it
-    env = {**os.environ, "BENTOML_HOME": str(log_path.parent / f"bentoml-{port}"),
-           "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e", "SLIPWAY_THREADS": "1",
-           "SLIPWAY_MAX_TEXTS": "8", "SLIPWAY_MAX_CHARS": "500", "SLIPWAY_MAX_NEW_TOKENS": "32",
-           **{f"SLIPWAY_{k.upper()}": v for k, v in settings.items()}}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(log_path.parent / f"bentoml-{port}"),
+        "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e",
+        "SLIPWAY_THREADS": "1",
+        "SLIPWAY_MAX_TEXTS": "8",
+        "SLIPWAY_MAX_CHARS": "500",
+        "SLIPWAY_MAX_NEW_TOKENS": "32",
+        **{f"SLIPWAY_{k.upper()}": v for k, v in settings.items()},
+    }
     log = open(log_path, "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "slipway.cli", "serve", "--port", str(port),
-         "--tracking-uri", tracking_uri, *args],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "slipway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--tracking-uri",
+            tracking_uri,
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     if started is not None:
         started.append(proc)
@@ -139,16 +186,25 @@ def serving(tracking_uri: str, log_path: Path, ready: bool = True,
 
 
 @pytest.fixture(scope="session")
-def server(registered: dict[str, str], graph_server: object,
-           valkey_server_url: str) -> Iterator[Server]:
+def server(
+    registered: dict[str, str], graph_server: object, valkey_server_url: str
+) -> Iterator[Server]:
     """The service on the e2e index, with rate limits and the result cache in a real Valkey,
     traces to MLflow, and one route marked deprecated."""
     home = Path(os.environ["SLIPWAY_HOME"])
     keys = _create_keys(home)
     log_path = home.parent / "serve.log"
-    with serving(registered["tracking_uri"], log_path, max_body_bytes="8192", index_name="e2e",
-                 rate_limit_store="redis", cache="redis", redis_url=valkey_server_url,
-                 trace_sample_rate="1.0", deprecated_routes=json.dumps(DEPRECATED)) as base:
+    with serving(
+        registered["tracking_uri"],
+        log_path,
+        max_body_bytes="8192",
+        index_name="e2e",
+        rate_limit_store="redis",
+        cache="redis",
+        redis_url=valkey_server_url,
+        trace_sample_rate="1.0",
+        deprecated_routes=json.dumps(DEPRECATED),
+    ) as base:
         yield Server(base, keys, log_path, registered["tracking_uri"])
 
 

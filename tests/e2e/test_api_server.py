@@ -19,10 +19,15 @@ from tests.e2e.conftest import DEPRECATED, ROOT, XQUAD, Server, post, serving
 
 # The scopes each route needs; a new route must be added here (the sweep checks the spec).
 ROUTE_SCOPES: dict[str, set[str]] = {
-    "/v1/embed": {"embed"}, "/v1/embeddings": {"embed"}, "/v1/generate": {"generate"},
-    "/v1/completions": {"generate"}, "/v1/chat/completions": {"generate"},
-    "/v1/summarize": {"generate"}, "/v1/search": {"search"},
-    "/v1/answer": {"search", "generate"}, "/v1/graph/entities/{name}": {"search"},
+    "/v1/embed": {"embed"},
+    "/v1/embeddings": {"embed"},
+    "/v1/generate": {"generate"},
+    "/v1/completions": {"generate"},
+    "/v1/chat/completions": {"generate"},
+    "/v1/summarize": {"generate"},
+    "/v1/search": {"search"},
+    "/v1/answer": {"search", "generate"},
+    "/v1/graph/entities/{name}": {"search"},
     "/v1/models": set(),  # any valid key
 }
 OPEN_ROUTES = ("/livez", "/readyz", "/metrics")
@@ -48,7 +53,7 @@ def sse(response: httpx.Response) -> list[Any]:
     out: list[Any] = []
     for line in response.iter_lines():
         if line.startswith("data: "):
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
@@ -64,12 +69,14 @@ def test_health_and_metrics_are_open(server: Server) -> None:
 
 
 def test_not_ready_without_a_published_index(server: Server, tmp_path: Path) -> None:
-    with serving(server.tracking_uri, tmp_path / "serve.log", ready=False,
-                 index_name="never-published") as base:
+    with serving(
+        server.tracking_uri, tmp_path / "serve.log", ready=False, index_name="never-published"
+    ) as base:
         assert httpx.get(f"{base}/livez", timeout=30).status_code == 200
         assert httpx.get(f"{base}/readyz", timeout=30).status_code == 503
-        r = httpx.post(f"{base}/v1/search", json={"query": "x"}, headers=server.headers(),
-                       timeout=30)
+        r = httpx.post(
+            f"{base}/v1/search", json={"query": "x"}, headers=server.headers(), timeout=30
+        )
         assert r.status_code == 503 and r.json()["error"]["code"] == "index_unavailable"
         assert "never-published" in r.json()["error"]["message"]
 
@@ -88,8 +95,9 @@ def test_concurrent_embeds_are_batched_correctly(server: Server) -> None:
     import concurrent.futures as cf
 
     texts = [f"concurrent text number {i}" for i in range(12)]
-    single = {t: post(server, "/v1/embed", {"texts": [t]}).json()["embeddings"][0]
-              for t in texts[:3]}
+    single = {
+        t: post(server, "/v1/embed", {"texts": [t]}).json()["embeddings"][0] for t in texts[:3]
+    }
     calls_before = metric(server, "slipway_embed_batch_size_count")
     with cf.ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda t: post(server, "/v1/embed", {"texts": [t]}), texts))
@@ -115,8 +123,13 @@ def test_generate_greedy_is_deterministic_and_cached(server: Server) -> None:
 def test_generate_streams_server_sent_events(server: Server) -> None:
     req = {"prompt": "tell me about rivers", "max_new_tokens": 12, "temperature": 0}
     whole = post(server, "/v1/generate", req).json()
-    with httpx.stream("POST", f"{server.base}/v1/generate", json={**req, "stream": True},
-                      headers=server.headers(), timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        f"{server.base}/v1/generate",
+        json={**req, "stream": True},
+        headers=server.headers(),
+        timeout=60,
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse(r)
@@ -126,10 +139,12 @@ def test_generate_streams_server_sent_events(server: Server) -> None:
     assert "".join(e["text"] for e in events[:-2]) == whole["text"]
 
 
-def test_models_reports_versions_index_and_providers(server: Server,
-                                                     registered: dict[str, str]) -> None:
-    body = httpx.get(f"{server.base}/v1/models", headers=server.headers("search"),
-                     timeout=30).json()
+def test_models_reports_versions_index_and_providers(
+    server: Server, registered: dict[str, str]
+) -> None:
+    body = httpx.get(
+        f"{server.base}/v1/models", headers=server.headers("search"), timeout=30
+    ).json()
     assert body["version"] == registered["version"] and body["api_version"] == "v1"
     assert body["models"]["embedder"]["provider"] == "CPUExecutionProvider"
     assert body["models"]["generator"]["precision"] == "int8"
@@ -166,8 +181,9 @@ def test_models_reports_versions_index_and_providers(server: Server,
         ("/v1/completions", {"prompt": "hi", "n": 2}, "n"),
     ],
 )
-def test_bad_input_gets_a_4xx_naming_the_field(server: Server, path: str, payload: dict,
-                                               field: str) -> None:
+def test_bad_input_gets_a_4xx_naming_the_field(
+    server: Server, path: str, payload: dict, field: str
+) -> None:
     r = post(server, path, payload)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     error = r.json()["error"]
@@ -180,11 +196,21 @@ def test_malformed_bodies_never_500(server: Server) -> None:
     cases = {
         "bad json": (httpx.post(url, content=b"{not json", headers=json_type), 400),
         "not utf-8": (httpx.post(url, content=b'{"texts": ["\xff\xfe"]}', headers=json_type), 400),
-        "wrong type": (httpx.post(url, content=b"texts=a", headers={
-            **auth, "content-type": "application/x-www-form-urlencoded"}), 415),
+        "wrong type": (
+            httpx.post(
+                url,
+                content=b"texts=a",
+                headers={**auth, "content-type": "application/x-www-form-urlencoded"},
+            ),
+            415,
+        ),
         "too big": (httpx.post(url, json={"texts": ["a" * 9000]}, headers=auth), 413),
-        "too big, chunked": (httpx.post(url, content=iter([b'{"texts": ["', b"a" * 9000, b'"]}']),
-                                        headers=json_type), 413),
+        "too big, chunked": (
+            httpx.post(
+                url, content=iter([b'{"texts": ["', b"a" * 9000, b'"]}']), headers=json_type
+            ),
+            413,
+        ),
         "wrong method": (httpx.get(url, headers=auth), 405),
         "no route": (httpx.get(f"{server.base}/v1/nothing", headers=auth), 404),
     }
@@ -205,8 +231,9 @@ def test_search_filters_and_caches_per_index_version(server: Server) -> None:
     assert post(server, "/v1/search", {"query": query, "top_k": 5}).json() == body
     assert metric(server, "slipway_cache_requests_total", kind="search", result="hit") > hits
     assert top["metadata"] == {}  # XQuAD passages carry none: any filter excludes them all
-    filtered = post(server, "/v1/search", {"query": query, "top_k": 5,
-                                           "filters": {"lang": ["en", "de"]}})
+    filtered = post(
+        server, "/v1/search", {"query": query, "top_k": 5, "filters": {"lang": ["en", "de"]}}
+    )
     assert filtered.status_code == 200 and filtered.json()["results"] == []
 
 
@@ -225,7 +252,9 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
     body = r.json()
     found = post(server, "/v1/search", {"query": question, "top_k": 3}).json()["results"]
     assert body["citations"], body
-    assert [c["id"] for c in body["citations"]] == [h["id"] for h in found][:len(body["citations"])]
+    assert [c["id"] for c in body["citations"]] == [h["id"] for h in found][
+        : len(body["citations"])
+    ]
     assert [c["n"] for c in body["citations"]] == list(range(1, len(body["citations"]) + 1))
     assert 0 < body["usage"]["completion_tokens"] <= 16
     # a question that leaves no room for sources in the small model's context: 400, not 500
@@ -238,8 +267,11 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
     spans: dict[str, Any] = {}
     while time.monotonic() < deadline and not spans:
         experiment = mlflow.get_experiment_by_name("slipway-traces")
-        traces = mlflow.search_traces(experiment_ids=[experiment.experiment_id],
-                                      return_type="list") if experiment else []
+        traces = (
+            mlflow.search_traces(experiment_ids=[experiment.experiment_id], return_type="list")
+            if experiment
+            else []
+        )
         for trace in traces:
             names = {s.name: s for s in trace.data.spans}
             if "answer" in names and names["answer"].inputs.get("question") == question:
@@ -268,11 +300,17 @@ def test_graph_entity_with_neighbours(server: Server) -> None:
     from slipway.graph import connect
 
     with connect() as graph:
-        rows = graph.read("MATCH (e:Entity)-[:CO_OCCURS]-() RETURN e.name AS name, "
-                          "e.id AS id ORDER BY e.mentions DESC, e.id LIMIT 1")
+        rows = graph.read(
+            "MATCH (e:Entity)-[:CO_OCCURS]-() RETURN e.name AS name, "
+            "e.id AS id ORDER BY e.mentions DESC, e.id LIMIT 1"
+        )
     name, entity_id = rows[0]["name"], rows[0]["id"]
-    r = httpx.get(f"{server.base}/v1/graph/entities/{name}", params={"limit": 3},
-                  headers=server.headers("search"), timeout=60)
+    r = httpx.get(
+        f"{server.base}/v1/graph/entities/{name}",
+        params={"limit": 3},
+        headers=server.headers("search"),
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     entity = next(e for e in r.json()["entities"] if e["id"] == entity_id)
     assert 0 < len(entity["neighbours"]) <= 3 and entity["mentions"] > 0
@@ -288,20 +326,29 @@ def test_openai_sdk_works_unchanged(server: Server) -> None:
     assert len(embedded.data) == 2 and len(embedded.data[0].embedding) == 64
     floats = client.embeddings.create(model="slipway-e2e", input="hello", encoding_format="float")
     assert floats.data[0].embedding == pytest.approx(embedded.data[0].embedding, abs=1e-6)
-    chat = client.chat.completions.create(model="slipway-e2e", max_tokens=8, temperature=0,
-                                          messages=[{"role": "user", "content": "Say hi"}])
+    chat = client.chat.completions.create(
+        model="slipway-e2e",
+        max_tokens=8,
+        temperature=0,
+        messages=[{"role": "user", "content": "Say hi"}],
+    )
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
-    stream = client.chat.completions.create(model="slipway-e2e", max_tokens=8, temperature=0,
-                                            stream=True,
-                                            messages=[{"role": "user", "content": "Say hi"}])
+    stream = client.chat.completions.create(
+        model="slipway-e2e",
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        messages=[{"role": "user", "content": "Say hi"}],
+    )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces) == chat.choices[0].message.content
     completion = client.completions.create(model="slipway-e2e", prompt="Once upon", max_tokens=4)
     assert completion.choices[0].finish_reason in ("stop", "length")
     assert any(m.id.startswith("slipway-e2e") for m in client.models.list())
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="slipway-e2e", max_tokens=999,
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="slipway-e2e", max_tokens=999, messages=[{"role": "user", "content": "hi"}]
+        )
     assert bad.value.body["param"] == "max_tokens"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.base}/v1", api_key="sk-wrong").models.list()
@@ -319,8 +366,13 @@ def test_langchain_chain_end_to_end(server: Server) -> None:
     from slipway.integrations.langchain import SlipwayEmbeddings, SlipwayRetriever
 
     retriever = SlipwayRetriever(base_url=server.base, api_key=server.keys["admin"], k=2)
-    llm = ChatOpenAI(base_url=f"{server.base}/v1", api_key=server.keys["admin"],
-                     model="slipway-e2e", temperature=0, max_tokens=8)
+    llm = ChatOpenAI(
+        base_url=f"{server.base}/v1",
+        api_key=server.keys["admin"],
+        model="slipway-e2e",
+        temperature=0,
+        max_tokens=8,
+    )
     prompt = ChatPromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
     seen: list[str] = []
 
@@ -328,14 +380,22 @@ def test_langchain_chain_end_to_end(server: Server) -> None:
         seen.extend(d.metadata["id"] for d in docs)
         return "\n".join(d.page_content for d in docs)
 
-    chain = ({"context": retriever | context, "question": RunnablePassthrough()}
-             | prompt | llm | StrOutputParser())
+    chain = (
+        {"context": retriever | context, "question": RunnablePassthrough()}
+        | prompt
+        | llm
+        | StrOutputParser()
+    )
     answer = chain.invoke(xquad_question(3))
     assert isinstance(answer, str) and len(seen) == 2
 
     ours = SlipwayEmbeddings(base_url=server.base, api_key=server.keys["embed"])
-    theirs = OpenAIEmbeddings(base_url=f"{server.base}/v1", api_key=server.keys["embed"],
-                              model="slipway-e2e", check_embedding_ctx_length=False)
+    theirs = OpenAIEmbeddings(
+        base_url=f"{server.base}/v1",
+        api_key=server.keys["embed"],
+        model="slipway-e2e",
+        check_embedding_ctx_length=False,
+    )
     a, b = ours.embed_query("a river in Poland"), theirs.embed_query("a river in Poland")
     assert a == pytest.approx(b, abs=1e-5)
 
@@ -349,8 +409,13 @@ def test_authorization_sweep(server: Server) -> None:
         for method in operations:
             anonymous = httpx.request(method, url, json={}, timeout=60)
             assert anonymous.status_code == 401, (method, path, anonymous.text)
-            wrong = httpx.request(method, url, json={}, timeout=60,
-                                  headers={"X-API-Key": "sk-slipway-000000000000." + "A" * 43})
+            wrong = httpx.request(
+                method,
+                url,
+                json={},
+                timeout=60,
+                headers={"X-API-Key": "sk-slipway-000000000000." + "A" * 43},
+            )
             assert wrong.status_code == 401, (method, path)
             for role in roles:
                 r = httpx.request(method, url, json={}, headers=server.headers(role), timeout=60)
@@ -362,8 +427,9 @@ def test_authorization_sweep(server: Server) -> None:
                     assert r.status_code not in (401, 403), (method, path, role, r.text)
 
 
-def test_rate_limits_answer_429_with_headers_in_valkey(server: Server,
-                                                      valkey_server_url: str) -> None:
+def test_rate_limits_answer_429_with_headers_in_valkey(
+    server: Server, valkey_server_url: str
+) -> None:
     import redis
 
     responses = [post(server, "/v1/embed", {"texts": ["x"]}, role="limited") for _ in range(5)]
@@ -371,7 +437,9 @@ def test_rate_limits_answer_429_with_headers_in_valkey(server: Server,
     assert codes[:3] == [200, 200, 200] and 429 in codes[3:], codes
     refused = next(r for r in responses if r.status_code == 429)
     assert int(refused.headers["retry-after"]) >= 1
-    assert refused.headers["ratelimit-limit"] == "3" and refused.headers["ratelimit-remaining"] == "0"
+    assert (
+        refused.headers["ratelimit-limit"] == "3" and refused.headers["ratelimit-remaining"] == "0"
+    )
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert responses[0].headers["ratelimit-limit"] == "3"
     # 40 tokens a minute: one long request cannot pass, a short one can
@@ -398,8 +466,9 @@ def test_request_ids_versions_deprecation_and_json_logs(server: Server) -> None:
     spec = httpx.get(f"{server.base}/openapi.json").json()
     assert spec["info"]["version"] == "v1" and spec["info"]["x-slipway-version"]
     assert spec["paths"]["/v1/completions"]["post"]["deprecated"] is True
-    records = [json.loads(line) for line in server.log.read_text().splitlines()
-               if line.startswith("{")]
+    records = [
+        json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")
+    ]
     access = [rec for rec in records if rec.get("request_id") == "trace-me-42"]
     assert access and access[-1]["route"] == "/v1/embed" and access[-1]["status"] == 200
 
@@ -416,20 +485,47 @@ def test_metrics_cover_routes_tokens_batches_cache_and_auth(server: Server) -> N
     assert metric(server, "slipway_auth_failures_total", status="401") >= 1
 
 
-def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: Server,
-                                                          tmp_path: Path) -> None:
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: Server, tmp_path: Path) -> None:
     before = metric(server, "slipway_requests_total")
-    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-              "response_headers_conformance,response_schema_conformance,negative_data_rejection")
+    checks = (
+        "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_headers_conformance,response_schema_conformance,negative_data_rejection"
+    )
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "st"), "--config-file",
-         str(Path(__file__).with_name("schemathesis.toml")), "run", f"{server.base}/openapi.json",
-         "-H", f"Authorization: Bearer {server.keys['fuzz']}", "--checks", checks,
-         "--max-examples", "60", "--seed", "1", "--generation-database", "none",
-         "--report", "junit", "--report-dir", str(tmp_path), "--request-timeout", "120"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+        [
+            str(Path(sys.executable).parent / "st"),
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
+            "run",
+            f"{server.base}/openapi.json",
+            "-H",
+            f"Authorization: Bearer {server.keys['fuzz']}",
+            "--checks",
+            checks,
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+            "--generation-database",
+            "none",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path),
+            "--request-timeout",
+            "120",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     made = metric(server, "slipway_requests_total") - before
-    failures = [line[:400] for line in run.stdout.splitlines()
-                if line.startswith(("- ST", "    Invalid component", "[", "    Expected"))]
+    failures = [
+        line[:400]
+        for line in run.stdout.splitlines()
+        if line.startswith(("- ST", "    Invalid component", "[", "    Expected"))
+    ]
     assert run.returncode == 0, "\n".join(failures[:60]) + run.stdout[-3000:] + run.stderr[-2000:]
     assert made >= 1000, f"only {made} requests: {run.stdout[-2000:]}"

@@ -19,16 +19,24 @@ from slipway.retrieval.index import IndexDir, OpenIndex, document_hashes, refres
 pytestmark = pytest.mark.slow
 
 
-def test_hybrid_beats_bm25_and_dense_on_cranfield(shared_data: Path, packaged_embedder: Path,
-                                                  tmp_path: Path) -> None:
+def test_hybrid_beats_bm25_and_dense_on_cranfield(
+    shared_data: Path, packaged_embedder: Path, tmp_path: Path
+) -> None:
     root = shared_data / "cranfield"
     docs = read_corpus(root, min_chars=1).documents
     chunks = chunk_documents(docs, load_tokenizer(packaged_embedder), 256, 32).chunks
     embedder = OnnxEmbedder(packaged_embedder)
     index = IndexDir(tmp_path, "cranfield")
     store = LanceDBStore(index.lance_dir)
-    version = refresh_index(index, store, chunks, document_hashes(docs), embedder,
-                            model_fingerprint(packaged_embedder), EmbeddingCache(tmp_path / "c.db"))
+    version = refresh_index(
+        index,
+        store,
+        chunks,
+        document_hashes(docs),
+        embedder,
+        model_fingerprint(packaged_embedder),
+        EmbeddingCache(tmp_path / "c.db"),
+    )
     opened = OpenIndex(index, version.version, store)
     searcher = HybridSearcher(embedder, opened.dense, opened.sparse)
     metrics = evaluate_searcher(searcher, JudgedQueries.from_beir(root), opened.doc_of)

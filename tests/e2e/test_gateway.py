@@ -46,11 +46,15 @@ def main_config(workdir: Path, include: Path) -> str:
     """A minimal nginx.conf that keeps every file under ``workdir`` and includes ``include``
     in ``http {}`` (as the nginx image includes conf.d)."""
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers may write to the temp dirs
-    temp = "".join(f"    {kind}_temp_path {workdir / kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return (f"{user}worker_processes 1;\ndaemon off;\npid {workdir / 'nginx.pid'};\n"
-            f"error_log {workdir / 'error.log'} info;\nevents {{ worker_connections 256; }}\n"
-            f"http {{\n{temp}    include {include};\n}}\n")
+    temp = "".join(
+        f"    {kind}_temp_path {workdir / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        f"{user}worker_processes 1;\ndaemon off;\npid {workdir / 'nginx.pid'};\n"
+        f"error_log {workdir / 'error.log'} info;\nevents {{ worker_connections 256; }}\n"
+        f"http {{\n{temp}    include {include};\n}}\n"
+    )
 
 
 def accepting(port: int) -> bool:
@@ -63,23 +67,33 @@ def accepting(port: int) -> bool:
 def nginx() -> Path:
     """The nginx binary (Debian's package; scripts/setup.sh installs it)."""
     if not NGINX.is_file():
-        pytest.fail(f"{NGINX} is missing: install Debian's nginx (`apt-get install -y nginx`, "
-                    "as scripts/setup.sh does)")
+        pytest.fail(
+            f"{NGINX} is missing: install Debian's nginx (`apt-get install -y nginx`, "
+            "as scripts/setup.sh does)"
+        )
     return NGINX
 
 
 @pytest.fixture(scope="module")
-def gateway(nginx: Path, server: Server, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Gateway]:
+def gateway(
+    nginx: Path, server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     """The rendered template on the real nginx, on a free loopback port, before ``server``;
     a rate of 1 request a minute after a burst of ``BURST``."""
     workdir = tmp_path_factory.mktemp("nginx")
     port = free_port()
     conf = workdir / "slipway.conf"
-    conf.write_text(render(TEMPLATE.read_text(), {
-        "SLIPWAY_UPSTREAM": server.base.removeprefix("http://"),
-        "SLIPWAY_GATEWAY_LISTEN": f"127.0.0.1:{port}", "SLIPWAY_GATEWAY_RATE": "1r/m",
-        "SLIPWAY_GATEWAY_BURST": str(BURST)}))
+    conf.write_text(
+        render(
+            TEMPLATE.read_text(),
+            {
+                "SLIPWAY_UPSTREAM": server.base.removeprefix("http://"),
+                "SLIPWAY_GATEWAY_LISTEN": f"127.0.0.1:{port}",
+                "SLIPWAY_GATEWAY_RATE": "1r/m",
+                "SLIPWAY_GATEWAY_BURST": str(BURST),
+            },
+        )
+    )
     main = workdir / "nginx.conf"
     main.write_text(main_config(workdir, conf))
     args = [str(nginx), "-p", str(workdir), "-c", str(main), "-e", str(workdir / "error.log")]
@@ -87,13 +101,14 @@ def gateway(nginx: Path, server: Server, tmp_path_factory: pytest.TempPathFactor
     assert check.returncode == 0, f"nginx rejects the rendered template:\n{check.stderr}"
     access_log = workdir / "access.log"
     with open(access_log, "w") as out:  # the template logs to /dev/stdout
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until(lambda: accepting(port) or proc.poll() is not None, "nginx to listen")
         if proc.poll() is not None:
-            pytest.fail(f"nginx exited with {proc.returncode}: "
-                        f"{(workdir / 'error.log').read_text()[-3000:]}")
+            pytest.fail(
+                f"nginx exited with {proc.returncode}: "
+                f"{(workdir / 'error.log').read_text()[-3000:]}"
+            )
         yield Gateway(f"http://127.0.0.1:{port}", access_log)
     finally:
         stop_group(proc)
@@ -117,21 +132,27 @@ def sse_pieces(response: httpx.Response) -> list[list[str]]:
     for raw in response.iter_raw():
         buffer += raw
         *events, buffer = buffer.split(b"\n\n")
-        pieces.append([e.decode()[len("data: "):] for e in events if e.startswith(b"data: ")])
+        pieces.append([e.decode()[len("data: ") :] for e in events if e.startswith(b"data: ")])
     return pieces
 
 
 def test_routes_reach_the_service_with_the_same_answers(gateway: Gateway, server: Server) -> None:
     body = {"texts": ["A gateway in front of the service."]}
-    via = httpx.post(f"{gateway.base}/v1/embed", json=body, headers=server.headers("embed"),
-                     timeout=60)
-    direct = httpx.post(f"{server.base}/v1/embed", json=body, headers=server.headers("embed"),
-                        timeout=60)
+    via = httpx.post(
+        f"{gateway.base}/v1/embed", json=body, headers=server.headers("embed"), timeout=60
+    )
+    direct = httpx.post(
+        f"{server.base}/v1/embed", json=body, headers=server.headers("embed"), timeout=60
+    )
     assert via.status_code == direct.status_code == 200, via.text
     assert via.json()["embeddings"] == direct.json()["embeddings"]
     models = httpx.get(f"{gateway.base}/v1/models", headers=server.headers("search"), timeout=30)
-    assert models.json() == httpx.get(f"{server.base}/v1/models", headers=server.headers("search"),
-                                      timeout=30).json()
+    assert (
+        models.json()
+        == httpx.get(
+            f"{server.base}/v1/models", headers=server.headers("search"), timeout=30
+        ).json()
+    )
     for path in ("/livez", "/readyz", "/metrics", "/docs", "/openapi.json"):
         assert httpx.get(f"{gateway.base}{path}", timeout=30).status_code == 200, path
     assert "slipway_requests_total" in httpx.get(f"{gateway.base}/metrics", timeout=30).text
@@ -152,12 +173,18 @@ def test_unknown_paths_are_a_json_404_of_the_gateway(gateway: Gateway) -> None:
 
 def test_request_ids_are_passed_on_or_generated(gateway: Gateway, server: Server) -> None:
     headers = server.headers("search")
-    given = httpx.get(f"{gateway.base}/v1/models", timeout=30,
-                      headers={**headers, "X-Request-ID": "gateway-test.given-1"})
+    given = httpx.get(
+        f"{gateway.base}/v1/models",
+        timeout=30,
+        headers={**headers, "X-Request-ID": "gateway-test.given-1"},
+    )
     assert given.headers["x-request-id"] == "gateway-test.given-1"
     made = httpx.get(f"{gateway.base}/v1/models", headers=headers, timeout=30)
-    bad = httpx.get(f"{gateway.base}/v1/models", timeout=30,
-                    headers={**headers, "X-Request-ID": "not a valid id"})
+    bad = httpx.get(
+        f"{gateway.base}/v1/models",
+        timeout=30,
+        headers={**headers, "X-Request-ID": "not a valid id"},
+    )
     for response in (made, bad):
         request_id = response.headers["x-request-id"]
         assert re.fullmatch(r"[0-9a-f]{32}", request_id)
@@ -171,10 +198,19 @@ def test_request_ids_are_passed_on_or_generated(gateway: Gateway, server: Server
 
 
 def test_server_sent_events_stream_through_unbuffered(gateway: Gateway, server: Server) -> None:
-    body = {"prompt": "tell me about rivers", "max_new_tokens": 32, "temperature": 0,
-            "stream": True}
-    with httpx.stream("POST", f"{gateway.base}/v1/generate", json=body, timeout=60,
-                      headers=server.headers("generate")) as r:
+    body = {
+        "prompt": "tell me about rivers",
+        "max_new_tokens": 32,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        f"{gateway.base}/v1/generate",
+        json=body,
+        timeout=60,
+        headers=server.headers("generate"),
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-accel-buffering"] == "no"
@@ -183,8 +219,13 @@ def test_server_sent_events_stream_through_unbuffered(gateway: Gateway, server: 
     assert events[-1] == "[DONE]" and len(events) >= 3
     first = next(i for i, piece in enumerate(pieces) if piece)
     assert "[DONE]" not in pieces[first], "the whole stream arrived at once"
-    with httpx.stream("POST", f"{server.base}/v1/generate", json=body, timeout=60,
-                      headers=server.headers("generate")) as r:
+    with httpx.stream(
+        "POST",
+        f"{server.base}/v1/generate",
+        json=body,
+        timeout=60,
+        headers=server.headers("generate"),
+    ) as r:
         direct = [e for piece in sse_pieces(r) for e in piece]
     text = ["".join(json.loads(e).get("text", "") for e in run[:-1]) for run in (events, direct)]
     assert text[0] == text[1]
@@ -194,19 +235,28 @@ def test_the_service_still_authenticates(gateway: Gateway, server: Server) -> No
     body = {"query": "When was the University of Warsaw founded?", "top_k": 2}
     missing = httpx.post(f"{gateway.base}/v1/search", json=body, timeout=30)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
-    scope = httpx.post(f"{gateway.base}/v1/search", json=body, headers=server.headers("embed"),
-                       timeout=30)
+    scope = httpx.post(
+        f"{gateway.base}/v1/search", json=body, headers=server.headers("embed"), timeout=30
+    )
     assert scope.status_code == 403 and scope.json()["error"]["code"] == "insufficient_scope"
-    api_key = httpx.post(f"{gateway.base}/v1/search", json=body, timeout=60,
-                         headers={"X-API-Key": server.keys["search"]})
+    api_key = httpx.post(
+        f"{gateway.base}/v1/search",
+        json=body,
+        timeout=60,
+        headers={"X-API-Key": server.keys["search"]},
+    )
     assert api_key.status_code == 200 and api_key.json()["results"]
 
 
-def test_bodies_over_one_mebibyte_are_refused_by_the_gateway(gateway: Gateway,
-                                                             server: Server) -> None:
-    r = httpx.post(f"{gateway.base}/v1/embed", content=b'{"texts": ["' + b"a" * (1 << 20) + b'"]}',
-                   headers={**server.headers("embed"), "Content-Type": "application/json"},
-                   timeout=30)
+def test_bodies_over_one_mebibyte_are_refused_by_the_gateway(
+    gateway: Gateway, server: Server
+) -> None:
+    r = httpx.post(
+        f"{gateway.base}/v1/embed",
+        content=b'{"texts": ["' + b"a" * (1 << 20) + b'"]}',
+        headers={**server.headers("embed"), "Content-Type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     assert "x-slipway-version" not in r.headers
 
@@ -225,5 +275,9 @@ def test_the_gateway_limits_each_client_address(gateway: Gateway, server: Server
     assert r.json()["error"]["code"] == "gateway_rate_limited" and r.headers["x-request-id"]
     assert "ratelimit-limit" not in r.headers  # nginx's refusal, not the key's budget
     # another address keeps its own budget
-    assert httpx.get(f"{gateway.base}/v1/models", headers=server.headers("search"),
-                     timeout=30).status_code == 200
+    assert (
+        httpx.get(
+            f"{gateway.base}/v1/models", headers=server.headers("search"), timeout=30
+        ).status_code
+        == 200
+    )

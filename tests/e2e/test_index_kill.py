@@ -23,13 +23,27 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def worker(root: Path, model: Path, corpus: Path, first: int, last: int, edit: int
-           ) -> subprocess.Popen:
+def worker(
+    root: Path, model: Path, corpus: Path, first: int, last: int, edit: int
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.index_worker", str(root), str(model), str(corpus),
-         str(first), str(last), str(edit)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "tests.index_worker",
+            str(root),
+            str(model),
+            str(corpus),
+            str(first),
+            str(last),
+            str(edit),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def expected_ids(model: Path, corpus: Path, first: int, last: int, edit: int) -> set[str]:
@@ -37,7 +51,8 @@ def expected_ids(model: Path, corpus: Path, first: int, last: int, edit: int) ->
 
 
 def test_killed_refresh_leaves_the_published_version_and_rerun_converges(
-        shared_data: Path, packaged_embedder: Path, tmp_path: Path) -> None:
+    shared_data: Path, packaged_embedder: Path, tmp_path: Path
+) -> None:
     corpus = shared_data / "cranfield"
     first = worker(tmp_path, packaged_embedder, corpus, 0, 150, 0)
     out, err = first.communicate(timeout=600)
@@ -69,7 +84,8 @@ def test_killed_refresh_leaves_the_published_version_and_rerun_converges(
     assert opened.dense.count() == len(ids_v1) and opened.dense.ids() == ids_v1
     assert set(opened.sparse.ids) == ids_v1
     hits = HybridSearcher(OnnxEmbedder(packaged_embedder), opened.dense, opened.sparse).search(
-        ["boundary layer flow"], 5)
+        ["boundary layer flow"], 5
+    )
     assert hits[0] and all(h[0] in ids_v1 for h in hits[0])
 
     third = worker(tmp_path, packaged_embedder, corpus, 50, 300, 60)

@@ -23,14 +23,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def worker(info, corpus: Path, first: int, last: int, edit: int) -> subprocess.Popen:  # type: ignore[no-untyped-def]
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.kg_worker", info.uri, info.password, str(corpus),
-         str(first), str(last), str(edit)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "tests.kg_worker",
+            info.uri,
+            info.password,
+            str(corpus),
+            str(first),
+            str(last),
+            str(edit),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
-def test_killed_update_is_consistent_and_rerun_converges(graph: Neo4jGraph, graph_server,  # type: ignore[no-untyped-def]
-                                                         shared_data: Path) -> None:
+def test_killed_update_is_consistent_and_rerun_converges(
+    graph: Neo4jGraph,
+    graph_server,  # type: ignore[no-untyped-def]
+    shared_data: Path,
+) -> None:
     corpus = shared_data / "xquad_en" / "beir"
     first = worker(graph_server, corpus, 0, 40, 0)
     out, err = first.communicate(timeout=300)

@@ -27,9 +27,16 @@ pytestmark = pytest.mark.slow
 MAX_CONCURRENCY = 16
 REQUEST_DEADLINE_S = 20.0
 DRAIN_S = 15.0
-SETTINGS = {"max_concurrency": str(MAX_CONCURRENCY), "request_timeout_s": str(REQUEST_DEADLINE_S),
-            "generator_timeout_s": "15", "search_timeout_s": "10", "encoder_timeout_s": "10",
-            "body_timeout_s": "3", "cache": "off", "index_name": "e2e"}
+SETTINGS = {
+    "max_concurrency": str(MAX_CONCURRENCY),
+    "request_timeout_s": str(REQUEST_DEADLINE_S),
+    "generator_timeout_s": "15",
+    "search_timeout_s": "10",
+    "encoder_timeout_s": "10",
+    "body_timeout_s": "3",
+    "cache": "off",
+    "index_name": "e2e",
+}
 
 
 class Loaded:
@@ -45,13 +52,20 @@ def loaded(registered: dict[str, str]) -> Iterator[Loaded]:
     home = Path(os.environ["SLIPWAY_HOME"])
     keys = _create_keys(home)
     started: list[subprocess.Popen[bytes]] = []
-    with serving(registered["tracking_uri"], home.parent / "serve-load.log",
-                 args=("--drain-timeout", str(DRAIN_S)), started=started, **SETTINGS) as base:
+    with serving(
+        registered["tracking_uri"],
+        home.parent / "serve-load.log",
+        args=("--drain-timeout", str(DRAIN_S)),
+        started=started,
+        **SETTINGS,
+    ) as base:
         yield Loaded(base, keys, started[0])
 
 
 def questions(n: int, seed: int = 0) -> list[str]:
-    texts = [json.loads(line)["text"] for line in (XQUAD / "queries.jsonl").read_text().splitlines()]
+    texts = [
+        json.loads(line)["text"] for line in (XQUAD / "queries.jsonl").read_text().splitlines()
+    ]
     random.Random(seed).shuffle(texts)
     return [f"{texts[i % len(texts)]} ({i})" for i in range(n)]  # distinct: no cache hits
 
@@ -63,19 +77,28 @@ def mixed_requests(n: int, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
         lambda q: ("/v1/search", {"query": q, "top_k": 5}),
         lambda q: ("/v1/search", {"query": q, "top_k": 10}),
         # short: the tiny test generator's context leaves little room for sources
-        lambda q: ("/v1/answer", {"question": " ".join(q.split()[:6]), "top_k": 2,
-                                  "max_new_tokens": 8}),
+        lambda q: (
+            "/v1/answer",
+            {"question": " ".join(q.split()[:6]), "top_k": 2, "max_new_tokens": 8},
+        ),
         lambda q: ("/v1/embed", {"texts": [q, q.upper()]}),
-        lambda q: ("/v1/chat/completions", {"model": "slipway-e2e", "stream": True,
-                                            "max_tokens": 8,
-                                            "messages": [{"role": "user", "content": q}]}),
+        lambda q: (
+            "/v1/chat/completions",
+            {
+                "model": "slipway-e2e",
+                "stream": True,
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": q}],
+            },
+        ),
         lambda q: ("/v1/summarize", {"text": q, "max_words": 10}),
     ]
     return [kinds[i % len(kinds)](q) for i, q in enumerate(qs)]
 
 
-async def send_one(client: httpx.AsyncClient, path: str, body: dict[str, Any],
-                   headers: dict[str, str]) -> tuple[str, int, dict[str, str], float]:
+async def send_one(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[str, int, dict[str, str], float]:
     start = time.monotonic()
     text = b""
     async with client.stream("POST", path, json=body, headers=headers) as response:
@@ -90,10 +113,12 @@ def burst(server: Loaded, requests: list[tuple[str, dict[str, Any]]]) -> list[An
     async def run() -> list[Any]:
         limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=0)
         timeout = httpx.Timeout(REQUEST_DEADLINE_S + 15)
-        async with httpx.AsyncClient(base_url=server.base, limits=limits,
-                                     timeout=timeout) as client:
-            return await asyncio.gather(*(send_one(client, p, b, server.auth)
-                                          for p, b in requests), return_exceptions=True)
+        async with httpx.AsyncClient(
+            base_url=server.base, limits=limits, timeout=timeout
+        ) as client:
+            return await asyncio.gather(
+                *(send_one(client, p, b, server.auth) for p, b in requests), return_exceptions=True
+            )
 
     return asyncio.run(run())
 
@@ -114,8 +139,12 @@ def check_burst(replies: list[Any]) -> dict[int, int]:
 
 
 def search_once(server: Loaded, query: str = "Where is the Vistula river?") -> httpx.Response:
-    return httpx.post(f"{server.base}/v1/search", json={"query": query, "top_k": 3},
-                      headers=server.auth, timeout=5)
+    return httpx.post(
+        f"{server.base}/v1/search",
+        json={"query": query, "top_k": 3},
+        headers=server.auth,
+        timeout=5,
+    )
 
 
 def test_a_mixed_burst_of_256_is_served_or_shed_and_the_server_recovers(loaded: Loaded) -> None:
@@ -133,8 +162,10 @@ def test_slow_bodies_without_a_key_block_nobody(loaded: Loaded) -> None:
     try:
         for _ in range(64):
             sock = socket.create_connection((host, int(port)), timeout=10)
-            sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                         b"\r\nContent-Length: 1000\r\n\r\n")
+            sock.sendall(
+                b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                b"\r\nContent-Length: 1000\r\n\r\n"
+            )
             sockets.append(sock)
         served = search_once(loaded)
         assert served.status_code == 200, served.text
@@ -159,8 +190,16 @@ def test_random_paths_without_a_key_do_not_grow_the_metrics(loaded: Loaded) -> N
         out = []
         for i in range(n):
             name = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60)))
-            out.append(rng.choice([f"/v1/graph/entities/{name}", f"/v1/{name}", f"/{name}",
-                                   f"/v1/graph/entities/{name}%00{i}"]))
+            out.append(
+                rng.choice(
+                    [
+                        f"/v1/graph/entities/{name}",
+                        f"/v1/{name}",
+                        f"/{name}",
+                        f"/v1/graph/entities/{name}%00{i}",
+                    ]
+                )
+            )
         return out
 
     with httpx.Client(base_url=loaded.base, timeout=30) as client:
@@ -189,16 +228,19 @@ def test_clients_that_vanish_leak_no_slot(loaded: Loaded) -> None:
     for i, (path, body) in enumerate(mixed_requests(3 * MAX_CONCURRENCY, seed=3)):
         data = json.dumps(body).encode()
         sock = socket.create_connection((host, int(port)), timeout=10)
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-                     .encode() + data)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
         if i % 2:  # mid-stream (or mid-response): read a little, then go
             sock.recv(64)
         sock.close()
     time.sleep(REQUEST_DEADLINE_S / 4)
     # every slot is free again: a burst of exactly the limit is served without shedding
-    replies = burst(loaded, [("/v1/embed", {"texts": [q]})
-                             for q in questions(MAX_CONCURRENCY, seed=5)])
+    replies = burst(
+        loaded, [("/v1/embed", {"texts": [q]}) for q in questions(MAX_CONCURRENCY, seed=5)]
+    )
     counts = check_burst(replies)
     assert counts == {200: MAX_CONCURRENCY}, counts
 
@@ -208,8 +250,9 @@ def test_sigterm_under_load_drains_and_leaves_no_process(loaded: Loaded) -> None
     sessions = server_sessions(loaded.proc)
     assert len(sessions) >= 2  # `slipway serve` and the BentoML server it owns
     replies: list[Any] = []
-    load = threading.Thread(target=lambda: replies.extend(
-        burst(loaded, mixed_requests(64, seed=9))))
+    load = threading.Thread(
+        target=lambda: replies.extend(burst(loaded, mixed_requests(64, seed=9)))
+    )
     load.start()
     time.sleep(1.0)
     start = time.monotonic()

@@ -35,4 +35,7 @@ def test_document_and_chunk_sets_round_trip(zenml_stack: str, tmp_path: Path) ->
         page = Path(next(iter(visuals))).read_text()
         assert "data:image/png;base64," in page
     assert TextSetMaterializer(_store_uri("m")).extract_metadata(docs) == {
-        "count": 1, "skipped": 1, "duplicates": 0}
+        "count": 1,
+        "skipped": 1,
+        "duplicates": 0,
+    }

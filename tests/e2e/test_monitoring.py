@@ -25,8 +25,21 @@ from tests.servers import PROMETHEUS_RULES, prometheus_rules, running_prometheus
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "slipway.json"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-            "unless", "offset", "inf", "nan"}
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 _SELECTOR = re.compile(r"(?<![\w:])([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}")
@@ -52,8 +65,12 @@ def matcher_labels(expr: str) -> dict[str, set[str]]:
 
 def grouping_labels(expr: str) -> set[str]:
     """Label names in the ``by``/``without``/``on``/``ignoring`` clauses of an expression."""
-    return {label.strip() for clause in _GROUPING.findall(_STRING.sub('""', expr))
-            for label in clause.split(",") if label.strip()}
+    return {
+        label.strip()
+        for clause in _GROUPING.findall(_STRING.sub('""', expr))
+        for label in clause.split(",")
+        if label.strip()
+    }
 
 
 def dashboard() -> dict[str, Any]:
@@ -96,20 +113,44 @@ def exported(server: Server) -> Iterator[dict[str, set[str]]]:
     search = {"query": "What do the monitoring tests search for?", "top_k": 2}
     assert post(server, "/v1/search", search, "search").status_code == 200
     assert post(server, "/v1/search", search, "search").status_code == 200
-    assert post(server, "/v1/generate", {"prompt": "hi", "max_new_tokens": 4, "temperature": 0},
-                "generate").status_code == 200
+    assert (
+        post(
+            server,
+            "/v1/generate",
+            {"prompt": "hi", "max_new_tokens": 4, "temperature": 0},
+            "generate",
+        ).status_code
+        == 200
+    )
     assert post(server, "/v1/embed", {"texts": ["no key"]}, None).status_code == 401
     # a key of its own at 3 requests a minute: the shared "limited" key's budget belongs to
     # test_api_server.py, whichever module runs first
-    limited, _ = create_key(FileKeyStore(Path(os.environ["SLIPWAY_HOME"]) / "api_keys.json"),
-                            "monitoring-limited", [Scope.EMBED], requests_per_minute=3)
-    statuses = [post(server, "/v1/embed", {"texts": ["limited"]}, None,
-                     headers={"Authorization": f"Bearer {limited}"}).status_code
-                for _ in range(6)]
+    limited, _ = create_key(
+        FileKeyStore(Path(os.environ["SLIPWAY_HOME"]) / "api_keys.json"),
+        "monitoring-limited",
+        [Scope.EMBED],
+        requests_per_minute=3,
+    )
+    statuses = [
+        post(
+            server,
+            "/v1/embed",
+            {"texts": ["limited"]},
+            None,
+            headers={"Authorization": f"Bearer {limited}"},
+        ).status_code
+        for _ in range(6)
+    ]
     assert 429 in statuses
-    wanted = {"slipway_rate_limited_total", "slipway_auth_failures_total",
-              "slipway_cache_requests_total", "slipway_tokens_total", "slipway_ready",
-              "slipway_index_published_timestamp_seconds", "slipway_index_version_info"}
+    wanted = {
+        "slipway_rate_limited_total",
+        "slipway_auth_failures_total",
+        "slipway_cache_requests_total",
+        "slipway_tokens_total",
+        "slipway_ready",
+        "slipway_index_published_timestamp_seconds",
+        "slipway_index_version_info",
+    }
     wait_until(lambda: wanted <= scrape(server).keys(), "the requests' metrics")
     yield scrape(server)
 
@@ -120,8 +161,10 @@ def recorded() -> set[str]:
 
 
 def test_every_queried_metric_is_exported(exported: dict[str, set[str]]) -> None:
-    missing = {where: sorted(metric_names(expr) - exported.keys() - recorded())
-               for where, expr in queries().items()}
+    missing = {
+        where: sorted(metric_names(expr) - exported.keys() - recorded())
+        for where, expr in queries().items()
+    }
     missing = {where: names for where, names in missing.items() if names}
     assert not missing, f"queried but not exported: {missing}"
     assert all(metric_names(expr) for expr in queries().values())
@@ -158,8 +201,9 @@ def test_dashboard_structure() -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    ids = [p["id"] for p in board["panels"]] + [c["id"] for p in board["panels"]
-                                                for c in p.get("panels", [])]
+    ids = [p["id"] for p in board["panels"]] + [
+        c["id"] for p in board["panels"] for c in p.get("panels", [])
+    ]
     assert len(ids) == len(set(ids))
     for panel in panels():
         source = {"type": "prometheus", "uid": "${datasource}"}
@@ -171,30 +215,47 @@ def test_dashboard_structure() -> None:
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
     titles = " ".join(p["title"].lower() for p in panels())
-    for topic in ("request rate", "latency", "error rate", "tokens", "batch size", "cache hit",
-                  "rate-limit", "auth", "overload", "readiness", "index age"):
+    for topic in (
+        "request rate",
+        "latency",
+        "error rate",
+        "tokens",
+        "batch size",
+        "cache hit",
+        "rate-limit",
+        "auth",
+        "overload",
+        "readiness",
+        "index age",
+    ):
         assert topic in titles, topic
 
 
 def test_metric_name_extraction() -> None:
-    expr = ('histogram_quantile(0.99, sum by (job, route, le) (rate(slipway_x_bucket'
-            '{route!~"/v1/(a|b)", job=~"$job"}[$__rate_interval]))) > 1 and on (job) '
-            'job:slipway_y:rate5m offset 1h > 3 * 86400 or vector(0) - time()')
+    expr = (
+        "histogram_quantile(0.99, sum by (job, route, le) (rate(slipway_x_bucket"
+        '{route!~"/v1/(a|b)", job=~"$job"}[$__rate_interval]))) > 1 and on (job) '
+        "job:slipway_y:rate5m offset 1h > 3 * 86400 or vector(0) - time()"
+    )
     assert metric_names(expr) == {"slipway_x_bucket", "job:slipway_y:rate5m"}
     assert matcher_labels(expr) == {"slipway_x_bucket": {"route", "job"}}
     assert grouping_labels(expr) == {"job", "route", "le"}
 
 
 @pytest.fixture(scope="module")
-def prometheus(exported: dict[str, set[str]], server: Server,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prometheus(
+    exported: dict[str, set[str]], server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A real Prometheus (Debian's package) scraping the service every second with the
     ``slipway`` job of deploy/prometheus/prometheus.yml and evaluating the rules; its URL."""
     deployed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     job = next(j for j in deployed["scrape_configs"] if j["job_name"] == "slipway")
     job["static_configs"] = [{"targets": [server.base.removeprefix("http://")]}]
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(path) for path in PROMETHEUS_RULES], "scrape_configs": [job]}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in PROMETHEUS_RULES],
+        "scrape_configs": [job],
+    }
     with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as base:
         yield base
 
@@ -226,8 +287,9 @@ def eventually(problems: Callable[[], list[str]], seconds: float = 60) -> list[s
 
 def test_prometheus_evaluates_every_rule_on_the_service(prometheus: str) -> None:
     assert not eventually(lambda: [] if query(prometheus, 'up{job="slipway"} == 1') else ["down"])
-    missing = eventually(lambda: [name for name in sorted(recorded())
-                                  if not query(prometheus, name)])
+    missing = eventually(
+        lambda: [name for name in sorted(recorded()) if not query(prometheus, name)]
+    )
     assert not missing, f"recording rules without a series: {missing}"
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     evaluated = [r for g in groups for r in g["rules"]]
@@ -239,12 +301,15 @@ def test_prometheus_evaluates_every_rule_on_the_service(prometheus: str) -> None
 
 
 def test_every_panel_query_answers_with_data(prometheus: str) -> None:
-    targets = {f"{p['title']} {t['refId']}": as_promql(t["expr"]) for p in panels()
-               for t in p["targets"]}
+    targets = {
+        f"{p['title']} {t['refId']}": as_promql(t["expr"]) for p in panels() for t in p["targets"]
+    }
     assert not eventually(lambda: [] if query(prometheus, 'up{job="slipway"} == 1') else ["down"])
-    empty = eventually(lambda: [where for where, expr in targets.items()
-                                if not query(prometheus, expr)])
+    empty = eventually(
+        lambda: [where for where, expr in targets.items() if not query(prometheus, expr)]
+    )
     assert not empty, f"panels without data: {empty}"
-    values = httpx.get(f"{prometheus}/api/v1/label/job/values",
-                       params={"match[]": "slipway_ready"}, timeout=10).json()["data"]
+    values = httpx.get(
+        f"{prometheus}/api/v1/label/job/values", params={"match[]": "slipway_ready"}, timeout=10
+    ).json()["data"]
     assert values == ["slipway"]  # what the dashboard's job variable offers

@@ -3,6 +3,7 @@ tiny models), the service, the API calls and both plots."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import nbformat
@@ -22,29 +23,49 @@ def stop_listener(port: int) -> None:
     import psutil
 
     for conn in psutil.net_connections("tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-            try:
+        if (
+            conn.laddr
+            and conn.laddr.port == port
+            and conn.status == psutil.CONN_LISTEN
+            and conn.pid
+        ):
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(conn.pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
-def test_quickstart_notebook_runs_end_to_end(zenml_stack: str, graph_server: object,
-                                             tiny_embedder: Path, tiny_generator: Path,
-                                             shared_data: Path, tmp_path: Path) -> None:
+def test_quickstart_notebook_runs_end_to_end(
+    zenml_stack: str,
+    graph_server: object,
+    tiny_embedder: Path,
+    tiny_generator: Path,
+    shared_data: Path,
+    tmp_path: Path,
+) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    overrides = {"parameters": {
-        "model_name": "slipway-notebook", "corpus": str(XQUAD), "chunk_tokens": 48,
-        "overlap_tokens": 8, "embedder_path": str(tiny_embedder),
-        "generator_path": str(tiny_generator),
-        "index": {"index_name": "notebook", "eval_dir": str(XQUAD)}}}
+    overrides = {
+        "parameters": {
+            "model_name": "slipway-notebook",
+            "corpus": str(XQUAD),
+            "chunk_tokens": 48,
+            "overlap_tokens": 8,
+            "embedder_path": str(tiny_embedder),
+            "generator_path": str(tiny_generator),
+            "index": {"index_name": "notebook", "eval_dir": str(XQUAD)},
+        }
+    }
     port = free_port()
-    parameters.source = (f"CONFIG = 'zenml.yaml'\nOVERRIDES = {overrides!r}\n"
-                         f"PORT = {port}\nN_REQUESTS = 20\nMAX_NEW_TOKENS = 16\n")
+    parameters.source = (
+        f"CONFIG = 'zenml.yaml'\nOVERRIDES = {overrides!r}\n"
+        f"PORT = {port}\nN_REQUESTS = 20\nMAX_NEW_TOKENS = 16\n"
+    )
     try:
-        NotebookClient(notebook, timeout=900, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            notebook,
+            timeout=900,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(ROOT / "notebooks")}},
+        ).execute()
     finally:
         nbformat.write(notebook, tmp_path / "quickstart.executed.ipynb")  # to read when it fails
         stop_listener(port)  # the notebook's server, when a cell failed before its last one
@@ -54,10 +75,14 @@ def test_quickstart_notebook_runs_end_to_end(zenml_stack: str, graph_server: obj
 
     code = [c for c in notebook.cells if c.cell_type == "code"]
     outputs = "\n".join(text(c) for c in code)
-    assert "registered slipway-notebook version" in outputs and "published index 'notebook'" in outputs
+    assert (
+        "registered slipway-notebook version" in outputs and "published index 'notebook'" in outputs
+    )
     assert "serving slipway-notebook" in outputs
     assert outputs.count("Q: ") == 1 and "A: " in outputs and "cited: [" in outputs
     assert "stopped" in outputs
-    images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    images = [
+        c for c in code if any("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+    ]
     assert len(images) == 2, "expected the latency and the retrieval-quality plots"
     assert "'hybrid':" in outputs  # the quality figures printed under their plot

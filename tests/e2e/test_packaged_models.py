@@ -22,8 +22,9 @@ def test_default_build_of_the_packaged_models_passes_the_parity_gate() -> None:
     bundle = quantize_models.entrypoint(optimize_models.entrypoint(exported))
     assert bundle.info("embedder")["precision"] == "int8"
     assert bundle.info("generator")["precision"] == "int8"
-    gated = parity_gate.entrypoint(bundle, exported=exported, n_texts=64, n_prompts=6,
-                                   max_new_tokens=16)
+    gated = parity_gate.entrypoint(
+        bundle, exported=exported, n_texts=64, n_prompts=6, max_new_tokens=16
+    )
     report = gated.manifest["parity"]
     assert report["generator_fp32"]["exact_match"] >= 0.95
     assert report["embedder"]["min_cosine"] >= 0.99

@@ -15,7 +15,9 @@ from tests.e2e.conftest import XQUAD, Server
 def test_pipeline_registered_a_champion_and_tracked_it(registered: dict[str, str]) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=registered["tracking_uri"], registry_uri=registered["tracking_uri"])
+    client = MlflowClient(
+        tracking_uri=registered["tracking_uri"], registry_uri=registered["tracking_uri"]
+    )
     mv = client.get_model_version_by_alias("slipway-e2e", "champion")
     assert str(mv.version) == registered["version"]
     run = client.get_run(mv.run_id)
@@ -25,9 +27,9 @@ def test_pipeline_registered_a_champion_and_tracked_it(registered: dict[str, str
     assert {"reports/parity_report.html", "reports/latency.png"} <= files
 
 
-def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str, str],
-                                                          tiny_embedder: Path, tmp_path: Path,
-                                                          server: Server) -> None:
+def test_index_refresh_pipeline_is_incremental_and_tracked(
+    registered: dict[str, str], tiny_embedder: Path, tmp_path: Path, server: Server
+) -> None:
     import json
     import time
 
@@ -44,8 +46,12 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str,
     rows[0]["text"] += " An added sentence."
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows[1:2] + rows[0:1] + rows[3:]))
-    params = {"index_name": "e2e", "model_name": "slipway-e2e", "eval_dir": str(XQUAD),
-              "margin": 0.05}
+    params = {
+        "index_name": "e2e",
+        "model_name": "slipway-e2e",
+        "eval_dir": str(XQUAD),
+        "margin": 0.05,
+    }
     refresh = index_refresh.with_options(enable_cache=True)
     with pytest.raises(RuntimeError, match="refresh_index_version"):
         refresh(corpus=str(corpus), index=params, chunk_tokens=48, overlap_tokens=8)  # MiniLM cuts
@@ -59,8 +65,12 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str,
     # (keyed by index version) never answers from v000001 again
     deadline, seen = time.monotonic() + 30, None
     while time.monotonic() < deadline and seen != "v000002":
-        seen = httpx.post(f"{server.base}/v1/search", json={"query": rows[0]["text"][:80]},
-                          headers=server.headers(), timeout=60).json()["index_version"]
+        seen = httpx.post(
+            f"{server.base}/v1/search",
+            json={"query": rows[0]["text"][:80]},
+            headers=server.headers(),
+            timeout=60,
+        ).json()["index_version"]
         time.sleep(1)
     assert seen == "v000002"
     metrics = run.steps["evaluate_index_version"].outputs["retrieval_metrics"][0].load()
@@ -78,7 +88,8 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(registered: dict[str,
 
 
 def test_kg_update_pipeline_is_incremental_shares_chunk_ids_and_is_tracked(
-        registered: dict[str, str], tiny_embedder: Path, tmp_path: Path) -> None:
+    registered: dict[str, str], tiny_embedder: Path, tmp_path: Path
+) -> None:
     import json
 
     import mlflow
@@ -93,9 +104,13 @@ def test_kg_update_pipeline_is_incremental_shares_chunk_ids_and_is_tracked(
     rows[0]["text"] += " Angela Merkel met Barack Obama in Berlin."
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows[1:2] + rows[0:1] + rows[3:]))
-    params = {"corpus": str(corpus), "embedder_path": str(tiny_embedder), "chunk_tokens": 48,
-              "overlap_tokens": 8,
-              "kg": {"model_name": "slipway-e2e", "gnn": {"epochs": 40, "hidden": 64, "out": 32}}}
+    params = {
+        "corpus": str(corpus),
+        "embedder_path": str(tiny_embedder),
+        "chunk_tokens": 48,
+        "overlap_tokens": 8,
+        "kg": {"model_name": "slipway-e2e", "gnn": {"epochs": 40, "hidden": 64, "out": 32}},
+    }
     update = kg_update.with_options(enable_cache=True)
     # other tests of the session (the kill test) leave their own chunkings in the graph: bring
     # it back to the main job's corpus first, so the edit below is the only change
@@ -114,7 +129,8 @@ def test_kg_update_pipeline_is_incremental_shares_chunk_ids_and_is_tracked(
     indexed = open_published(index, vector_store(index)).dense.ids()
     edited = rows[0]["_id"] + "#"
     assert {c for c in graph_chunks if not c.startswith(edited)} == {
-        c for c in indexed if not c.startswith(edited)}
+        c for c in indexed if not c.startswith(edited)
+    }
 
     again = Client().get_pipeline_run(update(**params).id)
     assert again.steps["preprocess_documents"].status == "cached"
@@ -127,11 +143,15 @@ def test_kg_update_pipeline_is_incremental_shares_chunk_ids_and_is_tracked(
     runs = runs.sort_values("start_time").iloc[runs_before:]  # this test's two runs
     trained = runs[runs["metrics.link_auc"].notna()]
     assert len(trained) == 1 and runs["metrics.kg_changed"].notna().any()
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(trained.iloc[0].run_id, "gnn")}
+    artifacts = {
+        a.path for a in mlflow.MlflowClient().list_artifacts(trained.iloc[0].run_id, "gnn")
+    }
     assert "gnn/loss_curve.png" in artifacts
 
 
-def test_bundle_artifact_round_trips_through_the_materializer(zenml_stack: str, tmp_path: Path) -> None:
+def test_bundle_artifact_round_trips_through_the_materializer(
+    zenml_stack: str, tmp_path: Path
+) -> None:
     from zenml.client import Client
 
     from materializers.onnx_bundle import OnnxBundleMaterializer
@@ -156,7 +176,8 @@ def test_bundle_artifact_round_trips_through_the_materializer(zenml_stack: str, 
 
 
 def test_bento_build_packages_the_champion_and_the_run_stored_its_bento(
-        registered: dict[str, str]) -> None:
+    registered: dict[str, str],
+) -> None:
     import subprocess
     import sys
 
@@ -164,17 +185,44 @@ def test_bento_build_packages_the_champion_and_the_run_stored_its_bento(
     from zenml.client import Client
 
     env = {**os.environ, "SLIPWAY_REGISTERED_MODEL_NAME": "slipway-e2e"}
-    built = subprocess.run([sys.executable, "-m", "slipway.cli", "bento", "build",
-                            "--tracking-uri", registered["tracking_uri"]],
-                           capture_output=True, text=True, timeout=300, env=env, check=False)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slipway.cli",
+            "bento",
+            "build",
+            "--tracking-uri",
+            registered["tracking_uri"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert built.returncode == 0, built.stderr
     tag = built.stdout.strip()
     assert tag.startswith(f"slipway:v{registered['version']}-")
     assert bentoml.get(tag).info.labels["model_version"] == registered["version"]
-    missing = subprocess.run([sys.executable, "-m", "slipway.cli", "bento", "build",
-                              "--model-version", "999", "--tracking-uri",
-                              registered["tracking_uri"]],
-                             capture_output=True, text=True, timeout=300, env=env, check=False)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slipway.cli",
+            "bento",
+            "build",
+            "--model-version",
+            "999",
+            "--tracking-uri",
+            registered["tracking_uri"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert missing.returncode == 1 and "has no version 999" in missing.stderr
     # the main job's bento is an artifact too: what CI/CD containerizes after a cluster run
     stored = Client().get_artifact_version("bento").load()

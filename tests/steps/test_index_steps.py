@@ -27,11 +27,17 @@ def bundle(tiny_onnx_embedder: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def beir(root: Path, texts: list[str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(texts)))
+    (root / "corpus.jsonl").write_text(
+        "".join(
+            json.dumps({"_id": f"d{i}", "title": "", "text": t}) + "\n" for i, t in enumerate(texts)
+        )
+    )
     (root / "queries.jsonl").write_text(
-        json.dumps({"_id": "q1", "text": "capital of france"}) + "\n"
-        + json.dumps({"_id": "q2", "text": "onnx runtime on cpus"}) + "\n")
+        json.dumps({"_id": "q1", "text": "capital of france"})
+        + "\n"
+        + json.dumps({"_id": "q2", "text": "onnx runtime on cpus"})
+        + "\n"
+    )
     (root / "qrels").mkdir(exist_ok=True)
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td5\t1\nq2\td1\t1\n")
     return root
@@ -40,8 +46,9 @@ def beir(root: Path, texts: list[str]) -> Path:
 def test_refresh_evaluate_publish(bundle: str, tiny_embedder: Path, tmp_path: Path) -> None:
     root = beir(tmp_path / "set", TEXTS)
     docs = preprocess_documents.entrypoint(corpus=str(root), min_chars=5)
-    chunks = chunk_corpus.entrypoint(docs, chunk_tokens=16, overlap_tokens=2,
-                                     embedder_path=str(tiny_embedder))
+    chunks = chunk_corpus.entrypoint(
+        docs, chunk_tokens=16, overlap_tokens=2, embedder_path=str(tiny_embedder)
+    )
     version = refresh_index_version.entrypoint(docs, chunks, index_name="steps", bundle_dir=bundle)
     assert version.changed and version.stats.documents == len(TEXTS)
     metrics = evaluate_index_version.entrypoint(version, eval_dir=str(root))
@@ -53,12 +60,17 @@ def test_refresh_evaluate_publish(bundle: str, tiny_embedder: Path, tmp_path: Pa
     assert index.manifest(version.version).metrics == metrics
 
     # a worse candidate is refused and the published version keeps serving
-    fewer = preprocess_documents.entrypoint(corpus=str(beir(tmp_path / "less", TEXTS[:-1])),
-                                            min_chars=5)
+    fewer = preprocess_documents.entrypoint(
+        corpus=str(beir(tmp_path / "less", TEXTS[:-1])), min_chars=5
+    )
     candidate = refresh_index_version.entrypoint(
-        fewer, chunk_corpus.entrypoint(fewer, chunk_tokens=16, overlap_tokens=2,
-                                       embedder_path=str(tiny_embedder)),
-        index_name="steps", bundle_dir=bundle)
+        fewer,
+        chunk_corpus.entrypoint(
+            fewer, chunk_tokens=16, overlap_tokens=2, embedder_path=str(tiny_embedder)
+        ),
+        index_name="steps",
+        bundle_dir=bundle,
+    )
     assert candidate.stats.removed_docs == 1 and candidate.stats.embedded == 0
     worse = {k: {**v, "ndcg@10": v["ndcg@10"] - 0.5} for k, v in metrics.items()}
     record_metrics(index, candidate.version, worse)

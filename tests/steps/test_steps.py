@@ -45,7 +45,12 @@ def test_load_base_models_rejects_a_non_model_directory(tmp_path: Path) -> None:
 
 def test_quantize_records_precision_and_isa(quantized: OnnxBundle) -> None:
     embedder = quantized.info("embedder")
-    assert embedder["precision"] == "int8" and embedder["isa"] in {"avx2", "avx512", "avx512_vnni", "arm64"}
+    assert embedder["precision"] == "int8" and embedder["isa"] in {
+        "avx2",
+        "avx512",
+        "avx512_vnni",
+        "arm64",
+    }
     assert quantized.info("generator")["precision"] == "int8"
     assert quantized.manifest["stages"] == ["export", "optimize", "quantize"]
     import onnx
@@ -55,19 +60,23 @@ def test_quantize_records_precision_and_isa(quantized: OnnxBundle) -> None:
 
 
 def test_parity_gate_passes_and_records_report(quantized: OnnxBundle, exported: OnnxBundle) -> None:
-    gated = parity_gate.entrypoint(quantized, exported=exported, n_texts=16, n_prompts=4,
-                                   max_new_tokens=8)
+    gated = parity_gate.entrypoint(
+        quantized, exported=exported, n_texts=16, n_prompts=4, max_new_tokens=8
+    )
     report = gated.manifest["parity"]
     assert report["embedder"]["passed"] and report["embedder"]["min_cosine"] > 0.99
     assert report["generator"]["n_prompts"] == 4 and report["generator"]["quantized"]
     # The fp32 export is held to exact greedy agreement with PyTorch.
-    assert report["generator_fp32"]["exact_match"] == 1.0 and not report["generator_fp32"]["quantized"]
+    assert (
+        report["generator_fp32"]["exact_match"] == 1.0 and not report["generator_fp32"]["quantized"]
+    )
 
 
 def test_parity_gate_fails_with_a_readable_report(quantized: OnnxBundle) -> None:
     with pytest.raises(ParityError, match="embedder.*nothing was registered"):
-        parity_gate.entrypoint(quantized, embed_min_cosine=1.01, n_texts=8, n_prompts=2,
-                               max_new_tokens=4)
+        parity_gate.entrypoint(
+            quantized, embed_min_cosine=1.01, n_texts=8, n_prompts=2, max_new_tokens=4
+        )
 
 
 @pytest.fixture
@@ -104,7 +113,9 @@ def test_measure_and_register(quantized: OnnxBundle, tmp_path: Path, mlflow_uri:
         mlflow.end_run()
     assert second["version"] == "2" and second["champion"] == "false"
     assert str(client.get_model_version_by_alias("steps-test", "champion").version) == "1"
-    local = mlflow.artifacts.download_artifacts(artifact_uri=second["source"], dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=second["source"], dst_path=str(tmp_path / "dl")
+    )
     assert OnnxBundle.load(Path(local)).roles == ["embedder", "generator"]
 
 
@@ -112,14 +123,22 @@ def test_preprocess_and_chunk_steps(tmp_path: Path, tiny_embedder: Path) -> None
     from steps.documents import chunk_corpus, preprocess_documents
 
     csv_path = tmp_path / "docs.csv"
-    csv_path.write_text("doc,body,kind\nd1,the quick brown fox jumps over the lazy dog,a\n"
-                        "d2,paris is the capital of france and a large city,b\n")
+    csv_path.write_text(
+        "doc,body,kind\nd1,the quick brown fox jumps over the lazy dog,a\n"
+        "d2,paris is the capital of france and a large city,b\n"
+    )
     docs = preprocess_documents.entrypoint(
-        corpus=str(csv_path), csv_id_column="doc", csv_text_column="body",
-        csv_title_column=None, csv_metadata_columns=["kind"], min_chars=10)
+        corpus=str(csv_path),
+        csv_id_column="doc",
+        csv_text_column="body",
+        csv_title_column=None,
+        csv_metadata_columns=["kind"],
+        min_chars=10,
+    )
     assert [d.id for d in docs.documents] == ["d1", "d2"]
     assert docs.documents[1].metadata == {"kind": "b"}
-    chunks = chunk_corpus.entrypoint(docs, chunk_tokens=8, overlap_tokens=2,
-                                     embedder_path=str(tiny_embedder))
+    chunks = chunk_corpus.entrypoint(
+        docs, chunk_tokens=8, overlap_tokens=2, embedder_path=str(tiny_embedder)
+    )
     assert {c.doc_id for c in chunks.chunks} == {"d1", "d2"}
     assert all(c.n_tokens <= 8 for c in chunks.chunks) and len(chunks.chunks) > 2

@@ -56,8 +56,9 @@ def test_hs256_jwt_maps_claims_to_scopes() -> None:
     with pytest.raises(AuthError, match="Invalid JWT"):  # forged
         auth.authenticate(jwt.encode(claims(aud="slipway"), "x" * 32, algorithm="HS256"))
     with pytest.raises(ScopeError, match="no Slipway scope"):
-        auth.authenticate(jwt.encode(claims(aud="slipway", scope="read:other"), SECRET,
-                                     algorithm="HS256"))
+        auth.authenticate(
+            jwt.encode(claims(aud="slipway", scope="read:other"), SECRET, algorithm="HS256")
+        )
     with pytest.raises(AuthError, match="not accepted"):  # alg none is never accepted
         auth.authenticate(jwt.encode(claims(), None, algorithm="none"))
 
@@ -65,11 +66,13 @@ def test_hs256_jwt_maps_claims_to_scopes() -> None:
 def test_rs256_jwt_with_a_jwks_file(tmp_path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**public, "kid": "k1",
-                                                               "use": "sig", "alg": "RS256"}]}))
+    (tmp_path / "jwks.json").write_text(
+        json.dumps({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+    )
     auth = Authenticator(None, ApiSettings(jwt_jwks_file=tmp_path / "jwks.json"))
-    token = jwt.encode(claims(scopes=["generate"], scope=None), key, algorithm="RS256",
-                       headers={"kid": "k1"})
+    token = jwt.encode(
+        claims(scopes=["generate"], scope=None), key, algorithm="RS256", headers={"kid": "k1"}
+    )
     assert auth.authenticate(token).scopes == {Scope.GENERATE}
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(AuthError):

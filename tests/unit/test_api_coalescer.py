@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slipway.resources import Coalescer
 from slipway.embedding import OnnxEmbedder
+from slipway.resources import Coalescer
 
 pytestmark = pytest.mark.anyio
 
@@ -51,8 +51,9 @@ async def test_batches_are_capped_and_errors_reach_every_caller(tiny_onnx_embedd
     coalescer = Coalescer(encoder, max_texts=4, wait_ms=20)
     await asyncio.gather(*(coalescer.embed([f"t{i}"]) for i in range(10)))
     assert sum(encoder.calls) == 10 and max(encoder.calls) <= 4
-    outcomes = await asyncio.gather(coalescer.embed(["ok"]), coalescer.embed(["fail"]),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        coalescer.embed(["ok"]), coalescer.embed(["fail"]), return_exceptions=True
+    )
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     off = Coalescer(encoder, max_texts=1)
     encoder.calls.clear()

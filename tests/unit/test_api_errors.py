@@ -61,7 +61,8 @@ def test_exceptions_map_to_statuses_without_leaking_internals() -> None:
     assert overloaded().status == 503
 
 
-@pytest.mark.parametrize(("loc", "path"), [(("body", "texts", 3), "texts.3"), (("body",), None),
-                                           (("query", "k"), "k")])
+@pytest.mark.parametrize(
+    ("loc", "path"), [(("body", "texts", 3), "texts.3"), (("body",), None), (("query", "k"), "k")]
+)
 def test_field_path(loc: tuple, path: str | None) -> None:
     assert field_path(loc) == path

@@ -60,8 +60,9 @@ def test_keys_are_stored_hashed_and_verified(store) -> None:  # type: ignore[no-
     assert verify(store, f"  {token} ", NOW).id == record.id
 
 
-@pytest.mark.parametrize("bad", [None, "", "Bearer x", "sk-slipway-zz.y",
-                                 "sk-slipway-0123456789ab." + "A" * 43])
+@pytest.mark.parametrize(
+    "bad", [None, "", "Bearer x", "sk-slipway-zz.y", "sk-slipway-0123456789ab." + "A" * 43]
+)
 def test_missing_malformed_and_unknown_keys_are_refused(store, bad: str | None) -> None:  # type: ignore[no-untyped-def]
     create_key(store, "ci", [Scope.EMBED], now=NOW)
     with pytest.raises(AuthError):
@@ -100,8 +101,7 @@ def test_expiry_and_revocation(store) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_rotation_keeps_the_old_key_for_the_overlap(store) -> None:  # type: ignore[no-untyped-def]
-    old_token, old = create_key(store, "svc", [Scope.GENERATE], requests_per_minute=60,
-                                now=NOW)
+    old_token, old = create_key(store, "svc", [Scope.GENERATE], requests_per_minute=60, now=NOW)
     new_token, new = rotate(store, old.id, timedelta(hours=2), now=NOW)
     assert new.id != old.id and new.scopes == old.scopes and new.requests_per_minute == 60
     assert verify(store, old_token, NOW + timedelta(hours=1)).id == old.id
@@ -129,10 +129,16 @@ def test_redis_store_needs_a_url(tmp_path: Path) -> None:
     assert isinstance(key_store("file", tmp_path / "k.json", None), FileKeyStore)
 
 
-@pytest.mark.parametrize(("text", "delta"), [("90s", timedelta(seconds=90)),
-                                             ("15m", timedelta(minutes=15)),
-                                             ("12h", timedelta(hours=12)),
-                                             ("30d", timedelta(days=30)), ("2w", timedelta(weeks=2))])
+@pytest.mark.parametrize(
+    ("text", "delta"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("12h", timedelta(hours=12)),
+        ("30d", timedelta(days=30)),
+        ("2w", timedelta(weeks=2)),
+    ],
+)
 def test_parse_duration(text: str, delta: timedelta) -> None:
     assert parse_duration(text) == delta
 

@@ -43,12 +43,20 @@ async def boom(request: Request) -> JSONResponse:
 
 def client(deprecated: dict[str, Deprecated] | None = None) -> httpx.AsyncClient:
     """The middleware where the service has it: inside the app's error handling."""
-    app = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"]), Route("/old", echo),
-                            Route("/slow", slow), Route("/boom", boom)],
-                    middleware=[Middleware(ApiMiddleware, max_body_bytes=100, max_concurrency=2,
-                                           deprecated=deprecated)])
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                             base_url="http://test")
+    app = Starlette(
+        routes=[
+            Route("/echo", echo, methods=["GET", "POST"]),
+            Route("/old", echo),
+            Route("/slow", slow),
+            Route("/boom", boom),
+        ],
+        middleware=[
+            Middleware(ApiMiddleware, max_body_bytes=100, max_concurrency=2, deprecated=deprecated)
+        ],
+    )
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test"
+    )
 
 
 async def test_request_ids_are_echoed_or_generated_and_versions_sent() -> None:
@@ -64,8 +72,13 @@ async def test_bodies_must_be_json_and_small() -> None:
     async with client() as c:
         ok = await c.post("/echo", json={"a": 1})
         assert ok.status_code == 200 and ok.json()["bytes"] == len(b'{"a":1}')
-        assert (await c.post("/echo", content=b"a=1", headers={
-            "content-type": "application/x-www-form-urlencoded"})).status_code == 415
+        assert (
+            await c.post(
+                "/echo",
+                content=b"a=1",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+        ).status_code == 415
         assert (await c.post("/echo", content=b"{}")).status_code == 415  # no content type
         big = await c.post("/echo", json={"a": "x" * 200})
         assert big.status_code == 413 and "SLIPWAY_MAX_BODY_BYTES" in big.json()["error"]["message"]

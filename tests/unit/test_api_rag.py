@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from slipway.rag import prompts as rag
 from slipway.documents.chunking import load_tokenizer
 from slipway.models import embedder_source
+from slipway.rag import prompts as rag
 
 
 @pytest.fixture(scope="module")

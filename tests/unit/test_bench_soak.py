@@ -51,8 +51,14 @@ def test_plan_is_open_loop_bounded_and_per_phase() -> None:
     assert rates(capacity, mix, 1.0) == {"search": 10.0, "chat": 0.125}  # no embed capacity
     shots = plan(capacity, lengths, [0.7, 3.0, 0.7], mix, seed=3)
     counts = Counter((s.phase, s.route) for s in shots)
-    assert counts == {(0, "search"): 280, (1, "search"): 600, (2, "search"): 280,
-                      (0, "chat"): 4, (1, "chat"): 8, (2, "chat"): 4}
+    assert counts == {
+        (0, "search"): 280,
+        (1, "search"): 600,
+        (2, "search"): 280,
+        (0, "chat"): 4,
+        (1, "chat"): 8,
+        (2, "chat"): 4,
+    }
     assert all(a.at <= b.at for a, b in itertools.pairwise(shots))
     bounds = [(0, 40), (40, 60), (60, 100)]
     assert all(bounds[s.phase][0] <= s.at < bounds[s.phase][1] for s in shots)
@@ -74,15 +80,20 @@ def test_kinds_and_codes() -> None:
     assert codes([ok, ok, shed, bare, hung]) == "200x2 503x1 503+RAx1 hung(deadline)x1"
 
 
-def steady(start: float, stop: float, rate: float, latency: float, route: str = "search"
-           ) -> list[Record]:
+def steady(
+    start: float, stop: float, rate: float, latency: float, route: str = "search"
+) -> list[Record]:
     n = round((stop - start) * rate)
     return [Record(route, 0, start + i / rate, 200, latency) for i in range(n)]
 
 
 def test_recovery_is_measured_from_the_end_of_the_overload() -> None:
-    records = (steady(0, 20, 20, 0.010) + steady(20, 30, 20, 0.500)  # overload: 50x slower
-               + steady(30, 34, 20, 0.100) + steady(34, 60, 20, 0.011))
+    records = (
+        steady(0, 20, 20, 0.010)
+        + steady(20, 30, 20, 0.500)  # overload: 50x slower
+        + steady(30, 34, 20, 0.100)
+        + steady(34, 60, 20, 0.011)
+    )
     points = normalized(records, {"search": 0.010})
     assert windows_within(points, 0, 20) == 1.0
     # the trailing 2 s window holds no slow request once 36 s is reached
@@ -90,7 +101,8 @@ def test_recovery_is_measured_from_the_end_of_the_overload() -> None:
     # a relapse within the hold moves recovery past it: the window ending at 40 s is clean
     relapse = records + [Record("search", 0, 37.0 + i / 20, 200, 0.5) for i in range(20)]
     assert recovery_seconds(normalized(relapse, {"search": 0.010}), 30.0, 60.0) == (
-        pytest.approx(10.0))
+        pytest.approx(10.0)
+    )
     never = steady(0, 20, 20, 0.01) + steady(20, 60, 20, 0.5)
     assert math.isinf(recovery_seconds(normalized(never, {"search": 0.01}), 30.0, 60.0))
     sparse = [Record("answer", 0, t, 200, 1.0) for t in (10.0, 35.0, 50.0)]
@@ -106,11 +118,21 @@ def test_a_failure_counts_as_infinitely_slow() -> None:
 
 
 def test_result_line() -> None:
-    line = result_line({"hung": 0, "other_5xx": 2, "recovery_s": 3.25, "rss_growth_mb": 1.0,
-                        "search_p99_ms": 40.0, "answer_p99_ms": math.nan,
-                        "embed_p99_ms": 20.04})
-    assert line == ("RESULT hung=0 other_5xx=2 recovery_s=3.2 rss_growth_mb=1.0 "
-                    "search_p99_ms=40.0 answer_p99_ms=nan embed_p99_ms=20.0")
+    line = result_line(
+        {
+            "hung": 0,
+            "other_5xx": 2,
+            "recovery_s": 3.25,
+            "rss_growth_mb": 1.0,
+            "search_p99_ms": 40.0,
+            "answer_p99_ms": math.nan,
+            "embed_p99_ms": 20.04,
+        }
+    )
+    assert line == (
+        "RESULT hung=0 other_5xx=2 recovery_s=3.2 rss_growth_mb=1.0 "
+        "search_p99_ms=40.0 answer_p99_ms=nan embed_p99_ms=20.0"
+    )
 
 
 def test_sse_lines() -> None:
@@ -135,8 +157,9 @@ LEAKY = textwrap.dedent("""
 
 
 def test_stop_ends_the_whole_tree(tmp_path: Path) -> None:
-    process = subprocess.Popen([sys.executable, "-c", LEAKY], stdout=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", LEAKY], stdout=subprocess.PIPE, start_new_session=True
+    )
     assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
     server = Server("leaky", 0, tmp_path / "log", process)
     deadline = time.monotonic() + 10

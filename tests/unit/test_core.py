@@ -69,7 +69,9 @@ def test_kl_divergence_zero_for_equal_and_positive_otherwise() -> None:
 
 def test_cpu_isa_choice(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("model name\t: Test CPU\nflags\t\t: sse avx2 fma avx512f avx512bw avx512_vnni\n")
+    cpuinfo.write_text(
+        "model name\t: Test CPU\nflags\t\t: sse avx2 fma avx512f avx512bw avx512_vnni\n"
+    )
     info = read_cpu_info(cpuinfo)
     assert info.model == "Test CPU" and info.isa == "avx512_vnni"
     assert CpuInfo("x", frozenset({"avx2", "fma"}), 2).isa == "avx2"
@@ -91,8 +93,9 @@ def test_build_config_rejects_gpu_only_settings_on_cpu() -> None:
 
 
 def test_genai_precision_follows_quantization() -> None:
-    config = BuildConfig(task="text-generation-with-past", runtime="genai",
-                         quantization=Quantization.INT4)
+    config = BuildConfig(
+        task="text-generation-with-past", runtime="genai", quantization=Quantization.INT4
+    )
     assert genai_precision(config, final=False) == "fp32"
     assert genai_precision(config, final=True) == "int4"
 
@@ -128,11 +131,13 @@ def test_bundle_round_trip_and_errors(tmp_path: Path) -> None:
 
 
 def test_parity_gate_thresholds_and_report() -> None:
-    fp32 = GeneratorParity(10, exact_match=0.9, token_agreement=1.0, mean_kl=0.0, max_kl=0.0,
-                           quantized=False).check(ParityThresholds())
+    fp32 = GeneratorParity(
+        10, exact_match=0.9, token_agreement=1.0, mean_kl=0.0, max_kl=0.0, quantized=False
+    ).check(ParityThresholds())
     assert not fp32.passed  # fp32 must reproduce >= 95 % of greedy outputs exactly
-    int8 = GeneratorParity(10, exact_match=0.2, token_agreement=0.95, mean_kl=0.01, max_kl=0.1,
-                           quantized=True).check(ParityThresholds())
+    int8 = GeneratorParity(
+        10, exact_match=0.2, token_agreement=0.95, mean_kl=0.01, max_kl=0.1, quantized=True
+    ).check(ParityThresholds())
     assert int8.passed
     report = {"generator": {**fp32.__dict__}}
     with pytest.raises(ParityError, match="nothing was registered"):
@@ -178,4 +183,5 @@ def test_calibration_sets_without_and_with_a_corpus(tmp_path: Path) -> None:
     assert len(prompts) == 6 and prompts[3:] == list(BUILTIN_PROMPTS[:3])
     assert prompts == calibration_prompts(limit=6)
     assert calibration_prompts(limit=4, questions=tmp_path / "none.jsonl") == list(
-        BUILTIN_PROMPTS[:4])
+        BUILTIN_PROMPTS[:4]
+    )

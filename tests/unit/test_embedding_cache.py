@@ -25,8 +25,9 @@ class CountingEmbedder:
 
 @pytest.fixture(scope="module")
 def onnx_embedder(tiny_embedder: Path, tmp_path_factory: pytest.TempPathFactory) -> OnnxEmbedder:
-    out = export(tiny_embedder, tmp_path_factory.mktemp("tiny-onnx"),
-                 BuildConfig(task="feature-extraction"))
+    out = export(
+        tiny_embedder, tmp_path_factory.mktemp("tiny-onnx"), BuildConfig(task="feature-extraction")
+    )
     return OnnxEmbedder(out, threads=1)
 
 

@@ -23,9 +23,15 @@ from slipway.graph.gnn import (
 FAST = GnnConfig(epochs=40, hidden=32, out=16)
 
 
-def block_model(seed: int = 0, blocks: int = 6, size: int = 50, p_in: float = 0.15,
-                p_out: float = 0.005, dim: int = 32,
-                signal: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def block_model(
+    seed: int = 0,
+    blocks: int = 6,
+    size: int = 50,
+    p_in: float = 0.15,
+    p_out: float = 0.005,
+    dim: int = 32,
+    signal: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A stochastic block model: features are a weak community signal plus noise."""
     rng = np.random.default_rng(seed)
     community = np.repeat(np.arange(blocks), size)
@@ -34,7 +40,7 @@ def block_model(seed: int = 0, blocks: int = 6, size: int = 50, p_in: float = 0.
     keep = rng.random(a.size) < np.where(same, p_in, p_out)
     edges = np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
     centres = rng.normal(size=(blocks, dim))
-    features = (signal * centres[community] + rng.normal(size=(blocks * size, dim)))
+    features = signal * centres[community] + rng.normal(size=(blocks * size, dim))
     return features.astype(np.float32), edges, community
 
 
@@ -51,8 +57,9 @@ def sage(graph: tuple[np.ndarray, np.ndarray, np.ndarray]) -> GnnResult:
     return train_link_predictor(features, edges, None, FAST)
 
 
-def test_gnn_beats_cosine_and_random(sage: GnnResult,
-                                     graph: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_gnn_beats_cosine_and_random(
+    sage: GnnResult, graph: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
     features, edges, community = graph
     assert 0.35 <= sage.random_auc <= 0.65
     assert sage.test_auc > sage.random_auc + 0.15
@@ -65,16 +72,27 @@ def test_gnn_beats_cosine_and_random(sage: GnnResult,
     assert 0 <= sage.best_epoch < len(sage.losses)
     assert sage.val_aucs[sage.best_epoch] == max(sage.val_aucs)
     assert (sage.nodes, sage.edges) == (features.shape[0], edges.shape[0])
-    assert set(sage.metrics()) == {"link_auc", "cosine_auc", "random_auc", "epoch_seconds",
-                                   "best_epoch", "nodes", "edges"}
+    assert set(sage.metrics()) == {
+        "link_auc",
+        "cosine_auc",
+        "random_auc",
+        "epoch_seconds",
+        "best_epoch",
+        "nodes",
+        "edges",
+    }
     # Nearest neighbours in embedding space mostly share the query's community.
-    hits = [community[i] == community[q] for q in range(0, 300, 25) for i, _ in nearest(
-        sage.embeddings, q, 5)]
+    hits = [
+        community[i] == community[q]
+        for q in range(0, 300, 25)
+        for i, _ in nearest(sage.embeddings, q, 5)
+    ]
     assert np.mean(hits) > 0.8
 
 
-def test_seeded_runs_are_identical(sage: GnnResult,
-                                   graph: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_seeded_runs_are_identical(
+    sage: GnnResult, graph: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
     features, edges, _ = graph
     again = train_link_predictor(features, edges, None, FAST)
     assert np.array_equal(again.embeddings, sage.embeddings)
@@ -83,7 +101,9 @@ def test_seeded_runs_are_identical(sage: GnnResult,
     assert not np.array_equal(other.embeddings, sage.embeddings)
 
 
-def test_gcn_with_weights_runs_and_is_seeded(graph: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_gcn_with_weights_runs_and_is_seeded(
+    graph: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
     features, edges, _ = graph
     weights = np.random.default_rng(0).integers(1, 5, len(edges)).astype(np.float64)
     config = GnnConfig(model="gcn", epochs=15, hidden=32, out=16)
@@ -109,21 +129,28 @@ def _valid() -> tuple[np.ndarray, np.ndarray]:
     return features, edges
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda f, e, w: (f, e[:5], None),
-     "the entity graph has 5 co-occurrence edges; link prediction needs at least 10: add"),
-    (lambda f, e, w: (f, [], None), "the entity graph has 0 co-occurrence edges"),
-    (lambda f, e, w: (f[:, 0], e, None), "features must be a 2-D array"),
-    (lambda f, e, w: (np.where(np.arange(len(f))[:, None] == 3, np.nan, f), e, None),
-     "NaN or infinite values in 1 row"),
-    (lambda f, e, w: (f, np.vstack([e, [[0, len(f)]]]), None), "outside 0..59"),
-    (lambda f, e, w: (f, e[:, :1], None), "edges must have shape (m, 2)"),
-    (lambda f, e, w: (f, e.astype(np.float64), None), "integer node indices"),
-    (lambda f, e, w: (f, np.vstack([e, [[4, 4]]]), None), "self-loop"),
-    (lambda f, e, w: (f, np.vstack([e, e[:1, ::-1]]), None), "1 duplicate pair"),
-    (lambda f, e, w: (f, e, w[:-1]), "weights must have shape"),
-    (lambda f, e, w: (f, e, -w), "finite and non-negative"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda f, e, w: (f, e[:5], None),
+            "the entity graph has 5 co-occurrence edges; link prediction needs at least 10: add",
+        ),
+        (lambda f, e, w: (f, [], None), "the entity graph has 0 co-occurrence edges"),
+        (lambda f, e, w: (f[:, 0], e, None), "features must be a 2-D array"),
+        (
+            lambda f, e, w: (np.where(np.arange(len(f))[:, None] == 3, np.nan, f), e, None),
+            "NaN or infinite values in 1 row",
+        ),
+        (lambda f, e, w: (f, np.vstack([e, [[0, len(f)]]]), None), "outside 0..59"),
+        (lambda f, e, w: (f, e[:, :1], None), "edges must have shape (m, 2)"),
+        (lambda f, e, w: (f, e.astype(np.float64), None), "integer node indices"),
+        (lambda f, e, w: (f, np.vstack([e, [[4, 4]]]), None), "self-loop"),
+        (lambda f, e, w: (f, np.vstack([e, e[:1, ::-1]]), None), "1 duplicate pair"),
+        (lambda f, e, w: (f, e, w[:-1]), "weights must have shape"),
+        (lambda f, e, w: (f, e, -w), "finite and non-negative"),
+    ],
+)
 def test_bad_inputs_raise(change, message: str) -> None:  # type: ignore[no-untyped-def]
     features, edges = _valid()
     f, e, w = change(features, edges, np.ones(len(edges)))

@@ -27,24 +27,31 @@ def embed():  # type: ignore[no-untyped-def]
     return lambda texts: model.encode(list(texts), normalize_embeddings=True)
 
 
-@pytest.mark.parametrize(("surface", "kind", "name"), [
-    ("Kenneth  Lay's", "PERSON", "Kenneth Lay"),
-    ("Mr. Jeff Skilling", "PERSON", "Jeff Skilling"),
-    ("Dr Rebecca Mark", "PERSON", "Rebecca Mark"),
-    ("Enron Corp.", "ORG", "Enron"),
-    ("the Enron Corporation", "ORG", "Enron"),
-    ("Enron’s", "ORG", "Enron"),
-    ("“Houston”", "PLACE", "Houston"),
-    ("Mr. Smith", "ORG", "Mr. Smith"),  # titles are stripped from people only
-])
+@pytest.mark.parametrize(
+    ("surface", "kind", "name"),
+    [
+        ("Kenneth  Lay's", "PERSON", "Kenneth Lay"),
+        ("Mr. Jeff Skilling", "PERSON", "Jeff Skilling"),
+        ("Dr Rebecca Mark", "PERSON", "Rebecca Mark"),
+        ("Enron Corp.", "ORG", "Enron"),
+        ("the Enron Corporation", "ORG", "Enron"),
+        ("Enron’s", "ORG", "Enron"),
+        ("“Houston”", "PLACE", "Houston"),
+        ("Mr. Smith", "ORG", "Mr. Smith"),  # titles are stripped from people only
+    ],
+)
 def test_display_name_normalises_surface_forms(surface: str, kind: str, name: str) -> None:
     assert display_name(surface, kind) == name
     assert entity_key(surface, kind) == name.casefold()
 
 
 def test_aliases_merge_into_one_entity_with_counts() -> None:
-    mentions = [Mention("c1", "Enron Corp.", "ORG", ""), Mention("c1", "ENRON", "ORG", ""),
-                Mention("c2", "Enron's", "ORG", ""), Mention("c2", "Enron", "ORG", "")]
+    mentions = [
+        Mention("c1", "Enron Corp.", "ORG", ""),
+        Mention("c1", "ENRON", "ORG", ""),
+        Mention("c2", "Enron's", "ORG", ""),
+        Mention("c2", "Enron", "ORG", ""),
+    ]
     result = link_mentions(mentions, {"c1": "d1", "c2": "d2"})
     assert list(result.entities) == ["ORG:enron"]
     entity = result.entities["ORG:enron"]
@@ -54,34 +61,53 @@ def test_aliases_merge_into_one_entity_with_counts() -> None:
 
 
 def test_surname_links_to_the_one_full_name_in_the_same_document() -> None:
-    mentions = [Mention("a", "Kenneth Lay", "PERSON", ""), Mention("a", "Lay", "PERSON", ""),
-                Mention("b", "Lay", "PERSON", ""),  # another document: no full name there
-                Mention("c", "Jeff Skilling", "PERSON", ""), Mention("c", "Jeff Dasovich", "PERSON", ""),
-                Mention("c", "Jeff", "PERSON", "")]  # two candidates: stays ambiguous
+    mentions = [
+        Mention("a", "Kenneth Lay", "PERSON", ""),
+        Mention("a", "Lay", "PERSON", ""),
+        Mention("b", "Lay", "PERSON", ""),  # another document: no full name there
+        Mention("c", "Jeff Skilling", "PERSON", ""),
+        Mention("c", "Jeff Dasovich", "PERSON", ""),
+        Mention("c", "Jeff", "PERSON", ""),
+    ]  # two candidates: stays ambiguous
     result = link_mentions(mentions, {"a": "d1", "b": "d2", "c": "d3"})
     assert result.entities["PERSON:kenneth lay"].mentions == 2
     assert "PERSON:lay" in result.entities and "PERSON:jeff" in result.entities
 
 
 def test_same_name_different_types_stay_apart_and_context_fixes_a_wrong_label(embed) -> None:  # type: ignore[no-untyped-def]
-    city = ["We flew to Paris for the energy conference and stayed near the Seine.",
-            "The office in Paris handles European gas trading.",
-            "Flights to Paris were cancelled because of the strike at the airport.",
-            "Paris is the capital of France and its largest city."]
-    person = ["Paris said she would send the revised contract tonight.",
-              "Paris told her manager she was out sick on Friday.",
-              "Please ask Paris to call me back about her expense report."]
+    city = [
+        "We flew to Paris for the energy conference and stayed near the Seine.",
+        "The office in Paris handles European gas trading.",
+        "Flights to Paris were cancelled because of the strike at the airport.",
+        "Paris is the capital of France and its largest city.",
+    ]
+    person = [
+        "Paris said she would send the revised contract tonight.",
+        "Paris told her manager she was out sick on Friday.",
+        "Please ask Paris to call me back about her expense report.",
+    ]
     mentions = [Mention(f"c{i}", "Paris", "PLACE", t) for i, t in enumerate(city)]
     mentions += [Mention(f"p{i}", "Paris", "PERSON", t) for i, t in enumerate(person)]
     # NER mistakes: a person labelled as a place, a place labelled as a person
-    mentions.append(Mention("x", "Paris", "PLACE",
-                            "Paris emailed her mother that she would be late for dinner."))
-    mentions.append(Mention("y", "Paris", "PERSON",
-                            "Our train arrived in Paris and we walked to the hotel by the river."))
+    mentions.append(
+        Mention(
+            "x", "Paris", "PLACE", "Paris emailed her mother that she would be late for dinner."
+        )
+    )
+    mentions.append(
+        Mention(
+            "y",
+            "Paris",
+            "PERSON",
+            "Our train arrived in Paris and we walked to the hotel by the river.",
+        )
+    )
     doc_of = {m.chunk_id: m.chunk_id for m in mentions}
     by_label = link_mentions(mentions, doc_of)
-    assert by_label.reassigned == 0 and by_label.mention_entity[-2:] == ["PLACE:paris",
-                                                                          "PERSON:paris"]
+    assert by_label.reassigned == 0 and by_label.mention_entity[-2:] == [
+        "PLACE:paris",
+        "PERSON:paris",
+    ]
     linked = link_mentions(mentions, doc_of, embed=embed)
     assert set(linked.entities) == {"PLACE:paris", "PERSON:paris"}
     assert linked.mention_entity[-2:] == ["PERSON:paris", "PLACE:paris"]
@@ -91,8 +117,10 @@ def test_same_name_different_types_stay_apart_and_context_fixes_a_wrong_label(em
 
 
 def test_a_lone_label_is_trusted_without_other_evidence(embed) -> None:  # type: ignore[no-untyped-def]
-    mentions = [Mention("a", "Jordan", "PERSON", "Jordan signed the contract."),
-                Mention("b", "Jordan", "PLACE", "Exports from Jordan rose.")]
+    mentions = [
+        Mention("a", "Jordan", "PERSON", "Jordan signed the contract."),
+        Mention("b", "Jordan", "PLACE", "Exports from Jordan rose."),
+    ]
     result = link_mentions(mentions, {"a": "a", "b": "b"}, embed=embed)
     assert result.reassigned == 0 and len(result.entities) == 2
 
@@ -107,8 +135,10 @@ def test_cooccurrence_counts_chunks_and_caps_rosters() -> None:
 
 
 def test_extract_mentions_uses_ner_types_and_drops_values(nlp) -> None:  # type: ignore[no-untyped-def]
-    chunks = [("c1", "Jeff Skilling met Kenneth Lay in Houston on Monday for $5 million."),
-              ("c2", "Nothing to see here.")]
+    chunks = [
+        ("c1", "Jeff Skilling met Kenneth Lay in Houston on Monday for $5 million."),
+        ("c2", "Nothing to see here."),
+    ]
     mentions = extract_mentions(nlp, chunks, batch_size=2)
     found = {(m.chunk_id, m.surface, m.type) for m in mentions}
     assert ("c1", "Jeff Skilling", "PERSON") in found

@@ -97,7 +97,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GraphSett
     def start() -> None:
         try:
             results.append(start_server(settings))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(2)]
@@ -148,8 +148,9 @@ def test_start_is_idempotent(shared: tuple[GraphSettings, list], server: ServerI
     assert running_server(settings) == server
 
 
-def test_a_launcher_without_state_is_adopted(shared: tuple[GraphSettings, list],
-                                             server: ServerInfo) -> None:
+def test_a_launcher_without_state_is_adopted(
+    shared: tuple[GraphSettings, list], server: ServerInfo
+) -> None:
     settings, _ = shared
     (server.directory / "server.json").unlink()  # as when its starter was killed mid-wait
     assert running_server(settings) is None
@@ -171,8 +172,9 @@ def test_an_unusable_directory_names_the_setting(tmp_path: Path) -> None:
         start_server(GraphSettings(graph_dir=blocker / "graph"))
 
 
-def test_a_launcher_that_dies_reports_its_log(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_launcher_that_dies_reports_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ARCADEDB_JVM_ARGS", "-XX:+NoSuchJvmOption")
     with pytest.raises(GraphServerError, match="exited with status 1") as caught:
         start_server(GraphSettings(graph_dir=tmp_path / "graph"))
@@ -234,8 +236,9 @@ def test_cli_start_status_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         stop_server(GraphSettings(graph_dir=tmp_path / "graph"))
 
 
-def test_cli_start_failure_is_one_line(server: ServerInfo, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_start_failure_is_one_line(
+    server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SLIPWAY_GRAPH_DIR", str(tmp_path / "graph"))
     monkeypatch.setenv("SLIPWAY_GRAPH_BOLT_PORT", str(server.bolt_port))
     result = CliRunner().invoke(app, ["graph", "start"])
@@ -244,8 +247,9 @@ def test_cli_start_failure_is_one_line(server: ServerInfo, tmp_path: Path,
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_cli_with_an_external_server(server: ServerInfo, shared: tuple[GraphSettings, list],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_with_an_external_server(
+    server: ServerInfo, shared: tuple[GraphSettings, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SLIPWAY_NEO4J_URI", server.uri)
     monkeypatch.setenv("SLIPWAY_NEO4J_USER", server.user)
     monkeypatch.setenv("SLIPWAY_NEO4J_PASSWORD", server.password)

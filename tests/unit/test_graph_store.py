@@ -17,8 +17,14 @@ from slipway.graph.store import DocumentWrite, Neo4jGraph
 from slipway.graph.update import update_graph
 from tests.kg_worker import consistency_errors, corpus_chunks, snapshot
 
-HOSTILE = ["O'Brien \"the\" {Boss}", "'}) DETACH DELETE n //", "back\\slash\\", "名前 Ünïcødé 🚀",
-           "$param `tick` ${x}", "a\nnewline; MATCH (n) DELETE n"]
+HOSTILE = [
+    'O\'Brien "the" {Boss}',
+    "'}) DETACH DELETE n //",
+    "back\\slash\\",
+    "名前 Ünïcødé 🚀",
+    "$param `tick` ${x}",
+    "a\nnewline; MATCH (n) DELETE n",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +37,16 @@ def docs_of(texts: dict[str, str]) -> tuple[list[Document], list[Chunk]]:
     for doc_id, text in texts.items():
         docs.append(Document(id=doc_id, text=text, content_hash=content_hash("", text)))
         for i, part in enumerate(text.split("\n\n")):
-            chunks.append(Chunk(id=f"{doc_id}#{i}", doc_id=doc_id, position=i, text=part,
-                                n_tokens=len(part.split()), content_hash=content_hash("", part)))
+            chunks.append(
+                Chunk(
+                    id=f"{doc_id}#{i}",
+                    doc_id=doc_id,
+                    position=i,
+                    text=part,
+                    n_tokens=len(part.split()),
+                    content_hash=content_hash("", part),
+                )
+            )
     return docs, chunks
 
 
@@ -59,7 +73,8 @@ def test_refresh_is_incremental_and_equals_a_clean_build(graph: Neo4jGraph, nlp)
     assert first.new == 4 and first.mentions > 10
     assert graph.entity("PERSON:jeff skilling").mentions == 3  # type: ignore[union-attr]
     assert {n.entity.id: n.weight for n in graph.neighbours("PERSON:jeff skilling")}[
-        "PLACE:houston"] == 2
+        "PLACE:houston"
+    ] == 2
 
     edited = dict(TEXTS)
     edited["d2"] = "Jeff Skilling stayed in Houston."  # changed
@@ -81,24 +96,40 @@ def test_refresh_is_incremental_and_equals_a_clean_build(graph: Neo4jGraph, nlp)
     assert snapshot(graph) == incremental
 
 
-def test_hostile_names_are_stored_literally_and_change_nothing_else(graph: Neo4jGraph,
-                                                                    nlp) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_names_are_stored_literally_and_change_nothing_else(graph: Neo4jGraph, nlp) -> None:  # type: ignore[no-untyped-def]
     update_graph(graph, *docs_of(TEXTS), nlp)
     before = snapshot(graph)
     mentions = [Mention(f"{name}#0", name, "PERSON", name) for name in HOSTILE]
     link = link_mentions(mentions, {m.chunk_id: m.surface for m in mentions})
-    writes = [DocumentWrite(name, name, name, [(f"{name}#0", 0)],
-                            {f"{name}#0": link.chunk_entities[f"{name}#0"]}) for name in HOSTILE]
-    rows = [{"id": e.id, "type": e.type, "key": e.key, "name": e.name, "aliases": e.aliases,
-             "n": e.mentions} for e in link.entities.values()]
+    writes = [
+        DocumentWrite(
+            name, name, name, [(f"{name}#0", 0)], {f"{name}#0": link.chunk_entities[f"{name}#0"]}
+        )
+        for name in HOSTILE
+    ]
+    rows = [
+        {
+            "id": e.id,
+            "type": e.type,
+            "key": e.key,
+            "name": e.name,
+            "aliases": e.aliases,
+            "n": e.mentions,
+        }
+        for e in link.entities.values()
+    ]
     graph.add_documents(writes, rows, {}, 40)
     after = snapshot(graph)
     for key in ("entities", "documents"):
         assert {k: v for k, v in after[key].items() if k in before[key]} == before[key]
     assert after["cooccurs"] == before["cooccurs"]
     assert after["counts"]["Document"] == before["counts"]["Document"] + len(HOSTILE)
-    stored = {r["id"]: r for r in graph.read(
-        "MATCH (d:Document) WHERE d.id IN $ids RETURN d.id AS id, d.title AS title", ids=HOSTILE)}
+    stored = {
+        r["id"]: r
+        for r in graph.read(
+            "MATCH (d:Document) WHERE d.id IN $ids RETURN d.id AS id, d.title AS title", ids=HOSTILE
+        )
+    }
     assert sorted(stored) == sorted(HOSTILE)
     assert all(stored[name]["title"] == name for name in HOSTILE)
     names = {e.name for e in graph.entities_by_key([e.key for e in link.entities.values()])}

@@ -28,7 +28,30 @@ from slipway.retrieval.index import (
     refresh_index,
 )
 
-WORDS = ["fox", "dog", "ocean", "paris", "france", "city", "capital", "onnx", "runtime", "model", "cpu", "quick", "lazy", "brown", "slipway", "language", "world", "small", "test", "corpus", "tokenizer", "sentence"]
+WORDS = [
+    "fox",
+    "dog",
+    "ocean",
+    "paris",
+    "france",
+    "city",
+    "capital",
+    "onnx",
+    "runtime",
+    "model",
+    "cpu",
+    "quick",
+    "lazy",
+    "brown",
+    "slipway",
+    "language",
+    "world",
+    "small",
+    "test",
+    "corpus",
+    "tokenizer",
+    "sentence",
+]
 
 
 def make_docs(n: int, seed: int = 0, prefix: str = "d") -> list[Document]:
@@ -37,8 +60,15 @@ def make_docs(n: int, seed: int = 0, prefix: str = "d") -> list[Document]:
     for i in range(n):
         text = " ".join(rng.choice(WORDS, size=int(rng.integers(20, 90))))
         lang = "en" if i % 2 else "fr"
-        docs.append(Document(id=f"{prefix}{i}", title=f"t{i}", text=text,
-                             content_hash=content_hash(f"t{i}", text), metadata={"lang": lang}))
+        docs.append(
+            Document(
+                id=f"{prefix}{i}",
+                title=f"t{i}",
+                text=text,
+                content_hash=content_hash(f"t{i}", text),
+                metadata={"lang": lang},
+            )
+        )
     return docs
 
 
@@ -57,9 +87,17 @@ class Refresher:
         return chunk_documents(docs, self.tokenizer, chunk_tokens=32, overlap_tokens=4).chunks
 
     def refresh(self, docs: list[Document], fingerprint: str | None = None) -> IndexVersion:
-        return refresh_index(self.index, self.store, self.chunks(docs), document_hashes(docs),
-                             self.embedder, fingerprint or self.fingerprint, self.cache,
-                             embedder_dir=str(self.embedder.model_dir), write_batch=16)
+        return refresh_index(
+            self.index,
+            self.store,
+            self.chunks(docs),
+            document_hashes(docs),
+            self.embedder,
+            fingerprint or self.fingerprint,
+            self.cache,
+            embedder_dir=str(self.embedder.model_dir),
+            write_batch=16,
+        )
 
     def publish(self, version: IndexVersion, retain: int = 3) -> str:
         return publish_gated(self.index, self.store, version.version, margin=0.01, retain=retain)
@@ -79,8 +117,9 @@ def test_plan_counts_new_changed_removed_unchanged(refresher: Refresher) -> None
     edited += make_docs(1, seed=9, prefix="new")
     base = type("Base", (), {})  # only the fields plan_refresh reads
     base.embedder, base.documents = "m1", first.documents
-    plan = plan_refresh(refresher.chunks(edited), document_hashes(edited), base, "m1", "v000002",
-                        carries_over=True)
+    plan = plan_refresh(
+        refresher.chunks(edited), document_hashes(edited), base, "m1", "v000002", carries_over=True
+    )
     s = plan.stats
     assert (s.new_docs, s.changed_docs, s.removed_docs, s.unchanged_docs) == (1, 1, 1, 4)
     assert set(plan.delete) == set(first.documents["d4"].chunks) | set(first.documents["d5"].chunks)
@@ -104,8 +143,11 @@ def test_incremental_refresh_publish_and_gc(refresher: Refresher) -> None:
     n1 = len(refresher.chunks(docs))
 
     # change 2 documents, delete 1, add 1: only their chunks are embedded and written
-    changed = [d.model_copy(update={"text": d.text + " ocean"}) if d.id in {"d3", "d7"} else d
-               for d in docs if d.id != "d5"] + make_docs(1, seed=5, prefix="n")
+    changed = [
+        d.model_copy(update={"text": d.text + " ocean"}) if d.id in {"d3", "d7"} else d
+        for d in docs
+        if d.id != "d5"
+    ] + make_docs(1, seed=5, prefix="n")
     v2 = refresher.refresh(changed)
     touched = [c for c in refresher.chunks(changed) if c.doc_id in {"d3", "d7", "n0"}]
     assert (v2.stats.new_docs, v2.stats.changed_docs, v2.stats.removed_docs) == (1, 2, 1)
@@ -145,12 +187,16 @@ def test_filters_and_hybrid_search_on_a_published_version(refresher: Refresher) 
     hits = searcher.search(["paris capital france", "onnx runtime"], k=5)
     assert len(hits) == 2 and all(0 < len(h) <= 5 for h in hits)
     for filters in ({"lang": "en"}, {"lang": ["fr"]}, {"doc_id": ["d1", "d2"], "lang": "fr"}):
-        for results in (searcher.search(["paris ocean"], 50, filters),
-                        searcher.dense_search(["paris ocean"], 50, filters),
-                        searcher.sparse_search(["paris ocean"], 50, filters)):
+        for results in (
+            searcher.search(["paris ocean"], 50, filters),
+            searcher.dense_search(["paris ocean"], 50, filters),
+            searcher.sparse_search(["paris ocean"], 50, filters),
+        ):
             assert results[0], filters
-            assert all(matches(opened.hydrate([h])[0].metadata | {"doc_id": opened.doc_of(h[0])},
-                               filters) for h in results[0])
+            assert all(
+                matches(opened.hydrate([h])[0].metadata | {"doc_id": opened.doc_of(h[0])}, filters)
+                for h in results[0]
+            )
     assert searcher.search(["paris"], 5, {"lang": "it'); DROP TABLE chunks; --"}) == [[]]
     assert lance_where({"a": "x'y"}) == "array_has_any(tags, make_array('a=x''y'))"
     with pytest.raises(ValueError, match="Filter"):
@@ -172,7 +218,9 @@ def test_quality_gate_refuses_a_worse_version(refresher: Refresher) -> None:
     with pytest.raises(QualityGateError, match="keeps serving"):
         refresher.publish(v2)
     assert refresher.index.published() == v1.version
-    assert open_published(refresher.index, refresher.store).dense.count() == len(refresher.chunks(docs))
+    assert open_published(refresher.index, refresher.store).dense.count() == len(
+        refresher.chunks(docs)
+    )
 
 
 def test_refresh_through_pinecone_namespaces(tiny_onnx_embedder: Path, tmp_path: Path) -> None:
@@ -187,8 +235,10 @@ def test_refresh_through_pinecone_namespaces(tiny_onnx_embedder: Path, tmp_path:
         refresher.store = PineconeStore("k", host=standin.host, namespace_prefix="test.")
         docs = make_docs(20)
         refresher.publish(refresher.refresh(docs))
-        changed = [d.model_copy(update={"text": d.text + " ocean"}) if d.id == "d1" else d
-                   for d in docs[1:]]
+        changed = [
+            d.model_copy(update={"text": d.text + " ocean"}) if d.id == "d1" else d
+            for d in docs[1:]
+        ]
         v2 = refresher.refresh(changed)
         n_changed = len([c for c in refresher.chunks(changed) if c.doc_id == "d1"])
         assert v2.stats.embedded + v2.stats.cache_hits == len(refresher.chunks(changed))
@@ -201,8 +251,9 @@ def test_refresh_through_pinecone_namespaces(tiny_onnx_embedder: Path, tmp_path:
         assert sorted(standin.state.namespaces) == ["test.v000002"]
 
 
-def test_cross_encoder_reranker_reorders_the_top_hits(tiny_embedder: Path, refresher: Refresher,
-                                                      tmp_path: Path) -> None:
+def test_cross_encoder_reranker_reorders_the_top_hits(
+    tiny_embedder: Path, refresher: Refresher, tmp_path: Path
+) -> None:
     """A real (tiny, random) cross-encoder built from a config: the re-ranked head is in the
     order of its own scores, the tail keeps the fused order."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -218,14 +269,21 @@ def test_cross_encoder_reranker_reorders_the_top_hits(tiny_embedder: Path, refre
     refresher.publish(refresher.refresh(docs))
     opened = open_published(refresher.index, refresher.store)
     plain = HybridSearcher(refresher.embedder, opened.dense, opened.sparse)
-    reranked = HybridSearcher(refresher.embedder, opened.dense, opened.sparse,
-                              fusion=FusionConfig(rerank_top=5), reranker=reranker,
-                              text_of=opened.text_of)
+    reranked = HybridSearcher(
+        refresher.embedder,
+        opened.dense,
+        opened.sparse,
+        fusion=FusionConfig(rerank_top=5),
+        reranker=reranker,
+        text_of=opened.text_of,
+    )
     query = "paris capital ocean"
     before, after = plain.search([query], 12)[0], reranked.search([query], 12)[0]
     head = [c for c, _ in before[:5]]
     scores = reranker.score(query, [opened.text_of(c) for c in head])
-    assert [c for c, _ in after[:5]] == [c for _, c in sorted(zip(scores, head), key=lambda p: -p[0])]
+    assert [c for c, _ in after[:5]] == [
+        c for _, c in sorted(zip(scores, head, strict=True), key=lambda p: -p[0])
+    ]
     assert after[5:] == before[5:]
     # the API's answer route re-ranks retrieved hits itself: the same order and scores
     from slipway.rag.search import rerank_hits

@@ -61,15 +61,25 @@ class Built:
 def built(tiny_onnx_embedder: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """Five one-chunk documents indexed, published and opened, with a hybrid searcher."""
     root = tmp_path_factory.mktemp("lc-index")
-    docs = [Document(id=i, title=t, text=x, content_hash=content_hash(t, x),
-                     metadata={"lang": lang}) for i, (t, x, lang) in TEXTS.items()]
-    chunks = chunk_documents(docs, load_tokenizer(tiny_onnx_embedder), chunk_tokens=64,
-                             overlap_tokens=4).chunks
+    docs = [
+        Document(id=i, title=t, text=x, content_hash=content_hash(t, x), metadata={"lang": lang})
+        for i, (t, x, lang) in TEXTS.items()
+    ]
+    chunks = chunk_documents(
+        docs, load_tokenizer(tiny_onnx_embedder), chunk_tokens=64, overlap_tokens=4
+    ).chunks
     assert len(chunks) == len(docs)
     embedder = OnnxEmbedder(tiny_onnx_embedder, threads=1)
     index, store = IndexDir(root, NAME), LanceDBStore(IndexDir(root, NAME).lance_dir)
-    version = refresh_index(index, store, chunks, document_hashes(docs), embedder,
-                            model_fingerprint(tiny_onnx_embedder), EmbeddingCache(root / "c.sqlite"))
+    version = refresh_index(
+        index,
+        store,
+        chunks,
+        document_hashes(docs),
+        embedder,
+        model_fingerprint(tiny_onnx_embedder),
+        EmbeddingCache(root / "c.sqlite"),
+    )
     index.publish(version.version)
     opened = open_published(index, store)
     searcher = HybridSearcher(embedder, opened.dense, opened.sparse, text_of=opened.text_of)
@@ -84,8 +94,10 @@ class Served:
 
 
 def _error(status: int, message: str, type_: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None,
-                                   "code": code}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        status_code=status,
+    )
 
 
 def _app(built: Built, served: Served) -> FastAPI:
@@ -102,22 +114,33 @@ def _app(built: Built, served: Served) -> FastAPI:
     async def search(request: Request) -> Any:
         body = await request.json()
         served.bodies.append(body)
-        hits = (await built.searcher.search_async([body["query"]], body["top_k"],
-                                                  body["filters"]))[0]
-        return {"index_version": built.opened.version, "model": "tiny", "reranked": False,
-                "graph_expanded": body["graph"],
-                "results": [h.model_dump() for h in built.opened.hydrate(hits)]}
+        hits = (await built.searcher.search_async([body["query"]], body["top_k"], body["filters"]))[
+            0
+        ]
+        return {
+            "index_version": built.opened.version,
+            "model": "tiny",
+            "reranked": False,
+            "graph_expanded": body["graph"],
+            "results": [h.model_dump() for h in built.opened.hydrate(hits)],
+        }
 
     @app.post("/v1/embed")
     async def embed(request: Request) -> Any:
         texts = (await request.json())["texts"]
         served.embed_batches.append(len(texts))
         if len(texts) > 64:
-            return _error(400, "At most 64 texts per request.", "invalid_request_error",
-                          "too_many_texts")
+            return _error(
+                400, "At most 64 texts per request.", "invalid_request_error", "too_many_texts"
+            )
         vectors = built.embedder.embed(texts)
-        return {"object": "list", "model": "tiny", "dimension": vectors.shape[1],
-                "embeddings": vectors.tolist(), "usage": {}}
+        return {
+            "object": "list",
+            "model": "tiny",
+            "dimension": vectors.shape[1],
+            "embeddings": vectors.tolist(),
+            "usage": {},
+        }
 
     return app
 
@@ -128,8 +151,9 @@ def served(built: Built) -> Iterator[Served]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     out = Served(url=f"http://127.0.0.1:{sock.getsockname()[1]}")
-    server = uvicorn.Server(uvicorn.Config(_app(built, out), log_level="warning",
-                                           access_log=False, lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(_app(built, out), log_level="warning", access_log=False, lifespan="off")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -157,7 +181,8 @@ def test_in_process_retriever_finds_the_chunk(built: Built) -> None:
     assert top.metadata["index_version"] == built.opened.version
     assert top.metadata["score"] > docs[-1].metadata["score"] or len(docs) == 1
     assert [d.id for d in asyncio.run(local(built, k=3).ainvoke("xylophone"))] == [
-        d.id for d in docs]
+        d.id for d in docs
+    ]
 
 
 def test_filters_apply(built: Built) -> None:
@@ -172,14 +197,17 @@ def test_filters_apply(built: Built) -> None:
 
 
 def test_retriever_in_a_langchain_chain(built: Built) -> None:
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "Answer from the context.\n\n{context}"), ("human", "{question}")])
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "Answer from the context.\n\n{context}"), ("human", "{question}")]
+    )
 
     def format_docs(docs: list[LCDocument]) -> str:
         return "\n\n".join(f"[{d.metadata['title']}] {d.page_content}" for d in docs)
 
-    chain = ({"context": local(built, k=1) | RunnableLambda(format_docs),
-              "question": RunnablePassthrough()} | prompt)
+    chain = {
+        "context": local(built, k=1) | RunnableLambda(format_docs),
+        "question": RunnablePassthrough(),
+    } | prompt
     value = chain.invoke("which instrument uses mallets? xylophone")
     system, human = value.to_messages()
     assert system.content == f"Answer from the context.\n\n[Music] {TEXTS['d1'][1]}"
@@ -190,7 +218,8 @@ def test_retriever_in_a_langchain_chain(built: Built) -> None:
 
 def test_from_published(built: Built) -> None:
     retriever = SlipwayRetriever.from_published(
-        NAME, built.embedder, settings=IndexSettings(index_root=built.root), k=2)
+        NAME, built.embedder, settings=IndexSettings(index_root=built.root), k=2
+    )
     assert retriever.k == 2 and retriever.graph is False
     assert retriever.invoke("xylophone")[0].metadata["doc_id"] == "d1"
 
@@ -202,8 +231,9 @@ def test_graph_flag_controls_the_expander(built: Built) -> None:
         calls.append(list(queries))
         return [[(built.opened.dense.ids().pop(), 1.0)] for _ in queries]
 
-    with_graph = HybridSearcher(built.embedder, built.opened.dense, built.opened.sparse,
-                                expander=expander)
+    with_graph = HybridSearcher(
+        built.embedder, built.opened.dense, built.opened.sparse, expander=expander
+    )
     SlipwayRetriever(searcher=with_graph, index=built.opened).invoke("zebra")
     assert calls == []  # graph=False: the expansion is left out
     SlipwayRetriever(searcher=with_graph, index=built.opened, graph=True).invoke("zebra")
@@ -226,13 +256,16 @@ def test_exactly_one_mode() -> None:
 
 
 def test_http_retriever_matches_in_process(built: Built, served: Served) -> None:
-    remote = SlipwayRetriever(base_url=served.url + "/", api_key=KEY, k=3,
-                              filters={"lang": ["en"]})
+    remote = SlipwayRetriever(base_url=served.url + "/", api_key=KEY, k=3, filters={"lang": ["en"]})
     expected = local(built, k=3, filters={"lang": ["en"]}).invoke("zebra savanna")
     got = remote.invoke("zebra savanna")
     assert got == expected and got[0].metadata["doc_id"] == "d0"
-    assert served.bodies[-1] == {"query": "zebra savanna", "top_k": 3,
-                                 "filters": {"lang": ["en"]}, "graph": False}
+    assert served.bodies[-1] == {
+        "query": "zebra savanna",
+        "top_k": 3,
+        "filters": {"lang": ["en"]},
+        "graph": False,
+    }
     assert asyncio.run(remote.ainvoke("zebra savanna")) == expected
 
 
@@ -248,7 +281,8 @@ def test_http_errors_carry_status_and_message(served: Served) -> None:
         SlipwayEmbeddings(base_url=served.url, api_key="no").embed_query("zebra")
     with pytest.raises(SlipwayAPIError, match="400.*At most 64 texts"):
         SlipwayEmbeddings(base_url=served.url, api_key=KEY, batch_size=100).embed_documents(
-            ["zebra"] * 100)
+            ["zebra"] * 100
+        )
 
 
 def test_embeddings_http_and_in_process_agree_and_batch(built: Built, served: Served) -> None:

@@ -52,8 +52,11 @@ def test_prometheus_config_is_valid_and_loads_the_rules(tmp_path: Path) -> None:
     promtool = prometheus_tool("promtool")
     checked = run(promtool, "check", "config", str(CONFIG))
     if checked.returncode != 0 and NO_KUBERNETES_SD in checked.stdout + checked.stderr:
-        k8s = [job["kubernetes_sd_configs"] for job in yaml.safe_load(CONFIG.read_text())
-               ["scrape_configs"] if "kubernetes_sd_configs" in job]
+        k8s = [
+            job["kubernetes_sd_configs"]
+            for job in yaml.safe_load(CONFIG.read_text())["scrape_configs"]
+            if "kubernetes_sd_configs" in job
+        ]
         assert k8s == [[{"role": "pod"}]]
         copy = tmp_path / "prometheus.yml"
         copy.write_text(yaml.safe_dump(file_discovery(tmp_path / "pods.json")))
@@ -78,8 +81,12 @@ def test_rule_unit_tests_pass() -> None:
 
 
 def test_every_alert_is_tested_firing_and_silent() -> None:
-    cases = [case for path in RULE_TESTS for test in yaml.safe_load(path.read_text())["tests"]
-             for case in test.get("alert_rule_test", [])]
+    cases = [
+        case
+        for path in RULE_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+    ]
     for alert in [r["alert"] for r in prometheus_rules() if "alert" in r]:
         mine = [case for case in cases if case["alertname"] == alert]
         assert any(case.get("exp_alerts") for case in mine), f"{alert} is never expected to fire"
@@ -98,11 +105,15 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def pod(address: str, phase: str = "Running", **annotations: str) -> dict[str, Any]:
     """A file-discovery target group with the labels Kubernetes pod discovery gives a pod."""
-    labels = {"__meta_kubernetes_pod_phase": phase, "__meta_kubernetes_namespace": "slipway",
-              "__meta_kubernetes_pod_name": f"pod-{address.replace('.', '-').replace(':', '-')}",
-              "__meta_kubernetes_pod_label_app": "slipway"}
-    labels |= {f"__meta_kubernetes_pod_annotation_prometheus_io_{k}": v
-               for k, v in annotations.items()}
+    labels = {
+        "__meta_kubernetes_pod_phase": phase,
+        "__meta_kubernetes_namespace": "slipway",
+        "__meta_kubernetes_pod_name": f"pod-{address.replace('.', '-').replace(':', '-')}",
+        "__meta_kubernetes_pod_label_app": "slipway",
+    }
+    labels |= {
+        f"__meta_kubernetes_pod_annotation_prometheus_io_{k}": v for k, v in annotations.items()
+    }
     return {"targets": [address], "labels": labels}
 
 
@@ -115,9 +126,14 @@ def pod_targets(base: str, count: int) -> dict[str, Any]:
         except httpx.HTTPError:
             data = None
         if data is not None:
-            found = [t for t in data["data"]["activeTargets"] if t["scrapePool"] == "kubernetes-pods"]
-            dropped = [t for t in data["data"]["droppedTargets"]
-                       if t["discoveredLabels"].get("job") == "kubernetes-pods"]
+            found = [
+                t for t in data["data"]["activeTargets"] if t["scrapePool"] == "kubernetes-pods"
+            ]
+            dropped = [
+                t
+                for t in data["data"]["droppedTargets"]
+                if t["discoveredLabels"].get("job") == "kubernetes-pods"
+            ]
             if len(found) + len(dropped) == count:
                 return data["data"]
         time.sleep(0.5)
@@ -126,22 +142,36 @@ def pod_targets(base: str, count: int) -> dict[str, Any]:
 
 def test_kubernetes_pods_are_scraped_as_annotated(prometheus: tuple[str, Path]) -> None:
     base, pods = prometheus
-    pods.write_text(json.dumps([
-        pod("127.0.0.11:8080", scrape="true", port="3000", path="/metrics"),
-        pod("127.0.0.12:3000", scrape="true", path="/custom/metrics"),
-        pod("127.0.0.13:3000"),  # not annotated
-        pod("127.0.0.14:3000", scrape="false"),
-        pod("127.0.0.15:3000", phase="Pending", scrape="true"),
-        pod("127.0.0.16:3000", phase="Succeeded", scrape="true"),
-    ]))
+    pods.write_text(
+        json.dumps(
+            [
+                pod("127.0.0.11:8080", scrape="true", port="3000", path="/metrics"),
+                pod("127.0.0.12:3000", scrape="true", path="/custom/metrics"),
+                pod("127.0.0.13:3000"),  # not annotated
+                pod("127.0.0.14:3000", scrape="false"),
+                pod("127.0.0.15:3000", phase="Pending", scrape="true"),
+                pod("127.0.0.16:3000", phase="Succeeded", scrape="true"),
+            ]
+        )
+    )
     targets = pod_targets(base, 6)
-    active = {t["scrapeUrl"]: t["labels"] for t in targets["activeTargets"]
-              if t["scrapePool"] == "kubernetes-pods"}
-    assert set(active) == {"http://127.0.0.11:3000/metrics",
-                           "http://127.0.0.12:3000/custom/metrics"}
+    active = {
+        t["scrapeUrl"]: t["labels"]
+        for t in targets["activeTargets"]
+        if t["scrapePool"] == "kubernetes-pods"
+    }
+    assert set(active) == {
+        "http://127.0.0.11:3000/metrics",
+        "http://127.0.0.12:3000/custom/metrics",
+    }
     labels = active["http://127.0.0.11:3000/metrics"]
-    assert labels == {"job": "kubernetes-pods", "instance": "127.0.0.11:3000", "app": "slipway",
-                      "namespace": "slipway", "pod": "pod-127-0-0-11-8080"}
+    assert labels == {
+        "job": "kubernetes-pods",
+        "instance": "127.0.0.11:3000",
+        "app": "slipway",
+        "namespace": "slipway",
+        "pod": "pod-127-0-0-11-8080",
+    }
     rule_groups = httpx.get(f"{base}/api/v1/rules", timeout=5).json()["data"]["groups"]
     assert sum(len(g["rules"]) for g in rule_groups) == len(prometheus_rules())
 
@@ -161,9 +191,13 @@ def two_versions(root: Path, name: str) -> IndexDir:
 def test_published_at_is_the_pointer_time_else_the_manifest_time(tmp_path: Path) -> None:
     directory = two_versions(tmp_path, "docs")
     assert metrics.published_at(directory, "v000001") == 1_700_000_000  # nothing published
-    (directory.path / POINTER).write_text(Pointer(
-        version="v000001", history=["v000001"], updated="2026-01-02T03:04:05+00:00",
-    ).model_dump_json())
+    (directory.path / POINTER).write_text(
+        Pointer(
+            version="v000001",
+            history=["v000001"],
+            updated="2026-01-02T03:04:05+00:00",
+        ).model_dump_json()
+    )
     published = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
     assert metrics.published_at(directory, "v000001") == published
     assert metrics.published_at(directory, "v000002") == 1_700_000_100
@@ -177,8 +211,17 @@ def test_readiness_and_served_index_gauges(tmp_path: Path) -> None:
     assert REGISTRY.get_sample_value("slipway_ready") == 0
     metrics.index_served(directory, "v000001")
     info = {"index": "gauged"}
-    assert REGISTRY.get_sample_value("slipway_index_version_info", {**info, "version": "v000001"}) == 1
+    assert (
+        REGISTRY.get_sample_value("slipway_index_version_info", {**info, "version": "v000001"}) == 1
+    )
     metrics.index_served(directory, "v000002", previous="v000001")
-    assert REGISTRY.get_sample_value("slipway_index_version_info", {**info, "version": "v000001"}) == 0
-    assert REGISTRY.get_sample_value("slipway_index_version_info", {**info, "version": "v000002"}) == 1
-    assert REGISTRY.get_sample_value("slipway_index_published_timestamp_seconds", info) == 1_700_000_100
+    assert (
+        REGISTRY.get_sample_value("slipway_index_version_info", {**info, "version": "v000001"}) == 0
+    )
+    assert (
+        REGISTRY.get_sample_value("slipway_index_version_info", {**info, "version": "v000002"}) == 1
+    )
+    assert (
+        REGISTRY.get_sample_value("slipway_index_published_timestamp_seconds", info)
+        == 1_700_000_100
+    )

@@ -19,7 +19,7 @@ from tests.pinecone_standin import PineconeStandIn, pinecone_standin
 
 KEY = "test-key"
 DIM = 8
-QUOTED = "O'Brien \"the\" \\ one"
+QUOTED = 'O\'Brien "the" \\ one'
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +51,21 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, list[dict[str,
     ids = [f"doc{j // 3}#{j % 3}" for j in range(n)]
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
     langs = ["en", "fr", QUOTED]
-    metadata = [{"doc_id": i.split("#")[0], "lang": langs[j % 3], "year": str(2000 + j % 5)}
-                for j, i in enumerate(ids)]
+    metadata = [
+        {"doc_id": i.split("#")[0], "lang": langs[j % 3], "year": str(2000 + j % 5)}
+        for j, i in enumerate(ids)
+    ]
     return ids, vectors, metadata
 
 
-def brute_force(ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, str]],
-                query: np.ndarray, k: int, filters: Mapping | None = None) -> list[str]:
+def brute_force(
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    metadata: Sequence[Mapping[str, str]],
+    query: np.ndarray,
+    k: int,
+    filters: Mapping | None = None,
+) -> list[str]:
     """The exact cosine top ``k`` over the rows matching ``filters``."""
     keep = [j for j, m in enumerate(metadata) if matches(m, filters)]
     m = vectors[keep]
@@ -108,8 +116,13 @@ def test_filters(store: PineconeStore) -> None:
     ids, vectors, metadata = write(store, "v1", 90)
     reader = store.reader(store.commit("v1"))
     query = np.random.default_rng(2).standard_normal((1, DIM)).astype(np.float32)
-    for filters in ({"lang": "fr"}, {"lang": QUOTED}, {"lang": ["en", QUOTED]},
-                    {"lang": "en", "year": ["2001", "2003"]}, {"doc_id": "doc7"}):
+    for filters in (
+        {"lang": "fr"},
+        {"lang": QUOTED},
+        {"lang": ["en", QUOTED]},
+        {"lang": "en", "year": ["2001", "2003"]},
+        {"doc_id": "doc7"},
+    ):
         hits = reader.search(query, k=7, filters=filters)[0]
         assert [i for i, _ in hits] == brute_force(ids, vectors, metadata, query[0], 7, filters)
         assert hits and all(matches(metadata[ids.index(i)], filters) for i, _ in hits)
@@ -117,7 +130,8 @@ def test_filters(store: PineconeStore) -> None:
     assert pinecone_filter(None) is None
     assert pinecone_filter({"a": "x"}) == {"a": {"$in": ["x"]}}
     assert pinecone_filter({"a": "x", "b": ["y", "z"]}) == {
-        "$and": [{"a": {"$in": ["x"]}}, {"b": {"$in": ["y", "z"]}}]}
+        "$and": [{"a": {"$in": ["x"]}}, {"b": {"$in": ["y", "z"]}}]
+    }
     with pytest.raises(ValueError, match="string"):
         reader.search(query, filters={"lang": []})
 
@@ -146,15 +160,18 @@ def test_non_ascii_ids_round_trip(store: PineconeStore, standin: PineconeStandIn
     reader = store.reader(store.commit("v1"))
     kept = [i for i in ids if i != "résumé.pdf#1"]
     assert reader.ids() == set(kept)
-    assert reader.search(vectors[[0, 3]], k=1) == [[(ids[0], pytest.approx(1.0, abs=1e-3))],
-                                                   [(ids[3], pytest.approx(1.0, abs=1e-3))]]
+    assert reader.search(vectors[[0, 3]], k=1) == [
+        [(ids[0], pytest.approx(1.0, abs=1e-3))],
+        [(ids[3], pytest.approx(1.0, abs=1e-3))],
+    ]
     assert reader.search(vectors[:1], k=5, filters={"doc_id": "日本語"})[0][0][0] == "日本語#0"
     stored = set(standin.state.namespaces["slipway-v1"])
     assert all(i.isascii() for i in stored) and "plain#0" in stored
 
 
-def test_restage_discards_an_unfinished_attempt(store: PineconeStore,
-                                                standin: PineconeStandIn) -> None:
+def test_restage_discards_an_unfinished_attempt(
+    store: PineconeStore, standin: PineconeStandIn
+) -> None:
     write(store, "v2", 45, seed=3)  # crashed before commit
     again = PineconeStore(KEY, host=standin.host, batch_size=50)  # the next run
     try:
@@ -171,8 +188,9 @@ def test_restage_discards_an_unfinished_attempt(store: PineconeStore,
         again.close()
 
 
-def test_commit_waits_for_eventual_consistency(store: PineconeStore,
-                                               standin: PineconeStandIn) -> None:
+def test_commit_waits_for_eventual_consistency(
+    store: PineconeStore, standin: PineconeStandIn
+) -> None:
     ids, vectors, metadata = corpus(20)
     store.stage("v1", None, DIM)
     standin.state.stale_stats(3)  # the next three stats calls still see an empty namespace
@@ -217,8 +235,11 @@ def test_wrong_api_key_is_a_clear_error(standin: PineconeStandIn) -> None:
     standin.state.reset()
     bad = PineconeStore("not-the-key", host=standin.host)
     try:
-        with pytest.raises(RuntimeError, match=r"rejected the API key \(HTTP 401.*"
-                                               "SLIPWAY_PINECONE_API_KEY"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"rejected the API key \(HTTP 401.*"
+            "SLIPWAY_PINECONE_API_KEY",
+        ):
             bad.stage("v1", None, DIM)
         with pytest.raises(RuntimeError, match="SLIPWAY_PINECONE_API_KEY"):
             bad.reader("slipway-v1").count()
@@ -251,8 +272,9 @@ def test_dimension_mismatch_is_a_clear_error(store: PineconeStore) -> None:
         store.stage("v1", None, 16)
 
 
-def test_retries_server_errors_but_not_client_errors(store: PineconeStore,
-                                                     standin: PineconeStandIn) -> None:
+def test_retries_server_errors_but_not_client_errors(
+    store: PineconeStore, standin: PineconeStandIn
+) -> None:
     write(store, "v1", 12)
     reader = store.reader(store.commit("v1"))
     before = requests(standin, "POST", "/describe_index_stats")
@@ -274,8 +296,9 @@ def test_unreachable_host_is_a_clear_error() -> None:
     dead = PineconeStore(KEY, host=f"http://127.0.0.1:{port}")
     dead.index.wait = 0
     try:
-        with pytest.raises(RuntimeError, match="Cannot reach the Pinecone index.*"
-                                               "SLIPWAY_PINECONE_HOST"):
+        with pytest.raises(
+            RuntimeError, match="Cannot reach the Pinecone index.*SLIPWAY_PINECONE_HOST"
+        ):
             dead.reader("slipway-v1").count()
     finally:
         dead.close()

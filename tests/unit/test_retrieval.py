@@ -43,13 +43,19 @@ def test_fusion() -> None:
 
 def test_sparse_index_round_trip(tmp_path: Path) -> None:
     ids = ["d1", "d2", "d3"]
-    texts = ["boundary layer transition on a flat plate", "supersonic heat transfer",
-             "wing flutter in transonic flow"]
+    texts = [
+        "boundary layer transition on a flat plate",
+        "supersonic heat transfer",
+        "wing flutter in transonic flow",
+    ]
     index = SparseIndex.build(ids, texts)
     assert index.search(["flat plate boundary"], k=2)[0][0][0] == "d1"
     assert index.search(["zzzz unknown"], k=2) == [[]]
     filtered = SparseIndex.build(ids, texts, metadata=[{"a": "x"}, {"a": "y"}, {"a": "x"}])
-    assert sorted(h[0] for h in filtered.search(["flow plate heat"], 3, {"a": "x"})[0]) == ["d1", "d3"]
+    assert sorted(h[0] for h in filtered.search(["flow plate heat"], 3, {"a": "x"})[0]) == [
+        "d1",
+        "d3",
+    ]
     assert filtered.search(["flow"], 3, {"a": "nothing"}) == [[]]
     index.save(tmp_path / "bm25")
     again = SparseIndex.load(tmp_path / "bm25")

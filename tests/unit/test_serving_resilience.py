@@ -34,8 +34,10 @@ from slipway.retrieval.hybrid import HybridSearcher
 from slipway.retrieval.sparse import SparseIndex
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXTS = [f"document {i} about {topic} and {i % 7} other things"
-         for i, topic in enumerate(["rivers", "flight", "graphs", "onnx", "poland"] * 20)]
+TEXTS = [
+    f"document {i} about {topic} and {i % 7} other things"
+    for i, topic in enumerate(["rivers", "flight", "graphs", "onnx", "poland"] * 20)
+]
 
 
 class SlowDense:
@@ -70,8 +72,9 @@ class HashEmbedder:
 def searcher(delay: float = 0.01) -> HybridSearcher:
     ids = [f"d{i}#0" for i in range(len(TEXTS))]
     embedder = HashEmbedder()
-    return HybridSearcher(embedder, SlowDense(embedder.embed(TEXTS), ids, delay),
-                          SparseIndex.build(ids, TEXTS))
+    return HybridSearcher(
+        embedder, SlowDense(embedder.embed(TEXTS), ids, delay), SparseIndex.build(ids, TEXTS)
+    )
 
 
 def test_many_concurrent_searches_finish_on_a_small_pool() -> None:
@@ -82,8 +85,9 @@ def test_many_concurrent_searches_finish_on_a_small_pool() -> None:
 
     async def burst() -> list[list[list[Hit]]]:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
-        return await asyncio.wait_for(asyncio.gather(
-            *(hybrid.search_async([q], 5) for q in queries)), timeout=120)
+        return await asyncio.wait_for(
+            asyncio.gather(*(hybrid.search_async([q], 5) for q in queries)), timeout=120
+        )
 
     results = asyncio.run(burst())
     assert [r[0] for r in results] == [hybrid.search([q], 5)[0] for q in queries]
@@ -105,6 +109,7 @@ def test_an_async_embed_function_replaces_the_embedder() -> None:
 
 # --- the middleware, driven over raw ASGI messages (slow and vanishing clients) --------------
 
+
 async def ok_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = b""
     while True:
@@ -115,15 +120,25 @@ async def ok_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/v1/slow":
         await asyncio.sleep(30)
     data = json.dumps({"bytes": len(body)}).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
 def middleware(gate: Any = None, **deadlines: float) -> ApiMiddleware:
-    return ApiMiddleware(ok_app, max_body_bytes=1000, max_concurrency=2, gate=gate,
-                         deadlines=Deadlines(**{"body_seconds": 0.3, "response_seconds": 0.3,
-                                                **deadlines}), load=Load(2))
+    return ApiMiddleware(
+        ok_app,
+        max_body_bytes=1000,
+        max_concurrency=2,
+        gate=gate,
+        deadlines=Deadlines(**{"body_seconds": 0.3, "response_seconds": 0.3, **deadlines}),
+        load=Load(2),
+    )
 
 
 def scope_of(path: str, key: str | None = None, method: str = "POST") -> dict[str, Any]:
@@ -142,8 +157,11 @@ async def call(mw: ApiMiddleware, scope: dict[str, Any], receive: Any) -> dict[s
     await mw(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return {"status": start["status"], "headers": dict(start["headers"]),
-            "body": json.loads(body) if body else None}
+    return {
+        "status": start["status"],
+        "headers": dict(start["headers"]),
+        "body": json.loads(body) if body else None,
+    }
 
 
 async def key_gate(scope: dict[str, Any], headers: dict[str, str]) -> ApiError | None:
@@ -163,8 +181,9 @@ def test_a_request_without_a_key_is_refused_before_its_body_is_read() -> None:
 
     async def run() -> list[dict[str, Any]]:
         mw = middleware(key_gate)
-        return await asyncio.gather(*(call(mw, scope_of("/v1/search"), never_sends)
-                                      for _ in range(64)))
+        return await asyncio.gather(
+            *(call(mw, scope_of("/v1/search"), never_sends) for _ in range(64))
+        )
 
     replies = asyncio.run(asyncio.wait_for(run(), 10))
     assert {r["status"] for r in replies} == {401} and reads == 0
@@ -202,8 +221,9 @@ def body_receiver(body: bytes) -> Any:
 def test_past_its_deadline_a_request_gets_504_with_retry_after_and_frees_its_slot() -> None:
     async def run() -> tuple[list[dict[str, Any]], int]:
         mw = middleware(key_gate)
-        replies = await asyncio.gather(*(call(mw, scope_of("/v1/slow", "good"),
-                                              body_receiver(b"{}")) for _ in range(5)))
+        replies = await asyncio.gather(
+            *(call(mw, scope_of("/v1/slow", "good"), body_receiver(b"{}")) for _ in range(5))
+        )
         return list(replies), mw.in_flight
 
     replies, in_flight = asyncio.run(asyncio.wait_for(run(), 20))
@@ -215,8 +235,9 @@ def test_past_its_deadline_a_request_gets_504_with_retry_after_and_frees_its_slo
 
 
 def test_a_client_that_disconnects_mid_body_leaks_no_slot() -> None:
-    messages = iter([{"type": "http.request", "body": b"{", "more_body": True},
-                     {"type": "http.disconnect"}])
+    messages = iter(
+        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
+    )
 
     async def receive() -> dict[str, Any]:
         return next(messages)
@@ -248,11 +269,15 @@ def test_oversized_paths_and_credentials_are_refused_with_the_field_named() -> N
 
 
 def test_metric_labels_come_from_templates_and_fixed_sets() -> None:
-    templates = [(re.compile(r"^/v1/graph/entities/(?P<name>[^/]+)$"), "/v1/graph/entities/{name}"),
-                 (re.compile(r"^/v1/search$"), "/v1/search")]
+    templates = [
+        (re.compile(r"^/v1/graph/entities/(?P<name>[^/]+)$"), "/v1/graph/entities/{name}"),
+        (re.compile(r"^/v1/search$"), "/v1/search"),
+    ]
     rng = np.random.default_rng(0)
-    paths = ["/" + "".join(rng.choice(list("abc/%\x00é"), size=int(n)))
-             for n in rng.integers(1, 300, size=1000)]
+    paths = [
+        "/" + "".join(rng.choice(list("abc/%\x00é"), size=int(n)))
+        for n in rng.integers(1, 300, size=1000)
+    ]
     labels = {metrics.path_label(p, templates) for p in paths}
     labels |= {metrics.path_label(f"/v1/graph/entities/{i}", templates) for i in range(100)}
     assert labels <= {"other", "/v1/graph/entities/{name}", "/v1/search", "/metrics"}
@@ -260,6 +285,7 @@ def test_metric_labels_come_from_templates_and_fixed_sets() -> None:
 
 
 # --- liveness -----------------------------------------------------------------------------
+
 
 def test_the_watchdog_fails_while_the_worker_threads_make_no_progress() -> None:
     async def run() -> tuple[bool, bool, list[str], bool]:
@@ -305,10 +331,16 @@ SERVER = textwrap.dedent("""
 def test_serve_stops_every_process_it_started_on_sigterm(tmp_path: Path) -> None:
     script, pidfile = tmp_path / "server.py", tmp_path / "pid"
     script.write_text(SERVER)
-    owner = subprocess.Popen([sys.executable, "-c",
-                              "import sys; from slipway.process import run_owned; "
-                              f"sys.exit(run_owned([sys.executable, {str(script)!r}, "
-                              f"{str(pidfile)!r}], drain_seconds=5))"], cwd=ROOT)
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from slipway.process import run_owned; "
+            f"sys.exit(run_owned([sys.executable, {str(script)!r}, "
+            f"{str(pidfile)!r}], drain_seconds=5))",
+        ],
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 60
     while not (pidfile.exists() and Path(f"{pidfile}.orphan").exists()):
         assert time.monotonic() < deadline and owner.poll() is None

@@ -32,60 +32,93 @@ from slipway.rag import answer as answers
 from slipway.rag import graph
 from slipway.rag import search as searches
 from slipway.rag import summarize as summaries
-from slipway.rag.inference import embed_texts, embed_tokens, gen_tokens, generate_text
-from slipway.rag.inference import generation_events
+from slipway.rag.inference import (
+    embed_texts,
+    embed_tokens,
+    gen_tokens,
+    generate_text,
+    generation_events,
+)
 
 router = APIRouter(tags=["slipway"])
 
 
 @router.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS)
-async def embed(body: EmbedRequest, request: Request, res: Res,
-                who: Annotated[Principal, Depends(guard(Scope.EMBED))]) -> EmbedResponse:
+async def embed(
+    body: EmbedRequest,
+    request: Request,
+    res: Res,
+    who: Annotated[Principal, Depends(guard(Scope.EMBED))],
+) -> EmbedResponse:
     """Unit vectors for up to `SLIPWAY_MAX_TEXTS` texts, in input order (batched with other
     requests by the encoder service)."""
     tokens = await embed_tokens(res, body.texts)
     await charger(request, res, who)(tokens)
     vectors = await embed_texts(res, body.texts)
     metrics.tokens("/v1/embed", tokens)
-    return EmbedResponse(model=res.model_id, dimension=int(vectors.shape[1]),
-                         embeddings=vectors.tolist(), usage=usage(tokens))
+    return EmbedResponse(
+        model=res.model_id,
+        dimension=int(vectors.shape[1]),
+        embeddings=vectors.tolist(),
+        usage=usage(tokens),
+    )
 
 
 @router.post("/v1/generate", response_model=GenerateResponse, responses=STREAMED)
-async def generate(body: GenerateRequest, request: Request, res: Res,
-                   who: Annotated[Principal, Depends(guard(Scope.GENERATE))]) -> Any:
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    res: Res,
+    who: Annotated[Principal, Depends(guard(Scope.GENERATE))],
+) -> Any:
     """Complete a prompt (chat template applied); greedy when `temperature` is 0. With
     `stream`, server-sent events: `{"text"}` pieces, then `{"finish_reason", "usage"}`,
     then `[DONE]`."""
     prompt_tokens = await gen_tokens(res, body.prompt)
     check_context(res, prompt_tokens, body.max_new_tokens, "prompt")
     await charger(request, res, who)(prompt_tokens + body.max_new_tokens)
-    call = GenRequest(Sampling(body.max_new_tokens, body.temperature, body.top_p,
-                               tuple(body.stop), body.seed), prompt=body.prompt)
+    call = GenRequest(
+        Sampling(body.max_new_tokens, body.temperature, body.top_p, tuple(body.stop), body.seed),
+        prompt=body.prompt,
+    )
     if body.stream:
+
         async def events() -> AsyncIterator[bytes]:
             async for event in generation_events(res, call):
                 if "text" in event:
                     yield sse(event)
                 else:
-                    metrics.tokens("/v1/generate", event["prompt_tokens"],
-                                   event["completion_tokens"])
-                    yield sse({"finish_reason": event["finish_reason"], "usage": usage(
-                        event["prompt_tokens"], event["completion_tokens"]).model_dump()})
+                    metrics.tokens(
+                        "/v1/generate", event["prompt_tokens"], event["completion_tokens"]
+                    )
+                    yield sse(
+                        {
+                            "finish_reason": event["finish_reason"],
+                            "usage": usage(
+                                event["prompt_tokens"], event["completion_tokens"]
+                            ).model_dump(),
+                        }
+                    )
             yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream")
     out = await generate_text(res, call)
     metrics.tokens("/v1/generate", out["prompt_tokens"], out["completion_tokens"])
-    return GenerateResponse(model=res.model_id, text=out["text"],
-                            finish_reason=out["finish_reason"],
-                            usage=usage(out["prompt_tokens"], out["completion_tokens"]))
+    return GenerateResponse(
+        model=res.model_id,
+        text=out["text"],
+        finish_reason=out["finish_reason"],
+        usage=usage(out["prompt_tokens"], out["completion_tokens"]),
+    )
 
 
 @router.post("/v1/summarize", response_model=SummarizeResponse, responses=ERRORS)
-async def summarize(body: SummarizeRequest, request: Request, res: Res,
-                    who: Annotated[Principal, Depends(guard(Scope.GENERATE))]
-                    ) -> SummarizeResponse:
+async def summarize(
+    body: SummarizeRequest,
+    request: Request,
+    res: Res,
+    who: Annotated[Principal, Depends(guard(Scope.GENERATE))],
+) -> SummarizeResponse:
     """Summarize a text, or indexed documents by id, in about `max_words` words; a text
     longer than the model's context is summarized piece by piece, then the pieces'
     summaries are summarized (map-reduce)."""
@@ -93,27 +126,34 @@ async def summarize(body: SummarizeRequest, request: Request, res: Res,
 
 
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
-async def search(body: SearchRequest, res: Res,
-                 _: Annotated[Principal, Depends(guard(Scope.SEARCH))]) -> SearchResponse:
+async def search(
+    body: SearchRequest, res: Res, _: Annotated[Principal, Depends(guard(Scope.SEARCH))]
+) -> SearchResponse:
     """Hybrid (dense + BM25, fused) search over the published index, with metadata filters,
     re-ranking when a re-ranker is configured, and optional knowledge-graph expansion."""
     return await searches.search(body, res)
 
 
 @router.post("/v1/answer", response_model=AnswerResponse, responses=ERRORS)
-async def answer(body: AnswerRequest, request: Request, res: Res,
-                 who: Annotated[Principal, Depends(guard(Scope.SEARCH, Scope.GENERATE))]
-                 ) -> AnswerResponse:
+async def answer(
+    body: AnswerRequest,
+    request: Request,
+    res: Res,
+    who: Annotated[Principal, Depends(guard(Scope.SEARCH, Scope.GENERATE))],
+) -> AnswerResponse:
     """Retrieval-augmented answer: retrieve, re-rank, fit the best chunks into the prompt
     budget, generate, and cite the chunks used as [n]."""
-    return await answers.answer(body, res, charger(request, res, who),
-                                getattr(request.state, "request_id", "-"))
+    return await answers.answer(
+        body, res, charger(request, res, who), getattr(request.state, "request_id", "-")
+    )
 
 
 @router.get("/v1/graph/entities/{name}", response_model=EntitiesResponse, responses=ERRORS)
 async def graph_entity(
-        name: Annotated[str, Path(min_length=1, max_length=200, pattern=r"\S")], res: Res,
-        _: Annotated[Principal, Depends(guard(Scope.SEARCH))],
-        limit: Annotated[int, Query(ge=1, le=50)] = 10) -> EntitiesResponse:
+    name: Annotated[str, Path(min_length=1, max_length=200, pattern=r"\S")],
+    res: Res,
+    _: Annotated[Principal, Depends(guard(Scope.SEARCH))],
+    limit: Annotated[int, Query(ge=1, le=50)] = 10,
+) -> EntitiesResponse:
     """Entities by id (`TYPE:name`) or name, each with its strongest neighbours."""
     return await graph.entities(name, limit, res)
