@@ -9,6 +9,7 @@ a handler fails."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -140,12 +141,18 @@ class ApiMiddleware:
         token = REQUEST_ID.set(request_id)
         start = time.perf_counter()
         method = scope.get("method", "GET")
-        sent = {"started": False, "status": 500}
+        sent: dict[str, Any] = {"started": False, "status": 500, "finished": False, "stream": False}
         deadline: asyncio.Timeout | None = None
 
         async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                sent["finished"] = True
             if message["type"] == "http.response.start":
                 sent["started"], sent["status"] = True, message["status"]
+                sent["stream"] = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                    for k, v in message.get("headers", [])
+                )
                 message["headers"] = [
                     *message.get("headers", []),
                     *self._headers(scope, request_id),
@@ -189,22 +196,20 @@ class ApiMiddleware:
         except _Disconnected:
             sent["status"] = 499  # the client went away before its body was complete
         except TimeoutError:
-            if not sent["started"]:
-                await _send_error(
-                    send_wrapper,
-                    ApiError(
-                        504,
-                        "The request took longer than its deadline "
-                        f"({self.deadlines.response_seconds:g} s); retry shortly.",
-                        type="server_error",
-                        code="timeout",
-                    ),
-                )
-                metrics.timed_out("request")
+            metrics.timed_out("request")
+            late = ApiError(
+                504,
+                "The request took longer than its deadline "
+                f"({self.deadlines.response_seconds:g} s); retry shortly.",
+                type="server_error",
+                code="timeout",
+            )
+            await _end(send_wrapper, sent, late)
+        except ApiError as exc:  # raised by a stream after its response started
+            await _end(send_wrapper, sent, exc)
         except Exception:
             errors_logger.exception("Unhandled error in %s %s", method, scope.get("path"))
-            if not sent["started"]:
-                await _send_error(send_wrapper, from_exception(RuntimeError()))
+            await _end(send_wrapper, sent, from_exception(RuntimeError()))
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             seconds = time.perf_counter() - start
@@ -331,6 +336,22 @@ def _replay(body: bytes, receive: Any) -> Any:
         return dict(await receive())
 
     return replayed
+
+
+async def _end(send: Any, sent: dict[str, Any], error: ApiError) -> None:
+    """Answer with ``error``; or, when the response already started (a stream that failed or
+    ran out of time), end it properly: a last server-sent event carrying the error (OpenAI's
+    clients raise it), then the end of the body."""
+    if not sent["started"]:
+        await _send_error(send, error)
+        return
+    if sent["finished"]:
+        return
+    body = b""
+    if sent["stream"]:
+        body = f"data: {json.dumps(error.body())}\n\n".encode()
+    with contextlib.suppress(OSError, RuntimeError):  # the client may be gone already
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _send_error(send: Any, error: ApiError) -> None:

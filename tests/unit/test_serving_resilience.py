@@ -354,3 +354,35 @@ def test_serve_stops_every_process_it_started_on_sigterm(tmp_path: Path) -> None
     assert not session_members(server_sid)
     for pid in (stubborn, orphan):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event() -> None:
+    async def streaming(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b'data: {"text": "a"}\n\n', "more_body": True}
+        )
+        raise ApiError(
+            504,
+            "The generator did not answer within 1 s; retry shortly.",
+            type="server_error",
+            code="timeout",
+        )
+
+    mw = ApiMiddleware(streaming, max_body_bytes=1000, max_concurrency=2, gate=key_gate)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(mw(scope_of("/v1/chat/completions", "good"), body_receiver(b"{}"), send))
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert sent[0]["status"] == 200 and bodies[-1]["more_body"] is False
+    last = json.loads(bodies[-1]["body"].decode().removeprefix("data: "))
+    assert last["error"]["code"] == "timeout" and mw.in_flight == 0
