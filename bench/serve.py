@@ -961,9 +961,8 @@ def newest_bundle() -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def arguments() -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+def server_options(p: argparse.ArgumentParser) -> None:
+    """The options that say what a benchmark's servers serve: bundle, index and threads."""
     p.add_argument(
         "--bundle",
         type=Path,
@@ -983,6 +982,12 @@ def arguments() -> argparse.Namespace:
         default=len(os.sched_getaffinity(0)),
         help="ONNX threads, in the servers (SLIPWAY_THREADS) and in-process.",
     )
+
+
+def arguments() -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    server_options(p)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--parts", default="1,2,3,4", help="Which parts to run, e.g. 1 or 2,3.")
     p.add_argument("--seconds", type=float, default=8.0, help="Length of one part-1 phase.")

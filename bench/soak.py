@@ -57,6 +57,7 @@ from bench.serve import (
     newest_bundle,
     percentile_ms,
     piece_of,
+    server_options,
     sse_data,
     start_server,
     stop_all,
@@ -539,25 +540,7 @@ def report_phases(
 def arguments() -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument(
-        "--bundle",
-        type=Path,
-        default=None,
-        help="Bundle to serve (default: newest under $SLIPWAY_HOME/cache/bundles).",
-    )
-    p.add_argument(
-        "--index-root",
-        type=Path,
-        default=None,
-        help="SLIPWAY_INDEX_ROOT of the server (default: $SLIPWAY_HOME/indexes).",
-    )
-    p.add_argument("--index-name", default="default")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="SLIPWAY_THREADS of the server.",
-    )
+    server_options(p)
     p.add_argument(
         "--seconds",
         type=float,
