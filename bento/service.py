@@ -24,10 +24,9 @@ import bentoml
 import numpy as np
 from bentoml._internal.server.http import instruments
 from bentoml.exceptions import ServiceUnavailable
-from fastapi.routing import APIRoute
 
 from slipway.api import metrics
-from slipway.api.app import create_app
+from slipway.api.app import api_routes, create_app
 from slipway.api.errors import ApiError
 from slipway.api.middleware import configure_json_logging
 from slipway.config import ServeSettings, get_settings
@@ -42,11 +41,7 @@ logger = logging.getLogger("slipway.service")
 LIMITS = ServeSettings()
 api_app = create_app(LIMITS)  # its resources are set once the Slipway service has started
 # The API's route templates (the catch-all 404 route aside), for bounded metric labels.
-ROUTE_TEMPLATES = [
-    (route.path_regex, route.path)
-    for route in api_app.routes
-    if isinstance(route, APIRoute) and route.name != "not_found"
-]
+ROUTE_TEMPLATES = [(route.path_regex, route.path) for route in api_routes()]
 
 
 class BoundedTrafficMetrics(instruments.RunnerTrafficMetricsMiddleware):

@@ -68,9 +68,6 @@ def create_app(
     app.include_router(native.router)
     app.include_router(openai.router)
     _not_found(app)
-    for route in app.routes:
-        if getattr(route, "path", None) in deprecated:
-            route.deprecated = True  # type: ignore[attr-defined]
 
     def spec() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -78,11 +75,19 @@ def create_app(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             schema["info"]["x-slipway-version"] = __version__
+            for path in deprecated:  # the routes on their way out, in the spec too
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["deprecated"] = True
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = spec  # type: ignore[method-assign]
     return app
+
+
+def api_routes() -> list[APIRoute]:
+    """The API's routes (of both routers), for 405s and metric labels by route template."""
+    return [r for r in (*native.router.routes, *openai.router.routes) if isinstance(r, APIRoute)]
 
 
 def _exception_handlers(app: FastAPI) -> None:
@@ -128,12 +133,7 @@ def _not_found(app: FastAPI) -> None:
         """JSON 404 (or 405 naming the allowed methods) for the rest of ``/v1``."""
         path = request.url.path
         allowed = sorted(
-            {
-                m
-                for r in app.routes
-                if isinstance(r, APIRoute) and r.path_regex.match(path) and r.name != "not_found"
-                for m in r.methods or ()
-            }
+            {m for r in api_routes() if r.path_regex.match(path) for m in r.methods or ()}
         )
         if allowed:
             raise StarletteHTTPException(

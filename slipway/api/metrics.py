@@ -26,7 +26,7 @@ def _metrics() -> dict[str, Any]:
     import bentoml
 
     m = bentoml.metrics
-    return {
+    made = {
         "requests": m.Counter(
             name="slipway_requests_total",
             documentation="HTTP requests by route, method and status.",
@@ -73,6 +73,9 @@ def _metrics() -> dict[str, Any]:
             labelnames=["stage"],
         ),
     }
+    for stage in sorted(STAGES):  # every stage exported from the start, at 0: rate() works
+        made["timeouts"].labels(stage=stage)
+    return made
 
 
 @cache

@@ -158,17 +158,20 @@ def test_routes_reach_the_service_with_the_same_answers(gateway: Gateway, server
     assert "slipway_requests_total" in httpx.get(f"{gateway.base}/metrics", timeout=30).text
 
 
-def test_unknown_paths_are_a_json_404_of_the_gateway(gateway: Gateway) -> None:
+def test_unknown_paths_are_a_json_404_of_the_gateway(gateway: Gateway, server: Server) -> None:
     for path in ("/", "/admin", "/v2/embed", "/livez/extra", "/metrics.json"):
         r = httpx.get(f"{gateway.base}{path}", timeout=30)
         assert r.status_code == 404 and r.headers["content-type"] == "application/json", path
         assert r.json()["error"]["code"] == "not_found", path
         assert "x-slipway-version" not in r.headers, path  # answered by nginx, not the service
         assert r.headers["x-request-id"]
-    # under /v1 the service itself answers, in the same shape
-    r = httpx.get(f"{gateway.base}/v1/no-such-route", timeout=30)
+    # under /v1 the service itself answers, in the same shape: to a caller with a key, 404;
+    # without one, 401 (credentials are checked before routing: no route is revealed)
+    r = httpx.get(f"{gateway.base}/v1/no-such-route", timeout=30, headers=server.headers())
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert r.headers["x-slipway-version"]
+    anonymous = httpx.get(f"{gateway.base}/v1/no-such-route", timeout=30)
+    assert anonymous.status_code == 401 and anonymous.headers["x-slipway-version"]
 
 
 def test_request_ids_are_passed_on_or_generated(gateway: Gateway, server: Server) -> None:

@@ -386,3 +386,35 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event() -> None:
     assert sent[0]["status"] == 200 and bodies[-1]["more_body"] is False
     last = json.loads(bodies[-1]["body"].decode().removeprefix("data: "))
     assert last["error"]["code"] == "timeout" and mw.in_flight == 0
+
+
+def test_the_app_knows_its_routes_for_405s_labels_and_deprecation(tmp_path: Path) -> None:
+    import types
+
+    from fastapi.testclient import TestClient
+
+    from slipway.api.app import api_routes, create_app
+    from slipway.api.auth import Authenticator
+    from slipway.api.keys import FileKeyStore, Scope, create_key
+    from slipway.api.ratelimit import MemoryRateLimiter
+    from slipway.config import ApiSettings, ServeSettings
+
+    store = FileKeyStore(tmp_path / "keys.json")
+    key = create_key(store, "t", [Scope.ADMIN])[0]
+    gatekeeping = types.SimpleNamespace(
+        auth=Authenticator(store, ApiSettings()),
+        limiter=MemoryRateLimiter(),
+        remote_credentials=False,
+    )
+    gone = {"since": "2026-11-01", "sunset": "2027-06-30", "successor": "/v1/chat/completions"}
+    app = create_app(ServeSettings(deprecated_routes={"/v1/completions": gone}), gatekeeping)  # type: ignore[arg-type]
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {key}"}
+    wrong = client.get("/v1/embed", headers=auth)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert client.get("/v1/nothing", headers=auth).status_code == 404
+    assert client.get("/v1/nothing").status_code == 401  # no key: refused before routing
+    assert app.openapi()["paths"]["/v1/completions"]["post"]["deprecated"] is True
+    templates = [(r.path_regex, r.path) for r in api_routes()]
+    assert set(app.openapi()["paths"]) == {path for _, path in templates}
+    assert metrics.path_label("/v1/graph/entities/Warsaw", templates) == "/v1/graph/entities/{name}"
