@@ -6,7 +6,12 @@ from typing import Any
 
 from zenml import pipeline
 
-from steps.documents import chunk_corpus, corpus_fingerprint, preprocess_documents
+from steps.documents import (
+    chunk_corpus,
+    corpus_fingerprint,
+    evaluation_set,
+    preprocess_documents,
+)
 from steps.index import evaluate_index_version, publish_index_version, refresh_index_version
 
 
@@ -34,7 +39,11 @@ def index_refresh(
     """Keep the published index of ``corpus`` up to date; ``index`` holds the refresh, evaluation
     and publish parameters (index_name, model_name, model_version, bundle_dir, write_batch,
     eval_dir, margin, retain); ``embedder_path`` is the model directory whose tokenizer cuts
-    the chunks (default: the packaged embedder; it must be the registered embedder's source)."""
+    the chunks (default: the packaged embedder; it must be the registered embedder's source).
+    ``index.eval_dir`` unset: the packaged judgements gate the packaged demo corpus, another
+    corpus is published without a gate (logged), as in the main job."""
+    index = dict(index or {})
+    eval_dir = evaluation_set(corpus=corpus, eval_dir=index.pop("eval_dir", None))
     documents = preprocess_documents(
         corpus=corpus, source_format=source_format, source_fingerprint=corpus_fingerprint(corpus)
     )
@@ -44,4 +53,4 @@ def index_refresh(
         overlap_tokens=overlap_tokens,
         embedder_path=embedder_path,
     )
-    refresh_and_publish(documents, chunks, index)
+    refresh_and_publish(documents, chunks, {**index, "eval_dir": eval_dir})
