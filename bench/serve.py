@@ -984,6 +984,24 @@ def server_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def served_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The bundle and index root a benchmark's servers serve (from :func:`server_options`),
+    checked, after the process guards are set and the machine is printed."""
+    guard_processes()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    bundle_dir = args.bundle or newest_bundle()
+    if bundle_dir is None:
+        raise SystemExit("No bundle: pass --bundle DIR (or build one with the pipeline).")
+    bundle_dir = bundle_dir.resolve()
+    index_root = (args.index_root or get_settings().home / "indexes").resolve()
+    if not (index_root / args.index_name).is_dir():
+        raise SystemExit(f"No index {args.index_name!r} under {index_root}.")
+    print_machine(args.threads)
+    print(f"busy processes before start: {busy_processes()}")
+    return bundle_dir, index_root
+
+
 def arguments() -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
@@ -1274,19 +1292,8 @@ def main() -> None:
     """Run the parts asked for and print the RESULT line."""
     args = arguments()
     began = time.monotonic()
-    guard_processes()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     parts = {int(x) for x in args.parts.split(",")}
-    bundle_dir = args.bundle or newest_bundle()
-    if bundle_dir is None:
-        raise SystemExit("No bundle: pass --bundle DIR (or build one with the pipeline).")
-    bundle_dir = bundle_dir.resolve()
-    index_root = (args.index_root or get_settings().home / "indexes").resolve()
-    if not (index_root / args.index_name).is_dir():
-        raise SystemExit(f"No index {args.index_name!r} under {index_root}.")
-    print_machine(args.threads)
-    print(f"busy processes before start: {busy_processes()}")
+    bundle_dir, index_root = served_inputs(args)
     bundle = OnnxBundle.load(bundle_dir)
     texts = xquad_questions()
     model = OnnxEmbedder(

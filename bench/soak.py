@@ -34,7 +34,6 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import random
 import tempfile
 import time
@@ -48,15 +47,13 @@ import aiohttp
 import numpy as np
 import psutil
 
-from bench._common import print_machine
 from bench.serve import (
     UNLIMITED_RPM,
     Server,
     busy_processes,
-    guard_processes,
-    newest_bundle,
     percentile_ms,
     piece_of,
+    served_inputs,
     server_options,
     sse_data,
     start_server,
@@ -65,7 +62,6 @@ from bench.serve import (
     xquad_questions,
 )
 from slipway.api.keys import FileKeyStore, Scope, create_key
-from slipway.config import get_settings
 
 ROUTES = ("search", "answer", "embed", "chat")
 PATHS = {
@@ -819,18 +815,7 @@ def print_targets(figures: dict[str, float]) -> None:
 def main() -> None:
     """Start a server, soak it, stop it (and every process it started), print RESULT."""
     args = arguments()
-    guard_processes()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    bundle_dir = args.bundle or newest_bundle()
-    if bundle_dir is None:
-        raise SystemExit("No bundle: pass --bundle DIR (or build one with the pipeline).")
-    bundle_dir = bundle_dir.resolve()
-    index_root = (args.index_root or get_settings().home / "indexes").resolve()
-    if not (index_root / args.index_name).is_dir():
-        raise SystemExit(f"No index {args.index_name!r} under {index_root}.")
-    print_machine(args.threads)
-    print(f"busy processes before start: {busy_processes()}")
+    bundle_dir, index_root = served_inputs(args)
     questions = xquad_questions(args.seed)
     print(
         f"bundle: {bundle_dir} | index: {index_root / args.index_name} | {len(questions)} "
