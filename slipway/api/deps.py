@@ -16,7 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from slipway.api import metrics
 from slipway.api.auth import Principal
-from slipway.api.errors import ApiError, from_exception, rate_limited
+from slipway.api.errors import ApiError, from_exception, rate_limited, starting
 from slipway.api.keys import AuthError, Scope, ScopeError
 from slipway.api.middleware import Gate
 from slipway.api.ratelimit import Limits
@@ -66,7 +66,7 @@ def resources(request: Request) -> Resources:
     """The worker's resources (set when the service starts)."""
     res: Resources | None = getattr(request.app.state, "resources", None)
     if res is None:
-        raise ApiError(503, "The service is starting.", type="server_error", code="starting")
+        raise starting()
     return res
 
 
@@ -122,7 +122,7 @@ def gate(app: FastAPI) -> Gate:
     async def run(scope: dict[str, Any], headers: dict[str, str]) -> ApiError | None:
         res: Resources | None = getattr(app.state, "resources", None)
         if res is None:
-            return ApiError(503, "The service is starting.", type="server_error", code="starting")
+            return starting()
         if res.remote_credentials:  # Redis round trips: off the loop
             return await asyncio.get_running_loop().run_in_executor(
                 _GATE_THREADS, check, res, scope["state"], headers

@@ -101,6 +101,11 @@ def rate_limited(retry_after: float) -> ApiError:
     )
 
 
+def starting() -> ApiError:
+    """503 while the service has not finished loading its models and index."""
+    return ApiError(503, "The service is starting.", type="server_error", code="starting")
+
+
 def overloaded() -> ApiError:
     """503 when the server itself is saturated (not the client's budget)."""
     return ApiError(

@@ -120,8 +120,9 @@ class ApiMiddleware:
         self.gate = gate
         self.protected = protected
         self.deadlines = deadlines or Deadlines()
+        if load is not None and load.max_concurrency != max_concurrency:
+            raise ValueError(f"load counts {load.max_concurrency} slots, not {max_concurrency}.")
         self.load = load or Load(max_concurrency)
-        self.load.max_concurrency = max_concurrency
 
     @property
     def in_flight(self) -> int:
