@@ -1,11 +1,12 @@
 """Serving benchmark: a real ``slipway serve`` on localhost, driven over HTTP.
 
 1. ``/v1/embed`` under 32 closed-loop clients (each sends its next request when the last one
-   answers): adaptive batching on (``SLIPWAY_EMBED_MAX_BATCH`` default) against off (``=1``),
-   two servers started side by side and measured in interleaved rounds (on, off, in-process,
-   then the reverse), and the served throughput against the same ONNX artifact embedding the
-   same texts in this process (``OnnxEmbedder.embed`` on 32 texts per call: what 32
-   concurrent single-text requests can at best be merged into), with the same thread count.
+   answers), continuously batched, with the encoder in the API worker (``SLIPWAY_ENCODER=api``,
+   the default) against the encoder as a service of its own (``=service``): two servers
+   started side by side and measured in interleaved rounds (api, service, in-process, then the
+   reverse), and the served throughput against the same ONNX artifact embedding the same texts
+   in this process (``OnnxEmbedder.embed`` on 32 texts per call: what 32 concurrent
+   single-text requests can at best be merged into), with the same thread count.
 2. ``/v1/search`` and ``/v1/answer`` latency at a steady, open-loop request rate.
 3. Rate limiting: key A sends 10x its requests-per-minute allowance while key B keeps a modest
    rate; A's excess must get 429 with Retry-After, B's p99 must stay within 2x of B alone (B
@@ -591,8 +592,8 @@ async def open_loop(client: httpx.AsyncClient, server: Server, shots: Sequence[S
 class EmbedResult:
     """Part 1's pooled phases."""
 
-    on: Load
-    off: Load
+    api: Load  # the encoder in the API worker (the default)
+    service: Load  # the encoder as a service of its own
     local: Load
     single: Load  # in-process, one text per call: the encoder's own batching gain
 
@@ -631,8 +632,8 @@ def cpu_line(load: Load) -> str:
 
 
 async def part_embed(
-    on: Server,
-    off: Server,
+    api: Server,
+    service: Server,
     model: OnnxEmbedder,
     token: str,
     texts: list[str],
@@ -643,18 +644,18 @@ async def part_embed(
     seconds: float,
     warmup: float,
 ) -> EmbedResult:
-    """Batching on vs off vs in-process, interleaved rounds."""
+    """Encoder in the API worker vs a service of its own vs in-process, interleaved rounds."""
     served_batches = batches_of(texts, per_request)
     local_batches = batches_of(texts, local_batch)
     single_batches = batches_of(texts, 1)
-    phases: dict[str, list[Load]] = {"on": [], "off": [], "local": [], "single": []}
-    async with new_client(clients + 8) as client_on, new_client(clients + 8) as client_off:
-        clients_of = {"on": (client_on, on), "off": (client_off, off)}
+    phases: dict[str, list[Load]] = {"api": [], "service": [], "local": [], "single": []}
+    async with new_client(clients + 8) as client_api, new_client(clients + 8) as client_svc:
+        clients_of = {"api": (client_api, api), "service": (client_svc, service)}
         for name, (client, server) in clients_of.items():  # warm-up (and BentoML's optimizer)
             w = await closed_loop(client, server, token, served_batches, clients, warmup, name)
             print(f"  warm-up {name}: {w.throughput:.0f} texts/s, {w.codes()}")
         inprocess_round(model, local_batches, min(warmup, 2.0))
-        order = ["on", "off", "local", "single"]
+        order = ["api", "service", "local", "single"]
         for r in range(rounds):
             for name in order if r % 2 == 0 else order[::-1]:
                 if name in ("local", "single"):
@@ -667,12 +668,12 @@ async def part_embed(
                     )
                 phases[name].append(load)
                 print(
-                    f"  round {r + 1} {name:>5}: {load.throughput:7.1f} texts/s  "
+                    f"  round {r + 1} {name:>7}: {load.throughput:7.1f} texts/s  "
                     f"p50 {load.p(50):6.1f} ms  p99 {load.p(99):6.1f} ms  {load.codes()}"
                 )
     return EmbedResult(
-        pooled("batching on", phases["on"]),
-        pooled("batching off", phases["off"]),
+        pooled("encoder in api", phases["api"]),
+        pooled("encoder service", phases["service"]),
         pooled("in-process", phases["local"]),
         pooled("in-process 1", phases["single"]),
     )
@@ -1019,16 +1020,10 @@ def arguments() -> argparse.Namespace:
         help="Texts per OnnxEmbedder.embed call of the in-process baseline.",
     )
     p.add_argument(
-        "--off-max-batch",
-        type=int,
-        default=1,
-        help="SLIPWAY_EMBED_MAX_BATCH of the batching-off server (1 = off).",
-    )
-    p.add_argument(
-        "--max-latency-ms",
+        "--max-batch-tokens",
         type=int,
         default=None,
-        help="SLIPWAY_EMBED_MAX_LATENCY_MS of both servers (default: the service's).",
+        help="SLIPWAY_EMBED_MAX_BATCH_TOKENS of both servers (default: the service's).",
     )
     p.add_argument("--search-rate", type=float, default=2.0)
     p.add_argument("--answer-rate", type=float, default=0.2)
@@ -1079,8 +1074,8 @@ def busy_processes() -> str:
 
 def report_embed(
     args: argparse.Namespace,
-    on: Server,
-    off: Server,
+    api: Server,
+    service: Server,
     model: OnnxEmbedder,
     token: str,
     texts: list[str],
@@ -1093,8 +1088,8 @@ def report_embed(
     )
     embed = asyncio.run(
         part_embed(
-            on,
-            off,
+            api,
+            service,
             model,
             token,
             texts,
@@ -1106,48 +1101,51 @@ def report_embed(
             args.warmup,
         )
     )
-    for load in (embed.on, embed.off, embed.local, embed.single):
+    for load in (embed.api, embed.service, embed.local, embed.single):
         print(
-            f"  {load.name:>12}: {load.throughput:7.1f} texts/s  p50 {load.p(50):6.1f} ms"
+            f"  {load.name:>15}: {load.throughput:7.1f} texts/s  p50 {load.p(50):6.1f} ms"
             f"  p99 {load.p(99):6.1f} ms  requests {load.requests} errors {load.errors}"
             f" ({load.codes()})"
         )
-    for load in (embed.on, embed.off):
-        print(f"  {load.name:>12}: {cpu_line(load)}")
+    for load in (embed.api, embed.service):
+        print(f"  {load.name:>15}: {cpu_line(load)}")
     nan = float("nan")
-    speedup = embed.on.throughput / embed.off.throughput if embed.off.throughput else nan
-    fraction = embed.on.throughput / embed.local.throughput if embed.local.throughput else nan
-    error_rate = embed.on.errors / max(embed.on.requests, 1)
+    gain = embed.api.throughput / embed.service.throughput if embed.service.throughput else nan
+    fraction = embed.api.throughput / embed.local.throughput if embed.local.throughput else nan
+    error_rate = embed.api.errors / max(embed.api.requests, 1)
     ceiling = embed.local.throughput / embed.single.throughput if embed.single.throughput else nan
     print(
         f"  the encoder's own batching gain in this process ({args.local_batch} texts per call "
         f"vs 1): {ceiling:.2f}x, the most any batching can give on this machine"
     )
-    print(
-        f"  batching speedup {speedup:.2f}x (target >= 3) | served / in-process "
-        f"{fraction:.2f} (target >= 0.7) | batching-on error rate {error_rate:.1%} "
-        f"(throughput and latency count successful requests only)"
-    )
-    served_cpu = sum(embed.on.server_cpu.values())  # every process of the server
-    served_per_text = served_cpu / embed.on.texts if embed.on.texts else nan
     local_per_text = embed.local.client_cpu / embed.local.texts if embed.local.texts else nan
-    cpu_ratio = served_per_text / local_per_text if local_per_text else nan
-    print(
-        f"  cpu per text: served {served_per_text * 1e3:.2f} ms (all {len(embed.on.server_cpu)}"
-        f" kinds of server process: "
-        + " ".join(
-            f"{k}={v / max(embed.on.texts, 1) * 1e3:.2f}"
-            for k, v in sorted(embed.on.server_cpu.items())
+    ratios = {}
+    for load in (embed.api, embed.service):
+        served = sum(load.server_cpu.values())  # every process of the server
+        per_text = served / load.texts if load.texts else nan
+        ratios[load.name] = per_text / local_per_text if local_per_text else nan
+        print(
+            f"  cpu per text, {load.name}: served {per_text * 1e3:.2f} ms (all "
+            f"{len(load.server_cpu)} kinds of server process: "
+            + " ".join(
+                f"{k}={v / max(load.texts, 1) * 1e3:.2f}"
+                for k, v in sorted(load.server_cpu.items())
+            )
+            + f") | in-process {local_per_text * 1e3:.2f} ms | ratio {ratios[load.name]:.2f} | "
+            f"load generator (this process) {load.client_cpu / max(load.texts, 1) * 1e3:.2f} ms"
+            f" per text, {load.client_cpu / max(load.elapsed, 1e-9):.2f} cores"
         )
-        + f") | in-process {local_per_text * 1e3:.2f} ms | ratio {cpu_ratio:.2f} | load "
-        f"generator (this process) {embed.on.client_cpu / max(embed.on.texts, 1) * 1e3:.2f} ms"
-        f" per text, {embed.on.client_cpu / max(embed.on.elapsed, 1e-9):.2f} cores"
+    print(
+        f"  encoder in api / encoder service throughput {gain:.2f}x | served (api) / in-process"
+        f" {fraction:.2f} (target >= 0.6) | cpu ratio (api) {ratios[embed.api.name]:.2f} "
+        f"(target <= 1.5) | error rate {error_rate:.1%} (throughput and latency count "
+        "successful requests only)"
     )
     return {
-        "batching_speedup": speedup,
+        "placement_gain": gain,
         "served_fraction": fraction,
-        "served_cpu_ratio_embed": cpu_ratio,
-        "embed_p99_ms": embed.on.p(99),
+        "served_cpu_ratio_embed": ratios[embed.api.name],
+        "embed_p99_ms": embed.api.p(99),
         "embed_error_rate": error_rate,
         "encoder_batch_gain": ceiling,
     }
@@ -1315,44 +1313,27 @@ def main() -> None:
         "SLIPWAY_INDEX_NAME": args.index_name,
         "SLIPWAY_THREADS": str(args.threads),
     }
-    if args.max_latency_ms is not None:
-        common["SLIPWAY_EMBED_MAX_LATENCY_MS"] = str(args.max_latency_ms)
+    if args.max_batch_tokens is not None:
+        common["SLIPWAY_EMBED_MAX_BATCH_TOKENS"] = str(args.max_batch_tokens)
     servers: list[Server] = []
     result: dict[str, float] = {}
     try:
-        servers.append(start_server("on", home, bundle_dir, common))
+        servers.append(start_server("api", home, bundle_dir, {**common, "SLIPWAY_ENCODER": "api"}))
         if 1 in parts:
             servers.append(
-                start_server(
-                    "off",
-                    home,
-                    bundle_dir,
-                    {**common, "SLIPWAY_EMBED_MAX_BATCH": str(args.off_max_batch)},
-                )
+                start_server("service", home, bundle_dir, {**common, "SLIPWAY_ENCODER": "service"})
             )
         on = servers[0]
-        try:
-            took = wait_ready(servers)
-        except RuntimeError:
-            off_log = servers[-1].log.read_text(errors="replace") if len(servers) > 1 else ""
-            if "'max_batch_size' must be > 1" in off_log:
-                print(
-                    f"The service cannot start with SLIPWAY_EMBED_MAX_BATCH="
-                    f"{args.off_max_batch}: BentoML rejects max_batch_size <= 1 on a batchable "
-                    "method (bento/service.py, Embedder.embed_batch). Measure against the "
-                    "smallest batching it accepts with --off-max-batch 2.",
-                    file=sys.stderr,
-                )
-            raise
+        took = wait_ready(servers)
         print(
-            f"servers ready in {took:.0f} s: batching on :{on.port}"
-            + (f", off (max batch {args.off_max_batch}) :{servers[1].port}" if 1 in parts else "")
-            + f" (home {home}; SLIPWAY_THREADS={args.threads}, SLIPWAY_EMBED_MAX_LATENCY_MS="
-            f"{args.max_latency_ms or 'default'})"
+            f"servers ready in {took:.0f} s: encoder in api :{on.port}"
+            + (f", encoder service :{servers[1].port}" if 1 in parts else "")
+            + f" (home {home}; SLIPWAY_THREADS={args.threads}, SLIPWAY_EMBED_MAX_BATCH_TOKENS="
+            f"{args.max_batch_tokens or 'default'})"
         )
         if 1 in parts:
             result.update(report_embed(args, on, servers[1], model, bench_token, texts))
-            servers[1].stop()  # parts 2 and 3 use the default (batching on) server only
+            servers[1].stop()  # the other parts use the default (encoder in api) server only
         if 2 in parts:
             result.update(report_steady(args, on, bench_token, texts))
         if 3 in parts:
@@ -1367,7 +1348,7 @@ def main() -> None:
         )
         stop_all()
         keys = (
-            "batching_speedup",
+            "placement_gain",
             "served_fraction",
             "served_cpu_ratio_embed",
             "embed_p99_ms",

@@ -1,14 +1,18 @@
-"""Slipway's BentoML 1.4 services: the encoder, the generator and the API that composes them.
+"""Slipway's BentoML 1.4 services: the API, the generator and (optionally) the encoder.
 
-- ``Embedder`` owns the ONNX encoder behind an adaptively batched method: concurrent requests
-  from every API worker merge into one encoder call.
-- ``Generator`` owns the ONNX decoder: whole generations, and token streams.
-- ``Slipway`` serves the HTTP API (``slipway.api.app``: FastAPI routes under ``/v1``) and
-  reaches the other two with ``bentoml.depends``, so each scales and batches on its own.
+- ``Slipway`` serves the HTTP API (``slipway.api.app``: FastAPI routes under ``/v1``) with the
+  ONNX encoder in each worker, continuously batched (``SLIPWAY_ENCODER=api``, the default:
+  measured faster per CPU than a hop to a separate encoder, see ``bench/serve.py``).
+- ``Generator`` owns the ONNX decoder: whole generations and token streams; with
+  onnxruntime-genai, concurrent requests are decoded together (continuous batching).
+- ``SlipwayRemoteEncoder`` + ``Embedder``: the same API calling the encoder as a service of
+  its own (``SLIPWAY_ENCODER=service``), for an encoder that scales apart from the API.
 
-``bentoml serve bento.service:Slipway`` (or ``slipway serve``) starts all three; BentoML adds
-``/livez``, ``/readyz`` (ready once every service has loaded its model and the API holds the
-published index) and ``/metrics``.
+``slipway serve`` picks the API service from ``SLIPWAY_ENCODER`` and starts it with its
+dependencies; BentoML adds ``/livez``, ``/readyz`` (ready once every service has loaded its
+model and the API holds the published index) and ``/metrics``. Settings are read when a
+service starts, never when this module is imported; BentoML's own service options (worker
+counts) come from ``BENTOML_CONFIG_OPTIONS``.
 """
 
 from __future__ import annotations
@@ -17,31 +21,61 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
 
 import aiohttp
 import bentoml
 import numpy as np
 from bentoml._internal.server.http import instruments
 from bentoml.exceptions import ServiceUnavailable
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from slipway.api import metrics
 from slipway.api.app import api_routes, create_app
-from slipway.api.errors import ApiError
+from slipway.api.errors import ApiError, starting
 from slipway.api.middleware import configure_json_logging
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
+from slipway.embedding.batcher import ContinuousBatcher
 from slipway.generation import Request, complete, context_length, generation_events, load_generator
 from slipway.onnx.session import default_providers
-from slipway.resources import build_resources
+from slipway.resources import Coalescer, EmbedClient, build_resources
 from slipway.serving import resolve_bundle
 from slipway.streams import iterate_in_thread, ndjson_events
+from slipway.wire import (
+    EncoderInfo,
+    EncoderTexts,
+    GenerationRequest,
+    GenerationResult,
+    GeneratorInfo,
+)
 
 logger = logging.getLogger("slipway.service")
-LIMITS = ServeSettings()
-api_app = create_app(LIMITS)  # its resources are set once the Slipway service has started
 # The API's route templates (the catch-all 404 route aside), for bounded metric labels.
 ROUTE_TEMPLATES = [(route.path_regex, route.path) for route in api_routes()]
+
+
+class DeferredApp:
+    """The ASGI app BentoML mounts: the API, built when the service starts (from the settings
+    of that moment; nothing is read when this module is imported)."""
+
+    def __init__(self) -> None:
+        self.app: FastAPI | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.app is None:  # BentoML serves only after the service's __init__; be safe
+            if scope["type"] == "http":
+                error = starting()
+                await JSONResponse(error.body(), error.status, error.headers())(
+                    scope, receive, send
+                )
+            return
+        await self.app(scope, receive, send)
+
+
+api_app = DeferredApp()
 
 
 class BoundedTrafficMetrics(instruments.RunnerTrafficMetricsMiddleware):
@@ -93,37 +127,64 @@ NO_ACCESS_LOG = {"access": {"enabled": False}}
     logging=NO_ACCESS_LOG,
 )
 class Embedder:
-    """The ONNX sentence encoder; concurrent requests are merged into one batch."""
+    """The ONNX sentence encoder as a service of its own (``SLIPWAY_ENCODER=service``): the
+    API workers' requests are continuously batched (one encoder call at a time, carrying
+    whatever arrived during the last)."""
 
     def __init__(self) -> None:
         configure_json_logging()
-        served = resolve_bundle(LIMITS)
-        self.model = OnnxEmbedder(
-            served.bundle.role_dir("embedder"),
-            providers=default_providers(LIMITS.providers),
-            threads=get_settings().threads,
-            spinning=False,  # the API and generator processes share these cores
-        )
-        logger.info("Embedder %s v%s on %s", served.model_name, served.version, self.model.provider)
-
-    @bentoml.api(
-        batchable=LIMITS.embed_max_batch > 1,
-        max_batch_size=max(2, LIMITS.embed_max_batch),
-        max_latency_ms=LIMITS.embed_max_latency_ms,
-    )
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors for a (merged) batch of texts."""
-        metrics.batch_size(len(texts))
-        return self.model.embed(texts)
+        serve = ServeSettings()
+        self.batcher = local_encoder(serve, "service")
+        logger.info("Embedder on %s", self.batcher.encoder.provider)
 
     @bentoml.api
-    def describe(self) -> dict[str, Any]:
+    async def embed(self, texts: EncoderTexts) -> np.ndarray:
+        """Unit vectors (float32, one row per text) for the texts, in order."""
+        return await self.batcher.embed(texts)
+
+    @bentoml.api
+    async def describe(self) -> EncoderInfo:
         """Dimension, provider and batching of the encoder."""
-        return {
-            "dimension": self.model.dimension,
-            "provider": self.model.provider,
-            "max_batch_size": LIMITS.embed_max_batch,
-        }
+        return self.batcher.info
+
+
+def local_encoder(serve: ServeSettings, placement: Literal["api", "service"]) -> LocalEncoder:
+    """The served bundle's encoder in this process, continuously batched."""
+    served = resolve_bundle(serve)
+    model = OnnxEmbedder(
+        served.bundle.role_dir("embedder"),
+        providers=default_providers(serve.providers),
+        threads=get_settings().threads,
+        spinning=False,  # the other processes share these cores
+    )
+    logger.info(
+        "Encoder %s v%s on %s (%s)", served.model_name, served.version, model.provider, placement
+    )
+    return LocalEncoder(model, serve.embed_max_batch_tokens, placement)
+
+
+class LocalEncoder:
+    """An encoder client over a :class:`ContinuousBatcher` in this process."""
+
+    def __init__(
+        self, model: OnnxEmbedder, max_batch_tokens: int, placement: Literal["api", "service"]
+    ) -> None:
+        self.encoder = model
+        self.batcher = ContinuousBatcher(
+            model, max_batch_tokens, on_batch=lambda texts, _tokens: metrics.batch_size(texts)
+        )
+        self.info = EncoderInfo(
+            dimension=model.dimension,
+            provider=model.provider,
+            max_batch_tokens=max_batch_tokens,
+            placement=placement,
+        )
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return await self.batcher.embed(texts)
+
+    async def describe(self) -> dict[str, Any]:
+        return self.info.model_dump()
 
 
 @bentoml.service(
@@ -133,39 +194,51 @@ class Embedder:
     runner_connection=KEEP_CONNECTIONS,
 )
 class Generator:
-    """The ONNX decoder (onnxruntime-genai or optimum, per the bundle's manifest)."""
+    """The ONNX decoder (onnxruntime-genai or optimum, per the bundle's manifest). With
+    onnxruntime-genai, concurrent requests are decoded together (continuous batching)."""
 
     def __init__(self) -> None:
         configure_json_logging()
-        served = resolve_bundle(LIMITS)
+        serve = ServeSettings()
+        served = resolve_bundle(serve)
         model_dir = served.bundle.role_dir("generator")
+        self.runtime = served.bundle.runtime("generator")
         self.model = load_generator(
             model_dir,
-            served.bundle.runtime("generator"),
+            self.runtime,
             threads=get_settings().threads,
-            providers=default_providers(LIMITS.providers),
+            providers=default_providers(serve.providers),
+            concurrent=True,
         )
         self.context = context_length(model_dir)
+        # Every stream waits in a thread for its tokens while the engine decodes them all.
+        self.streams = ThreadPoolExecutor(serve.max_concurrency, "slipway-stream")
         logger.info(
             "Generator %s v%s on %s", served.model_name, served.version, self.model.provider
         )
 
     @bentoml.api
-    def complete(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A whole generation for a :class:`slipway.generation.Request` dict."""
-        return complete(self.model, Request.from_dict(request))
+    def complete(self, request: GenerationRequest) -> GenerationResult:
+        """A whole generation."""
+        return GenerationResult.model_validate(complete(self.model, request.request()))
 
     @bentoml.api
-    async def stream(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
         """Newline-delimited JSON events of a generation, as the tokens are decoded."""
-        call = Request.from_dict(request)
-        async for event in iterate_in_thread(lambda: generation_events(self.model, call)):
+        call = request.request()
+        async for event in iterate_in_thread(
+            lambda: generation_events(self.model, call), self.streams
+        ):
             yield json.dumps(event) + "\n"
 
     @bentoml.api
-    def describe(self) -> dict[str, Any]:
-        """Provider and context window of the decoder."""
-        return {"provider": self.model.provider, "context_length": self.context}
+    def describe(self) -> GeneratorInfo:
+        """Provider and context window of the decoder, and whether it batches requests."""
+        return GeneratorInfo(
+            provider=self.model.provider,
+            context_length=self.context,
+            concurrent=self.runtime == "genai",
+        )
 
 
 def _unavailable(role: str, exc: Exception) -> ApiError:
@@ -184,12 +257,13 @@ class _RemoteEmbedder:
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         try:
-            return np.asarray(await self.service.to_async.embed_batch(texts))
+            return np.asarray(await self.service.to_async.embed(texts))
         except (ServiceUnavailable, aiohttp.ClientError) as exc:
             raise _unavailable("encoder", exc) from exc
 
     async def describe(self) -> dict[str, Any]:
-        return dict(await self.service.to_async.describe())
+        info = await self.service.to_async.describe()
+        return EncoderInfo.model_validate(info).model_dump()
 
 
 class _RemoteGenerator:
@@ -198,43 +272,46 @@ class _RemoteGenerator:
 
     async def complete(self, request: Request) -> dict[str, Any]:
         try:
-            return dict(await self.service.to_async.complete(request.to_dict()))
+            result = await self.service.to_async.complete(GenerationRequest.of(request))
         except (ServiceUnavailable, aiohttp.ClientError) as exc:
             raise _unavailable("generator", exc) from exc
+        return GenerationResult.model_validate(result).model_dump()
 
     async def events(self, request: Request) -> AsyncIterator[dict[str, Any]]:
-        async for event in ndjson_events(self.service.to_async.stream(request.to_dict())):
+        async for event in ndjson_events(
+            self.service.to_async.stream(GenerationRequest.of(request))
+        ):
             yield event
 
     async def describe(self) -> dict[str, Any]:
-        return dict(await self.service.to_async.describe())
+        info = await self.service.to_async.describe()
+        return GeneratorInfo.model_validate(info).model_dump()
 
 
-@bentoml.service(
-    name="slipway", workers=LIMITS.api_workers, traffic={"timeout": 300}, logging=NO_ACCESS_LOG
-)
-@bentoml.asgi_app(api_app, path="/")
-class Slipway:
-    """The API; see ``slipway.api.app`` for the routes and ``README.md`` for a session."""
+class _Api:
+    """What both API services do; they differ in where the encoder runs."""
 
-    embedder = bentoml.depends(Embedder)
-    generator = bentoml.depends(Generator)
+    generator: Any
+
+    def _encoder(self, serve: ServeSettings) -> EmbedClient:
+        raise NotImplementedError
 
     def __init__(self) -> None:
         configure_json_logging()
+        serve = ServeSettings()
         self.resources = build_resources(
-            resolve_bundle(LIMITS),
-            _RemoteEmbedder(self.embedder),
-            _RemoteGenerator(self.generator),
-            LIMITS,
+            resolve_bundle(serve), self._encoder(serve), _RemoteGenerator(self.generator), serve
         )
-        api_app.state.resources = self.resources
+        api_app.app = create_app(serve, self.resources)
         self.resources.ready()  # open the published index now, not on the first request
 
     async def __is_ready__(self) -> bool:
         """Ready when the published index is loaded (the models are, once this exists) and a
         concurrency slot is free: a saturated worker leaves the load balancer for a while."""
-        load = api_app.state.load
+        app = api_app.app
+        if app is None:
+            return False
+        load = app.state.load
         if load.saturated:
             logger.warning("Not ready: all %d slots taken", load.max_concurrency)
             return False
@@ -243,6 +320,35 @@ class Slipway:
     async def __is_alive__(self) -> bool:
         """Alive while the worker's event loop and worker threads make progress (a watchdog
         probes them every second, from the first probe on)."""
-        watchdog = api_app.state.watchdog
+        if api_app.app is None:
+            return True  # still starting: BentoML's startup probe covers this
+        watchdog = api_app.app.state.watchdog
         watchdog.ensure_started(asyncio.get_running_loop())
         return bool(watchdog.alive())
+
+
+@bentoml.service(name="slipway", workers=1, traffic={"timeout": 300}, logging=NO_ACCESS_LOG)
+@bentoml.asgi_app(api_app, path="/")
+class Slipway(_Api):
+    """The API with the encoder in each worker (``SLIPWAY_ENCODER=api``, the default): no
+    hop per embedding; see ``slipway.api.app`` for the routes and ``README.md`` for a
+    session. Worker count: ``BENTOML_CONFIG_OPTIONS=services.slipway.workers=N`` (``slipway
+    serve`` sets it from ``SLIPWAY_API_WORKERS``)."""
+
+    generator = bentoml.depends(Generator)
+
+    def _encoder(self, serve: ServeSettings) -> EmbedClient:
+        return local_encoder(serve, "api")
+
+
+@bentoml.service(name="slipway", workers=1, traffic={"timeout": 300}, logging=NO_ACCESS_LOG)
+@bentoml.asgi_app(api_app, path="/")
+class SlipwayRemoteEncoder(_Api):
+    """The API calling the encoder as a service of its own (``SLIPWAY_ENCODER=service``): the
+    encoder scales apart from the API workers, at a hop per (worker-merged) batch."""
+
+    generator = bentoml.depends(Generator)
+    embedder = bentoml.depends(Embedder)
+
+    def _encoder(self, serve: ServeSettings) -> EmbedClient:
+        return Coalescer(_RemoteEmbedder(self.embedder), serve.embed_max_batch)

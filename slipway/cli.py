@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 if typing.TYPE_CHECKING:
-    from slipway.config import GraphSettings
+    from slipway.config import GraphSettings, ServeSettings
 
 app = typer.Typer(
     name="slipway",
@@ -86,12 +86,16 @@ def serve(
     if model_version:
         env["SLIPWAY_MODEL_VERSION"] = model_version
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    settings = _serve_settings()
+    env["BENTOML_CONFIG_OPTIONS"] = " ".join(
+        filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), bentoml_options(settings)])
+    )
     cmd = [
         sys.executable,
         "-m",
         "bentoml",
         "serve",
-        "bento.service:Slipway",
+        service_target(settings),
         "--host",
         host,
         "--port",
@@ -107,6 +111,31 @@ def serve(
     from slipway.process import run_owned
 
     raise typer.Exit(code=run_owned(cmd, env, drain_seconds=drain_timeout))
+
+
+def _serve_settings() -> ServeSettings:
+    from pydantic import ValidationError
+
+    from slipway.config import ServeSettings
+
+    try:
+        return ServeSettings()
+    except ValidationError as exc:
+        fail(f"Invalid SLIPWAY_* serving settings; fix the variable it names: {exc}")
+
+
+def service_target(settings: ServeSettings) -> str:
+    """The BentoML service to serve: the encoder in the API workers, or as its own service."""
+    return (
+        "bento.service:Slipway"
+        if settings.encoder == "api"
+        else "bento.service:SlipwayRemoteEncoder"
+    )
+
+
+def bentoml_options(settings: ServeSettings) -> str:
+    """BentoML's service options from Slipway's settings (``BENTOML_CONFIG_OPTIONS``)."""
+    return f"services.slipway.workers={settings.api_workers}"
 
 
 def _registered_version(uri: str, version: str | None) -> str:

@@ -109,14 +109,22 @@ class ServeSettings(BaseSettings):
     index_name: str = Field(
         default="default", description="Published index that /v1/search serves."
     )
-    embed_max_batch: int = Field(
-        default=128, ge=1, description="Adaptive batching: most texts per encoder call (1 = off)."
+    encoder: Literal["api", "service"] = Field(
+        default="api",
+        description="Where the encoder runs: in each API worker (no hop per request) or as a "
+        "BentoML service of its own that the workers call.",
     )
-    embed_max_latency_ms: int = Field(
-        default=1000,
+    embed_max_batch_tokens: int = Field(
+        default=8192,
         ge=1,
-        description="Adaptive batching: latency budget; BentoML sheds (503) requests it predicts "
-        "would exceed it.",
+        description="Continuous batching: most tokens per encoder call (it takes whatever is "
+        "queued when it is free, up to this; 1 = one request per call).",
+    )
+    embed_max_batch: int = Field(
+        default=128,
+        ge=1,
+        description="SLIPWAY_ENCODER=service: most texts an API worker merges into one call of "
+        "the encoder service (1 = a call per request).",
     )
     api_workers: int = Field(default=1, ge=1, description="Worker processes of the API service.")
     trace_sample_rate: float = Field(

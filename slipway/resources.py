@@ -137,7 +137,7 @@ class Resources:
     ) -> None:
         self.served = served
         self.serve = serve or ServeSettings()
-        self.embedder = Coalescer(embedder, self.serve.embed_max_batch)
+        self.embedder = embedder
         self.generator = generator
         self.api = api or ApiSettings()
         self.index_settings = index or IndexSettings()

@@ -6,26 +6,36 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 
-async def iterate_in_thread(factory: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Items of a blocking iterator, produced in a worker thread, for an event loop."""
+async def iterate_in_thread(
+    factory: Callable[[], Iterator[Any]], executor: Executor | None = None
+) -> AsyncIterator[Any]:
+    """Items of a blocking iterator, produced in a thread of ``executor`` (default: the
+    loop's), for an event loop. A consumer that stops closes the iterator at its next item."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=64)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for item in factory():
-                if stop.is_set():
-                    return
-                asyncio.run_coroutine_threadsafe(queue.put(("item", item)), loop).result()
+            items = factory()
+            try:
+                for item in items:
+                    if stop.is_set():
+                        return
+                    asyncio.run_coroutine_threadsafe(queue.put(("item", item)), loop).result()
+            finally:  # a generator's own clean-up (a decoder frees the request) runs now
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
             asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
         except BaseException as exc:
             asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
 
-    loop.run_in_executor(None, produce)
+    loop.run_in_executor(executor, produce)
     try:
         while True:
             kind, value = await queue.get()

@@ -22,6 +22,7 @@ from slipway.api.errors import ApiError, from_exception, from_validation
 from slipway.api.keys import AuthError, ScopeError
 from slipway.api.middleware import API_VERSION, ApiMiddleware, Deadlines, Deprecated, Load
 from slipway.api.routes import native, openai
+from slipway.api.schemas import Limits
 from slipway.api.watchdog import Watchdog
 from slipway.config import ServeSettings
 from slipway.resources import Resources
@@ -63,6 +64,7 @@ def create_app(
         deadlines=Deadlines(
             settings.body_timeout_s, settings.request_timeout_s, settings.stream_timeout_s
         ),
+        limits=Limits.of(settings),
     )
     _exception_handlers(app)
     app.include_router(native.router)

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from slipway import __version__
 from slipway.api import metrics
 from slipway.api.errors import ApiError, from_exception, overloaded
+from slipway.api.schemas import ACTIVE_LIMITS, Limits
 
 API_VERSION = "v1"
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
@@ -113,8 +114,10 @@ class ApiMiddleware:
         protected: str = "/v1/",
         deadlines: Deadlines | None = None,
         load: Load | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.app = app
+        self.limits = limits or Limits.defaults()
         self.max_body = max_body_bytes
         self.deprecated = deprecated or {}
         self.gate = gate
@@ -140,6 +143,7 @@ class ApiMiddleware:
         request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         token = REQUEST_ID.set(request_id)
+        limits = ACTIVE_LIMITS.set(self.limits)
         start = time.perf_counter()
         method = scope.get("method", "GET")
         sent: dict[str, Any] = {"started": False, "status": 500, "finished": False, "stream": False}
@@ -228,6 +232,7 @@ class ApiMiddleware:
                 },
             )
             REQUEST_ID.reset(token)
+            ACTIVE_LIMITS.reset(limits)
 
     async def _refusal(
         self, scope: dict[str, Any], method: str, headers: dict[str, str]

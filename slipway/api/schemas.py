@@ -1,21 +1,87 @@
-"""Request and response models of the HTTP API (they are the OpenAPI spec). Limits come from
-:class:`~slipway.config.ServeSettings` when the module is imported, so the spec states them."""
+"""Request and response models of the HTTP API (they are the OpenAPI spec).
+
+The sizes an operator configures (``SLIPWAY_MAX_TEXTS``, ``_MAX_CHARS``, ``_MAX_NEW_TOKENS``)
+are checked against the :class:`Limits` of the app serving the request (``create_app`` sets
+them per request from its settings), not read from the environment when this module is
+imported; outside a request the defaults apply."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from slipway.config import ServeSettings
 from slipway.retrieval.index import ChunkHit
 
-LIMITS = ServeSettings()
+
+@dataclass(frozen=True)
+class Limits:
+    """Request sizes the serving app accepts."""
+
+    max_texts: int
+    max_chars: int
+    max_new_tokens: int
+
+    @classmethod
+    def of(cls, serve: ServeSettings) -> Limits:
+        """The limits of ``serve``."""
+        return cls(serve.max_texts, serve.max_chars, serve.max_new_tokens)
+
+    @classmethod
+    def defaults(cls) -> Limits:
+        """The limits of unconfigured settings (no environment read)."""
+        fields = ServeSettings.model_fields
+        return cls(
+            int(fields["max_texts"].default),
+            int(fields["max_chars"].default),
+            int(fields["max_new_tokens"].default),
+        )
+
+
+# Limits is frozen: sharing the default is safe.
+ACTIVE_LIMITS: ContextVar[Limits] = ContextVar(
+    "slipway_limits",
+    default=Limits.defaults(),  # noqa: B039
+)
+
+
+def _at_most(setting: str, unit: str) -> AfterValidator:
+    """A validator of a size against the active limit ``setting``."""
+
+    def check(value: Any) -> Any:
+        limit = getattr(ACTIVE_LIMITS.get(), setting)
+        size = value if isinstance(value, int) else len(value)
+        if size > limit:
+            raise PydanticCustomError(
+                "less_than_equal" if isinstance(value, int) else "too_long",
+                "at most {limit} {unit} (SLIPWAY_{setting})",
+                {"limit": limit, "unit": unit, "setting": setting.upper()},
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _summary_size(text: str) -> str:
+    limits = ACTIVE_LIMITS.get()
+    if len(text) > limits.max_chars * limits.max_texts:
+        raise PydanticCustomError(
+            "too_long",
+            "at most {limit} characters (SLIPWAY_MAX_CHARS x SLIPWAY_MAX_TEXTS)",
+            {"limit": limits.max_chars * limits.max_texts},
+        )
+    return text
+
 
 # A text must hold a visible character (the pattern is a search): blank input is a 400.
-Text = Annotated[str, Field(min_length=1, max_length=LIMITS.max_chars, pattern=r"\S")]
-Texts = Annotated[list[Text], Field(min_length=1, max_length=LIMITS.max_texts)]
-NewTokens = Annotated[int, Field(ge=1, le=LIMITS.max_new_tokens)]
+Text = Annotated[str, Field(min_length=1, pattern=r"\S"), _at_most("max_chars", "characters")]
+Texts = Annotated[list[Text], Field(min_length=1), _at_most("max_texts", "texts")]
+NewTokens = Annotated[int, Field(ge=1), _at_most("max_new_tokens", "new tokens")]
+Chars = Annotated[str, _at_most("max_chars", "characters")]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Stop = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)]
@@ -79,8 +145,20 @@ class EmbedResponse(BaseModel):
     usage: Usage
 
 
+def _default_new_tokens(model: Any, default: int) -> None:
+    """An unset ``max_new_tokens`` is ``default``, or the configured bound when lower."""
+    if "max_new_tokens" not in model.model_fields_set:
+        model.max_new_tokens = min(default, ACTIVE_LIMITS.get().max_new_tokens)
+
+
 class SamplingFields(Strict):
-    max_new_tokens: NewTokens = min(64, LIMITS.max_new_tokens)
+    max_new_tokens: NewTokens = 64
+
+    @model_validator(mode="after")
+    def _bounded_default(self) -> SamplingFields:
+        _default_new_tokens(self, 64)
+        return self
+
     temperature: Temperature = Field(default=0.0, description="0 = greedy (deterministic, cached).")
     top_p: TopP = 1.0
     stop: Stop = Field(default_factory=list)
@@ -102,7 +180,9 @@ class GenerateResponse(BaseModel):
 class SummarizeRequest(Strict):
     text: (
         Annotated[
-            str, Field(min_length=1, max_length=LIMITS.max_chars * LIMITS.max_texts, pattern=r"\S")
+            str,
+            Field(min_length=1, pattern=r"\S"),
+            AfterValidator(_summary_size),
         ]
         | None
     ) = None
@@ -147,9 +227,14 @@ class AnswerRequest(Strict):
     top_k: Annotated[int, Field(ge=1, le=20)] = 4
     filters: Filters | None = None
     graph: bool = False
-    max_new_tokens: NewTokens = min(128, LIMITS.max_new_tokens)
+    max_new_tokens: NewTokens = 128
     temperature: Temperature = 0.0
     seed: Seed | None = None
+
+    @model_validator(mode="after")
+    def _bounded_default(self) -> AnswerRequest:
+        _default_new_tokens(self, 128)
+        return self
 
 
 class Citation(BaseModel):
@@ -281,16 +366,13 @@ class CompletionResponse(OpenAIResponse):
 class TextPart(BaseModel):
     model_config = ConfigDict(strict=True)
     type: Literal["text"]
-    text: Annotated[str, Field(max_length=LIMITS.max_chars)]
+    text: Chars
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
-    content: (
-        Annotated[str, Field(max_length=LIMITS.max_chars)]
-        | Annotated[list[TextPart], Field(min_length=1, max_length=16)]
-    )
+    content: Chars | Annotated[list[TextPart], Field(min_length=1, max_length=16)]
 
     def text(self) -> str:
         """The message's text (text parts joined)."""

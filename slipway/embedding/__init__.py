@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from slipway.onnx.session import open_session
 
@@ -98,19 +98,27 @@ class OnnxEmbedder:
         """Tokens per text after truncation."""
         return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
 
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        """Token encodings of ``texts`` (truncated, unpadded), as :meth:`embed_encodings`
+        takes them."""
+        return list(self.tokenizer.encode_batch(list(texts)))
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors ``(len(texts), dimension)`` in input order."""
-        if not texts:
+        return self.embed_encodings(self.encode(texts))
+
+    def embed_encodings(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """Unit vectors for already tokenized texts, in input order."""
+        if not encodings:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(texts))
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        out = np.empty((len(encodings), self.dimension), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             out[idx] = self._run([encodings[i] for i in idx])
         return out
 
-    def _run(self, encodings: list) -> np.ndarray:
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)
         mask = np.zeros_like(ids)

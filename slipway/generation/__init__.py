@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +98,12 @@ class GenAIDecoder:
         )
 
     def _generator(self, sampling: Sampling, max_length: int) -> Any:
-        og = self._og
-        params = og.GeneratorParams(self.model)
-        options: dict[str, object] = {"max_length": min(max_length, self.context_length)}
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(**self._search_options(sampling, max_length))
+        return self._og.Generator(self.model, params)
+
+    def _search_options(self, sampling: Sampling, max_length: int) -> dict[str, Any]:
+        options: dict[str, Any] = {"max_length": min(max_length, self.context_length)}
         if sampling.ignore_eos:
             options["min_length"] = options["max_length"]
         if sampling.greedy:
@@ -107,8 +112,7 @@ class GenAIDecoder:
             options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             if sampling.seed is not None:
                 options["random_seed"] = sampling.seed
-        params.set_search_options(**options)
-        return og.Generator(self.model, params)
+        return options
 
     def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
         """Yield new token ids until EOS or ``max_new_tokens``."""
@@ -131,6 +135,96 @@ class GenAIDecoder:
             gen.append_tokens([int(token)])
             rows.append(np.array(gen.get_logits())[0, -1])
         return np.stack(rows).astype(np.float32)
+
+
+class GenAIEngineDecoder(GenAIDecoder):
+    """onnxruntime-genai's ``Engine``: continuous batching. One thread steps the engine; each
+    step decodes one token of every running request, and a new request joins at the next step
+    instead of waiting for the others to finish. Greedy output matches :class:`GenAIDecoder`
+    token for token. A request whose reader stops is dropped: onnxruntime-genai 0.15's
+    ``remove_request`` leaves it decoding beside the others, so the engine is replaced as soon
+    as no other request runs (creating one costs microseconds)."""
+
+    def __init__(self, model_dir: Path, threads: int = 0, providers: list[str] | None = None):
+        super().__init__(model_dir, threads, providers)
+        self.engine = self._og.Engine(self.model)
+        self._changes = threading.Condition()
+        self._added: list[tuple[Any, queue.SimpleQueue[int | BaseException | None]]] = []
+        self._removed: list[Any] = []
+        self._thread = threading.Thread(target=self._serve, name="slipway-decoder", daemon=True)
+        self._thread.start()
+
+    def _params(self, sampling: Sampling, max_length: int) -> Any:
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(**self._search_options(sampling, max_length))
+        return params
+
+    def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
+        """Yield new token ids until EOS or ``max_new_tokens``, decoded together with every
+        other running request."""
+        request = self._og.Request(
+            self._params(sampling, len(prompt_ids) + sampling.max_new_tokens)
+        )
+        request.add_tokens(list(prompt_ids))
+        tokens: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
+        with self._changes:
+            self._added.append((request, tokens))
+            self._changes.notify()
+        produced = 0
+        try:
+            while produced < sampling.max_new_tokens:
+                token = tokens.get()
+                if token is None:
+                    return
+                if isinstance(token, BaseException):
+                    raise token
+                produced += 1
+                yield token
+        finally:
+            with self._changes:
+                self._removed.append(request)
+                self._changes.notify()
+
+    def _serve(self) -> None:
+        running: dict[Any, queue.SimpleQueue[int | BaseException | None]] = {}
+        abandoned = 0  # requests whose reader left before they finished
+        while True:
+            with self._changes:
+                while not running and not self._added:
+                    self._changes.wait()
+                added, self._added = self._added, []
+                removed, self._removed = self._removed, []
+            for request, tokens in added:
+                try:
+                    self.engine.add_request(request)
+                    running[request] = tokens
+                except Exception as exc:  # a bad request fails alone
+                    tokens.put(exc)
+            for request in removed:
+                if running.pop(request, None) is not None:
+                    self.engine.remove_request(request)
+                    abandoned += 1
+            if not running:
+                if abandoned:  # remove_request does not stop a request in 0.15: a new
+                    self.engine = self._og.Engine(self.model)  # engine drops it (free)
+                    abandoned = 0
+                continue
+            try:
+                self.engine.step()
+            except Exception as exc:  # the engine failed: every running request with it
+                logger.exception("The decoder engine failed a step")
+                for request, tokens in running.items():
+                    tokens.put(exc)
+                    self.engine.remove_request(request)
+                running.clear()
+                continue
+            for request, tokens in list(running.items()):
+                while request.has_unseen_tokens():
+                    tokens.put(int(request.get_unseen_token()))
+                if request.is_done():
+                    tokens.put(None)
+                    del running[request]
+                    self.engine.remove_request(request)
 
 
 class OptimumDecoder:
@@ -265,12 +359,20 @@ def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
 
 
 def load_generator(
-    model_dir: Path, runtime: str, threads: int = 0, providers: list[str] | None = None
+    model_dir: Path,
+    runtime: str,
+    threads: int = 0,
+    providers: list[str] | None = None,
+    concurrent: bool = False,
 ) -> TextGenerator:
-    """Open a generator directory with its runtime (``genai`` or ``optimum``)."""
+    """Open a generator directory with its runtime (``genai`` or ``optimum``). ``concurrent``:
+    decode concurrent requests together (onnxruntime-genai's continuous-batching engine; the
+    optimum runtime decodes one request at a time either way)."""
     decoder: TokenGenerator
     if runtime == "genai":
-        decoder = GenAIDecoder(model_dir, threads, providers)
+        decoder = (GenAIEngineDecoder if concurrent else GenAIDecoder)(
+            model_dir, threads, providers
+        )
     elif runtime == "optimum":
         decoder = OptimumDecoder(model_dir, threads, providers)
     else:
@@ -303,23 +405,6 @@ class Request:
             "stop": list(s.stop),
             "seed": s.seed,
         }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Request:
-        """Inverse of :meth:`to_dict`."""
-        sampling = Sampling(
-            max_new_tokens=int(data["max_new_tokens"]),
-            temperature=float(data["temperature"]),
-            top_p=float(data["top_p"]),
-            stop=tuple(data.get("stop") or ()),
-            seed=data.get("seed"),
-        )
-        return cls(
-            sampling,
-            data.get("prompt"),
-            tuple((str(r), str(c)) for r, c in data.get("messages") or ()),
-            bool(data.get("chat", True)),
-        )
 
 
 def request_ids(generator: TextGenerator, request: Request) -> list[int]:

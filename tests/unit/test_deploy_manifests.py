@@ -486,8 +486,11 @@ def test_configmap_and_secret_references_name_real_settings(
     for docs in rendered.values():
         assert not [doc for doc in docs if doc["kind"] == "Secret"]  # created by hand
         configmap = only(docs, "ConfigMap")
-        unknown = set(configmap["data"]) - settings
+        # BentoML's own service options (the API worker count) are its one other variable
+        unknown = set(configmap["data"]) - settings - {"BENTOML_CONFIG_OPTIONS"}
         assert not unknown, f"not Slipway settings (slipway.config): {sorted(unknown)}"
+        options = configmap["data"].get("BENTOML_CONFIG_OPTIONS", "").split()
+        assert all(re.fullmatch(r"services\.slipway\.workers=[1-9]\d*", o) for o in options)
         assert_valid_settings(configmap["data"], monkeypatch)
         c = container(docs)
         assert [e["configMapRef"]["name"] for e in c["envFrom"]] == [configmap["metadata"]["name"]]

@@ -1,0 +1,172 @@
+"""Tier 1: continuous batching of the encoder and of the decoder, with the real ONNX models.
+
+The encoder takes whatever is queued the moment it is free (no timer), within a token budget,
+and never encodes texts whose caller left. The decoder (onnxruntime-genai's engine) decodes
+concurrent requests together with the same greedy output as one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Encoding
+
+from slipway.embedding import OnnxEmbedder
+from slipway.embedding.batcher import ContinuousBatcher
+from slipway.generation import GenAIDecoder, GenAIEngineDecoder, Sampling
+
+
+class GatedEncoder:
+    """The real encoder; its first call waits for ``release`` so that requests queue up."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model = OnnxEmbedder(model_dir, threads=1)
+        self.dimension = self.model.dimension
+        self.calls: list[list[int]] = []  # tokens of each text, per encoder call
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        if "bad tokenizer input" in texts:
+            raise ValueError("cannot tokenize")
+        return self.model.encode(texts)
+
+    def embed_encodings(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        self.calls.append([len(e.ids) for e in encodings])
+        self.started.set()
+        self.release.wait(30)
+        return self.model.embed_encodings(encodings)
+
+
+async def _queued(batcher: ContinuousBatcher, n: int) -> None:
+    for _ in range(500):
+        if batcher.queued >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{batcher.queued} requests queued, not {n}")
+
+
+def test_what_queues_while_the_encoder_runs_is_its_next_call(tiny_onnx_embedder: Path) -> None:
+    encoder = GatedEncoder(tiny_onnx_embedder)
+    batcher = ContinuousBatcher(encoder, max_batch_tokens=10_000)
+    requests = [["first"]] + [[f"text number {i}"] for i in range(9)] + [["a", "b c", "d e f"]]
+
+    async def scenario() -> list[np.ndarray]:
+        first = asyncio.create_task(batcher.embed(requests[0]))
+        await asyncio.to_thread(encoder.started.wait, 30)  # a lone request runs at once
+        rest = [asyncio.create_task(batcher.embed(r)) for r in requests[1:]]
+        await _queued(batcher, len(rest))
+        encoder.release.set()
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(scenario())
+    batcher.close()
+    assert [len(call) for call in encoder.calls] == [1, 12]
+    for texts, got in zip(requests, results, strict=True):
+        assert got.shape == (len(texts), encoder.dimension)
+        assert np.allclose(got, encoder.model.embed(texts), atol=1e-5)
+
+
+def test_calls_keep_to_the_token_budget_in_arrival_order(tiny_onnx_embedder: Path) -> None:
+    encoder = GatedEncoder(tiny_onnx_embedder)
+    per_text = len(encoder.model.encode(["alpha beta gamma"])[0].ids)
+    budget = 3 * per_text
+    batcher = ContinuousBatcher(encoder, max_batch_tokens=budget)
+    long_request = ["alpha beta gamma"] * 5  # over the budget on its own: it runs alone
+
+    async def scenario() -> list[np.ndarray]:
+        first = asyncio.create_task(batcher.embed(["alpha beta gamma"]))
+        await asyncio.to_thread(encoder.started.wait, 30)
+        rest = [asyncio.create_task(batcher.embed(["alpha beta gamma"])) for _ in range(7)]
+        rest.append(asyncio.create_task(batcher.embed(long_request)))
+        await _queued(batcher, len(rest))
+        encoder.release.set()
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(scenario())
+    batcher.close()
+    assert [len(call) for call in encoder.calls] == [1, 3, 3, 1, 5]
+    assert all(sum(call) <= budget for call in encoder.calls[:4])  # the last: one request
+    assert results[-1].shape == (5, encoder.dimension)
+
+
+def test_callers_that_left_are_not_encoded_and_bad_input_fails_alone(
+    tiny_onnx_embedder: Path,
+) -> None:
+    encoder = GatedEncoder(tiny_onnx_embedder)
+    batcher = ContinuousBatcher(encoder)
+
+    async def scenario() -> tuple[object, ...]:
+        first = asyncio.create_task(batcher.embed(["first"]))
+        await asyncio.to_thread(encoder.started.wait, 30)
+        gone = asyncio.create_task(batcher.embed(["one", "two", "three"]))
+        bad = asyncio.create_task(batcher.embed(["bad tokenizer input"]))
+        kept = asyncio.create_task(batcher.embed(["kept"]))
+        await _queued(batcher, 3)
+        gone.cancel()  # a deadline or a disconnect
+        encoder.release.set()
+        return tuple(await asyncio.gather(first, gone, bad, kept, return_exceptions=True))
+
+    _, gone, bad, kept = asyncio.run(scenario())
+    assert isinstance(gone, asyncio.CancelledError)
+    assert isinstance(bad, ValueError)
+    assert isinstance(kept, np.ndarray) and kept.shape == (1, encoder.dimension)
+    assert [len(call) for call in encoder.calls] == [1, 1]  # "kept" alone: nothing else ran
+    batcher.close()
+
+    async def after_close() -> None:
+        await batcher.embed(["late"])
+
+    with pytest.raises(RuntimeError, match="shut down"):
+        asyncio.run(after_close())
+
+
+@pytest.fixture(scope="module")
+def tiny_genai(tiny_generator: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama built by onnxruntime-genai's model builder (fp32)."""
+    from slipway.onnx.build import BuildConfig, build_genai
+
+    config = BuildConfig(task="text-generation-with-past", runtime="genai")
+    return build_genai(
+        tiny_generator, tmp_path_factory.mktemp("tiny-genai") / "gen", config, "fp32"
+    )
+
+
+def test_concurrent_requests_decode_together_with_sequential_output(tiny_genai: Path) -> None:
+    sequential = GenAIDecoder(tiny_genai, threads=1)
+    engine = GenAIEngineDecoder(tiny_genai, threads=1)
+    prompts = [[1, 5 + i, 9, 17 + 2 * i, 4] for i in range(6)]
+    lengths = [12, 3, 20, 7, 16, 1]
+    expected = [
+        list(sequential.stream_ids(p, Sampling(max_new_tokens=n, ignore_eos=True)))
+        for p, n in zip(prompts, lengths, strict=True)
+    ]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        got = list(
+            pool.map(
+                lambda pn: list(
+                    engine.stream_ids(pn[0], Sampling(max_new_tokens=pn[1], ignore_eos=True))
+                ),
+                zip(prompts, lengths, strict=True),
+            )
+        )
+    assert got == expected
+    assert [len(g) for g in got] == lengths
+
+
+def test_a_reader_that_leaves_frees_the_engine(tiny_genai: Path) -> None:
+    engine = GenAIEngineDecoder(tiny_genai, threads=1)
+    sequential = GenAIDecoder(tiny_genai, threads=1)
+    abandoned = engine.stream_ids([1, 7, 7, 7], Sampling(max_new_tokens=400, ignore_eos=True))
+    next(abandoned)
+    abandoned.close()  # the client went away after one token
+    prompt, sampling = [1, 3, 5, 8], Sampling(max_new_tokens=10, ignore_eos=True)
+    assert list(engine.stream_ids(prompt, sampling)) == list(
+        sequential.stream_ids(prompt, sampling)
+    )
+    assert engine._thread.is_alive()
