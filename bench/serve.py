@@ -20,8 +20,9 @@ whole process tree (snapshotted first, SIGTERM to the top, then SIGTERM / SIGKIL
 descendant left), also on errors, Ctrl-C and SIGTERM, and a line says whether any remains.
 
 Texts are XQuAD-en questions (short queries, ~15 tokens; the published index is XQuAD), sent
-one per ``/v1/embed`` request unless ``--texts-per-request`` says otherwise. The result cache
-is off (``SLIPWAY_CACHE=off``) so every request runs the model.
+one per ``/v1/embed`` request unless ``--texts-per-request`` says otherwise, by an aiohttp
+client (its CPU is printed: on 2 cores, what the load generator takes the server lacks). The
+result cache is off (``SLIPWAY_CACHE=off``) so every request runs the model.
 
     python -m bench.serve [--bundle DIR] [--index-root DIR] [--index-name NAME] [--rounds N]
 """
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 import psutil
@@ -508,12 +510,32 @@ async def closed_loop(
     start = time.perf_counter()
     deadline = start + seconds
 
-    async def worker() -> None:
+    # aiohttp, not httpx, sends this load: a quarter of the client CPU per request, which on a
+    # 2-core machine is CPU the server under test keeps
+    headers = {"Authorization": f"Bearer {token}"}
+    connector = aiohttp.TCPConnector(limit=clients + 8)
+    timeout = aiohttp.ClientTimeout(total=120)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
         while time.perf_counter() < deadline:
             texts = next(batches)
-            await post(client, url, token, {"texts": texts}, load, expect_texts=len(texts))
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, json={"texts": texts}, headers=headers) as response:
+                    status = response.status
+                    body = await response.read()
+            except aiohttp.ClientError:
+                load.statuses[0] += 1
+                continue
+            if status == 200 and len(json.loads(body)["embeddings"]) != len(texts):
+                status = -1  # a wrong answer counts as an error
+            load.statuses[status] += 1
+            if status == 200:
+                load.latencies.append(time.perf_counter() - t0)
+                load.texts += len(texts)
 
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(clients)))
     load.elapsed = time.perf_counter() - start
     load.client_cpu = time.process_time() - cpu0
     srv1 = server.cpu_seconds()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
@@ -62,7 +62,9 @@ STREAMED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def resources(request: Request) -> Resources:
+# The dependencies are coroutines: FastAPI runs a plain ``def`` dependency in a worker thread,
+# a hop per dependency per request for what is a dictionary look-up.
+async def resources(request: Request) -> Resources:
     """The worker's resources (set when the service starts)."""
     res: Resources | None = getattr(request.app.state, "resources", None)
     if res is None:
@@ -73,11 +75,11 @@ def resources(request: Request) -> Resources:
 Res = Annotated[Resources, Depends(resources)]
 
 
-def guard(*scopes: Scope) -> Callable[..., Principal]:
+def guard(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the caller the gate authenticated (see :func:`gate`) must hold every scope
     in ``scopes``. The credential parameters only document the security schemes."""
 
-    def dependency(
+    async def dependency(
         request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
         api_key: Annotated[str | None, Security(_api_key)],

@@ -418,3 +418,47 @@ def test_the_app_knows_its_routes_for_405s_labels_and_deprecation(tmp_path: Path
     templates = [(r.path_regex, r.path) for r in api_routes()]
     assert set(app.openapi()["paths"]) == {path for _, path in templates}
     assert metrics.path_label("/v1/graph/entities/Warsaw", templates) == "/v1/graph/entities/{name}"
+
+
+def test_request_limits_come_from_the_app_settings_not_the_import(tmp_path: Path) -> None:
+    import types
+
+    from fastapi.testclient import TestClient
+    from pydantic import ValidationError
+
+    from slipway.api.app import create_app
+    from slipway.api.auth import Authenticator
+    from slipway.api.keys import FileKeyStore, Scope, create_key
+    from slipway.api.ratelimit import MemoryRateLimiter
+    from slipway.api.schemas import ACTIVE_LIMITS, EmbedRequest, GenerateRequest, Limits
+    from slipway.config import ApiSettings, ServeSettings
+
+    store = FileKeyStore(tmp_path / "keys.json")
+    key = create_key(store, "t", [Scope.ADMIN])[0]
+    gatekeeping = types.SimpleNamespace(
+        auth=Authenticator(store, ApiSettings()),
+        limiter=MemoryRateLimiter(),
+        remote_credentials=False,
+    )
+    small = create_app(ServeSettings(max_texts=2, max_chars=20, max_new_tokens=8), gatekeeping)  # type: ignore[arg-type]
+    client = TestClient(small)
+    auth = {"Authorization": f"Bearer {key}"}
+    refused = client.post("/v1/embed", json={"texts": ["a", "b", "c"]}, headers=auth)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "texts" and "at most 2 texts (SLIPWAY_MAX_TEXTS)" in error["message"]
+    long = client.post("/v1/generate", json={"prompt": "x" * 21}, headers=auth).json()["error"]
+    assert long["param"] == "prompt" and "SLIPWAY_MAX_CHARS" in long["message"]
+    many = client.post("/v1/generate", json={"prompt": "hi", "max_new_tokens": 9}, headers=auth)
+    assert many.json()["error"]["param"] == "max_new_tokens"
+
+    # the same models elsewhere in the process: the defaults, or whatever limits are active
+    assert len(EmbedRequest(texts=["a", "b", "c"]).texts) == 3
+    assert GenerateRequest(prompt="hi").max_new_tokens == 64
+    token = ACTIVE_LIMITS.set(Limits(max_texts=2, max_chars=20, max_new_tokens=8))
+    try:
+        assert GenerateRequest(prompt="hi").max_new_tokens == 8  # the default, bounded
+        with pytest.raises(ValidationError, match="at most 2 texts"):
+            EmbedRequest(texts=["a", "b", "c"])
+    finally:
+        ACTIVE_LIMITS.reset(token)

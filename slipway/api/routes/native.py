@@ -51,7 +51,7 @@ async def embed(
     who: Annotated[Principal, Depends(guard(Scope.EMBED))],
 ) -> EmbedResponse:
     """Unit vectors for up to `SLIPWAY_MAX_TEXTS` texts, in input order (batched with other
-    requests by the encoder service)."""
+    requests by the encoder)."""
     tokens = await embed_tokens(res, body.texts)
     await charger(request, res, who)(tokens)
     vectors = await embed_texts(res, body.texts)
