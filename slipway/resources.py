@@ -28,7 +28,7 @@ from slipway.documents.chunking import load_tokenizer
 from slipway.generation import Request, context_length
 from slipway.retrieval.hybrid import HybridSearcher
 from slipway.retrieval.index import OpenIndex
-from slipway.retrieval.rerank import Reranker
+from slipway.retrieval.rerank import Reranker, configured_reranker
 from slipway.serving import ServedBundle
 from slipway.tracing import Tracer
 
@@ -117,10 +117,10 @@ class Coalescer:
 
 @dataclass
 class IndexState:
-    """The opened published version and searchers over it (by re-rank and graph options)."""
+    """The opened published version and searchers over it."""
 
     opened: OpenIndex
-    searchers: dict[tuple[bool, bool], HybridSearcher] = field(default_factory=dict)
+    searchers: dict[bool, HybridSearcher] = field(default_factory=dict)  # by graph expansion
 
 
 class Resources:
@@ -245,21 +245,20 @@ class Resources:
         metrics.readiness(True)
         return True
 
-    def searcher(self, state: IndexState, rerank: bool, graph: bool) -> HybridSearcher:
-        """A hybrid searcher over ``state`` with or without re-ranking and graph expansion;
-        it searches with query vectors the caller embedded (``search_async(embed=...)``)."""
-        key = (rerank, graph)
-        if key not in state.searchers:
+    def searcher(self, state: IndexState, graph: bool) -> HybridSearcher:
+        """A hybrid searcher over ``state`` with or without graph expansion; it searches with
+        query vectors the caller embedded (``search_async(embed=...)``). Re-ranking is the use
+        case's (``slipway.rag.search.rerank_top``), one path for searches and answers."""
+        if graph not in state.searchers:
             expander = self.graph().expand_many if graph else None
-            state.searchers[key] = HybridSearcher(
+            state.searchers[graph] = HybridSearcher(
                 None,
                 state.opened.dense,
                 state.opened.sparse,
-                reranker=self.reranker if rerank else None,
                 text_of=state.opened.text_of,
                 expander=expander,
             )
-        return state.searchers[key]
+        return state.searchers[graph]
 
     @property
     def can_rerank(self) -> bool:
@@ -269,10 +268,7 @@ class Resources:
     @cached_property
     def reranker(self) -> Reranker | None:
         """The configured cross-encoder, loaded once for every searcher and index version."""
-        from slipway.retrieval.rerank import CrossEncoderReranker
-
-        path = self.index_settings.reranker_path
-        return CrossEncoderReranker(path) if path is not None else None
+        return configured_reranker(self.index_settings.reranker_path)
 
     # --- the graph ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from slipway.api.schemas import SearchRequest, SearchResponse
 from slipway.deadlines import bounded
 from slipway.rag.inference import embed_texts
 from slipway.resources import Resources
+from slipway.retrieval.hybrid import FusionConfig
 from slipway.retrieval.index import ChunkHit, indexed_text
 from slipway.retrieval.rerank import Reranker, rerank
 
@@ -31,25 +32,30 @@ async def search(query: SearchRequest, res: Resources) -> SearchResponse:
     key, value = res.cached("search", res.versions(state), payload)
     if value is not None:
         return SearchResponse.model_validate(value)
-    searcher = res.searcher(state, query.rerank, query.graph)
+    searcher = res.searcher(state, query.graph)
 
     async def embed(queries: list[str]) -> np.ndarray:
         return await embed_texts(res, queries)
 
+    top = FusionConfig().rerank_top
+    candidates = max(query.top_k, top) if rerank_on else query.top_k
     hits = (
         await bounded(
-            searcher.search_async([query.query], query.top_k, query.filters, embed=embed),
+            searcher.search_async([query.query], candidates, query.filters, embed=embed),
             res.serve.search_timeout_s,
             "search",
             "search",
         )
     )[0]
+    results = state.opened.hydrate(hits)
+    if rerank_on:  # the one re-rank path of the service (answers take it too)
+        results = (await rerank_top(res, query.query, results, top))[: query.top_k]
     response = SearchResponse(
         index_version=state.opened.version,
         model=res.model_id,
-        reranked=searcher.reranker is not None,
+        reranked=rerank_on,
         graph_expanded=query.graph,
-        results=state.opened.hydrate(hits),
+        results=results,
     )
     res.remember(key, response.model_dump())
     return response

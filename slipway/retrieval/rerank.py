@@ -44,6 +44,12 @@ class CrossEncoderReranker:
         return [float(s) for s in scores]
 
 
+def configured_reranker(path: Path | None) -> Reranker | None:
+    """The cross-encoder at ``SLIPWAY_RERANKER_PATH`` (``IndexSettings.reranker_path``); None
+    when none is set. The service, the CLI and the benchmarks all load it here."""
+    return CrossEncoderReranker(path) if path is not None else None
+
+
 def rerank(
     reranker: Reranker,
     query: str,

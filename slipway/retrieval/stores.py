@@ -7,7 +7,7 @@ from slipway.embedding import Embedder
 from slipway.retrieval.dense import LanceDBStore, VectorStore
 from slipway.retrieval.hybrid import Expander, FusionConfig, HybridSearcher
 from slipway.retrieval.index import IndexDir, OpenIndex, open_published
-from slipway.retrieval.rerank import CrossEncoderReranker
+from slipway.retrieval.rerank import configured_reranker
 
 
 def index_dir(name: str, settings: IndexSettings | None = None) -> IndexDir:
@@ -49,9 +49,7 @@ def published_searcher(
     settings = settings or IndexSettings()
     index = index_dir(name, settings)
     opened = open_published(index, vector_store(index, settings))
-    reranker = (
-        CrossEncoderReranker(settings.reranker_path) if settings.reranker_path is not None else None
-    )
+    reranker = configured_reranker(settings.reranker_path)
     return opened, HybridSearcher(
         embedder,
         opened.dense,
