@@ -199,40 +199,65 @@ class Resources:
 
     def index_state(self) -> IndexState:
         """The published index version, reopened when a newer one is published (checked at
-        most every few seconds); 503 while there is none."""
-        now = time.monotonic()
+        most every few seconds, in a thread of its own: requests keep the version they have
+        meanwhile, and the event loop never waits for an index to open); 503 while there is
+        none."""
         state = self._index
-        if state is not None and now - self._index_checked < INDEX_CHECK_SECONDS:
-            return state
-        with self._index_lock:
-            if self._index is not None and now - self._index_checked < INDEX_CHECK_SECONDS:
-                return self._index
-            from slipway.retrieval.index import open_published
-            from slipway.retrieval.stores import index_dir, vector_store
+        if state is None:
+            return self.check_index()  # nothing to serve meanwhile
+        if time.monotonic() - self._index_checked >= INDEX_CHECK_SECONDS:
+            self._check_in_background()
+        return state
 
-            directory = index_dir(self.serve.index_name, self.index_settings)
+    def _check_in_background(self) -> None:
+        if not self._index_lock.acquire(blocking=False):
+            return  # a check is running
+
+        def check() -> None:
             try:
-                published = directory.published()
-                if self._index is None or published != self._index.opened.version:
-                    opened = open_published(directory, vector_store(directory, self.index_settings))
-                    logger.info("Serving index %s version %s", directory.name, opened.version)
-                    previous = self._index.opened.version if self._index is not None else None
-                    self._index = IndexState(opened)
-                    metrics.index_served(directory, opened.version, previous)
-            except (LookupError, OSError, ValueError, RuntimeError) as exc:
-                self._index_checked = now
-                if self._index is None:
-                    raise ApiError(
-                        503,
-                        f"No published index {self.serve.index_name!r}: {exc}",
-                        type="server_error",
-                        code="index_unavailable",
-                    ) from exc
-                logger.warning(
-                    "Index check failed; still serving %s: %s", self._index.opened.version, exc
-                )
-            self._index_checked = now
+                self._check_locked()
+            except ApiError:
+                pass  # logged; the version in use stays
+            finally:
+                self._index_lock.release()
+
+        threading.Thread(target=check, name="slipway-index-check", daemon=True).start()
+
+    def check_index(self) -> IndexState:
+        """Open the published version now if it is not the one in use (blocking)."""
+        with self._index_lock:
+            return self._check_locked()
+
+    def _check_locked(self) -> IndexState:
+        from slipway.retrieval.index import open_published
+        from slipway.retrieval.stores import index_dir, vector_store
+
+        now = time.monotonic()
+        if self._index is not None and now - self._index_checked < INDEX_CHECK_SECONDS:
             return self._index
+        directory = index_dir(self.serve.index_name, self.index_settings)
+        try:
+            published = directory.published()
+            if self._index is None or published != self._index.opened.version:
+                opened = open_published(directory, vector_store(directory, self.index_settings))
+                logger.info("Serving index %s version %s", directory.name, opened.version)
+                previous = self._index.opened.version if self._index is not None else None
+                self._index = IndexState(opened)
+                metrics.index_served(directory, opened.version, previous)
+        except (LookupError, OSError, ValueError, RuntimeError) as exc:
+            self._index_checked = now
+            if self._index is None:
+                raise ApiError(
+                    503,
+                    f"No published index {self.serve.index_name!r}: {exc}",
+                    type="server_error",
+                    code="index_unavailable",
+                ) from exc
+            logger.warning(
+                "Index check failed; still serving %s: %s", self._index.opened.version, exc
+            )
+        self._index_checked = now
+        return self._index
 
     def ready(self) -> bool:
         """Ready when the published index is loaded (the models load before the service)."""
