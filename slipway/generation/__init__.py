@@ -385,26 +385,13 @@ def load_generator(
 @dataclass(frozen=True)
 class Request:
     """One generation request: a prompt (chat-templated unless ``chat`` is false) or a
-    conversation, and how to decode it. Plain data, so it crosses a service boundary."""
+    conversation, and how to decode it (``slipway.wire.GenerationRequest`` carries it between
+    services)."""
 
     sampling: Sampling
     prompt: str | None = None
     messages: tuple[tuple[str, str], ...] = ()
     chat: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        s = self.sampling
-        return {
-            "prompt": self.prompt,
-            "messages": [list(m) for m in self.messages],
-            "chat": self.chat,
-            "max_new_tokens": s.max_new_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "stop": list(s.stop),
-            "seed": s.seed,
-        }
 
 
 def request_ids(generator: TextGenerator, request: Request) -> list[int]:

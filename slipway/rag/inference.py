@@ -13,6 +13,7 @@ import numpy as np
 from slipway.deadlines import bounded, bounded_events
 from slipway.generation import Request
 from slipway.resources import Resources
+from slipway.wire import GenerationRequest
 
 # Charges tokens to the caller's budget; raises (429) when it cannot pay.
 Charge = Callable[[int], Awaitable[None]]
@@ -49,7 +50,9 @@ async def generate_text(res: Resources, request: Request) -> dict[str, Any]:
     """A whole generation; greedy ones are cached per model version."""
     cacheable = request.sampling.greedy
     key, value = (
-        res.cached("generate", res.versions(), request.to_dict()) if cacheable else ("", None)
+        res.cached("generate", res.versions(), GenerationRequest.of(request).model_dump())
+        if cacheable
+        else ("", None)
     )
     if value is not None:
         return dict(value)
