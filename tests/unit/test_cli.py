@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,29 @@ def test_serve_rejects_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "not an ONNX bundle" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_serve_picks_the_service_and_worker_count_from_the_settings(tmp_path: Path) -> None:
+    import bento.service
+    from slipway.cli import bentoml_options, service_target
+    from slipway.config import ServeSettings
+
+    assert service_target(ServeSettings()) == "bento.service:Slipway"
+    remote = service_target(ServeSettings(encoder="service"))
+    assert remote == "bento.service:SlipwayRemoteEncoder"
+    for target in (service_target(ServeSettings()), remote):
+        assert hasattr(bento.service, target.split(":")[1])
+    assert bentoml_options(ServeSettings(api_workers=3)) == "services.slipway.workers=3"
+    (tmp_path / "manifest.json").write_text("{}")
+    out = subprocess.run(
+        [sys.executable, "-m", "slipway.cli", "serve", "--bundle-dir", str(tmp_path)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SLIPWAY_ENCODER": "gpu"},
+    )
+    assert out.returncode == 1 and "encoder" in out.stderr
 
 
 def test_serve_without_a_registered_model_says_what_to_do(tmp_path: Path) -> None:
