@@ -28,7 +28,7 @@ import aiohttp
 import bentoml
 import numpy as np
 from bentoml._internal.server.http import instruments
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -39,7 +39,14 @@ from slipway.api.middleware import configure_json_logging
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
 from slipway.embedding.batcher import ContinuousBatcher
-from slipway.generation import Request, complete, context_length, generation_events, load_generator
+from slipway.generation import (
+    GuidanceError,
+    Request,
+    complete,
+    context_length,
+    generation_events,
+    load_generator,
+)
 from slipway.onnx.session import default_providers
 from slipway.resources import Coalescer, EmbedClient, build_resources
 from slipway.serving import resolve_bundle
@@ -219,8 +226,11 @@ class Generator:
 
     @bentoml.api
     def complete(self, request: GenerationRequest) -> GenerationResult:
-        """A whole generation."""
-        return GenerationResult.model_validate(complete(self.model, request.request()))
+        """A whole generation (400 for an output constraint the decoder cannot apply)."""
+        try:
+            return GenerationResult.model_validate(complete(self.model, request.request()))
+        except GuidanceError as exc:
+            raise InvalidArgument(str(exc)) from exc
 
     @bentoml.api
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
@@ -238,6 +248,7 @@ class Generator:
             provider=self.model.provider,
             context_length=self.context,
             concurrent=self.runtime == "genai",
+            guided=self.model.guided,
         )
 
 
@@ -249,6 +260,15 @@ def _unavailable(role: str, exc: Exception) -> ApiError:
         type="server_error",
         code="backend_unavailable",
     )
+
+
+def _detail(exc: Exception) -> str:
+    """The message of a service's JSON error body (``{"error": "..."}``)."""
+    try:
+        body = json.loads(str(exc))
+        return str((body[0] if isinstance(body, list) else body)["error"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return str(exc)
 
 
 class _RemoteEmbedder:
@@ -273,6 +293,10 @@ class _RemoteGenerator:
     async def complete(self, request: Request) -> dict[str, Any]:
         try:
             result = await self.service.to_async.complete(GenerationRequest.of(request))
+        except InvalidArgument as exc:  # the request's output constraint
+            raise ApiError(
+                400, _detail(exc), code="invalid_output_constraint", param="response_format"
+            ) from exc
         except (ServiceUnavailable, aiohttp.ClientError) as exc:
             raise _unavailable("generator", exc) from exc
         return GenerationResult.model_validate(result).model_dump()

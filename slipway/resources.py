@@ -152,6 +152,7 @@ class Resources:
         self._index: IndexState | None = None
         self._index_checked = 0.0
         self._index_lock = threading.Lock()
+        self._generator_info: dict[str, Any] | None = None
         self._graph: Any = None
         self._graph_lock = threading.Lock()
         self.tracer = Tracer(
@@ -348,6 +349,12 @@ class Resources:
         """Store a result under a key from :meth:`cached`."""
         if self.cache is not None and key:
             self.cache.put(key, value)
+
+    async def generator_info(self) -> dict[str, Any]:
+        """What the generator is and can do (its ``describe``), asked once."""
+        if self._generator_info is None:
+            self._generator_info = dict(await self.generator.describe())
+        return self._generator_info
 
     def embed_tokens(self, texts: Sequence[str]) -> int:
         """Encoder tokens of ``texts`` (special tokens included, as the encoder sees them)."""

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from slipway.generation import Request, Sampling
+from slipway.generation.constraints import Guidance
 
 # The encoder service takes what an API worker merged: bounded, so a bad caller gets a 400.
 EncoderTexts = Annotated[list[str], Field(min_length=1, max_length=4096)]
@@ -37,6 +38,8 @@ class GenerationRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, max_length=16)
     seed: int | None = None
+    guidance_kind: Literal["json_schema", "lark_grammar"] | None = None
+    guidance: str | None = None
 
     @classmethod
     def of(cls, request: Request) -> GenerationRequest:
@@ -51,6 +54,8 @@ class GenerationRequest(BaseModel):
             top_p=s.top_p,
             stop=list(s.stop),
             seed=s.seed,
+            guidance_kind=s.guidance.kind if s.guidance else None,
+            guidance=s.guidance.data if s.guidance else None,
         )
 
     def request(self) -> Request:
@@ -61,6 +66,9 @@ class GenerationRequest(BaseModel):
             top_p=self.top_p,
             stop=tuple(self.stop),
             seed=self.seed,
+            guidance=Guidance(self.guidance_kind, self.guidance)
+            if self.guidance_kind is not None and self.guidance is not None
+            else None,
         )
         return Request(sampling, self.prompt, tuple(self.messages), self.chat)
 
@@ -80,3 +88,4 @@ class GeneratorInfo(BaseModel):
     provider: str
     context_length: int | None
     concurrent: bool
+    guided: bool = False  # constrained decoding (response_format, tools)

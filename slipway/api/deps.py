@@ -163,6 +163,25 @@ def charger(request: Request, res: Resources, principal: Principal) -> Charge:
     return charge
 
 
+def model_ids(res: Resources) -> list[str]:
+    """The ids a client may name as ``model``: the served version and the registered name."""
+    return [res.model_id, res.served.model_name]
+
+
+def check_model(res: Resources, model: str | None) -> None:
+    """A 404 ``model_not_found`` for a ``model`` this server does not serve (unset: the served
+    one)."""
+    if model is not None and model not in model_ids(res):
+        raise ApiError(
+            404,
+            f"The model {model!r} does not exist here; this server serves "
+            f"{' or '.join(repr(m) for m in model_ids(res))} (see GET /v1/models).",
+            type="invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
+
+
 def check_context(res: Resources, prompt_tokens: int, max_new_tokens: int, param: str) -> None:
     """400 when a prompt and its new tokens do not fit the generator's context."""
     context = res.model_context

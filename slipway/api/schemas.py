@@ -7,6 +7,7 @@ imported; outside a request the defaults apply."""
 
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -298,11 +299,38 @@ class ModelsResponse(BaseModel):
 # --- OpenAI-compatible routes ------------------------------------------------------------
 
 
+def _unsupported(*accepted: Any) -> AfterValidator:
+    """An OpenAI field this server does not implement: accepted only at a value that changes
+    nothing (``accepted``: unset, its default, an empty list...), else a 400 naming it."""
+
+    def check(value: Any) -> Any:
+        if value is None or any(value == a for a in accepted):
+            return value
+        raise PydanticCustomError(
+            "unsupported_parameter",
+            "not supported by this server; leave it unset"
+            + (" or send {default}" if accepted else ""),
+            {"default": " or ".join(json.dumps(a) for a in accepted)},
+        )
+
+    return AfterValidator(check)
+
+
+# OpenAI's range for the penalties (a value outside is a 400 as on OpenAI); only 0 is served.
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0), _unsupported(0)]
+LogitBias = Annotated[dict[str, Any], _unsupported({})]
+
+
 class OpenAIRequest(BaseModel):
-    """OpenAI's SDKs send fields we do not use (``user``, ``stream_options``...): ignored."""
+    """OpenAI's SDKs send fields that change nothing here (``user``, ``metadata``, ``store``,
+    ``service_tier``...): ignored. Fields that would change the output and are not
+    implemented are declared below and refused unless left at their defaults."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
     model: Annotated[str, Field(max_length=256)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
 
 
 class EmbeddingsRequest(OpenAIRequest):
@@ -340,6 +368,10 @@ class OpenAISampling(OpenAIRequest):
 
 class CompletionRequest(OpenAISampling):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    echo: Annotated[bool, _unsupported(False)] = False
+    suffix: Annotated[str, _unsupported("")] | None = None
+    best_of: Annotated[int, _unsupported(1)] | None = None
+    logprobs: Annotated[int, _unsupported(0)] | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -369,16 +401,48 @@ class TextPart(BaseModel):
     text: Chars
 
 
+class MessageFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Annotated[str, Field(max_length=64)]
+    arguments: Chars
+
+
+class MessageToolCall(BaseModel):
+    """A call the assistant made earlier in the conversation (sent back by the client)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    id: Annotated[str, Field(max_length=64)]
+    type: Literal["function"] = "function"
+    function: MessageFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Chars | Annotated[list[TextPart], Field(min_length=1, max_length=16)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Chars | Annotated[list[TextPart], Field(min_length=1, max_length=16)] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=16)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (null only for an assistant's tool calls)")
+        return self
 
     def text(self) -> str:
-        """The message's text (text parts joined)."""
+        """The message's text (text parts joined); an assistant's tool calls as the JSON the
+        model wrote for them."""
         if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+            text = self.content
+        else:
+            text = "".join(part.text for part in self.content or [])
+        for call in self.tool_calls or []:
+            try:
+                arguments = json.loads(call.function.arguments)
+            except json.JSONDecodeError:
+                arguments = call.function.arguments
+            text += json.dumps({"name": call.function.name, "arguments": arguments})
+        return text
 
 
 class StreamOptions(BaseModel):
@@ -386,10 +450,97 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _valid_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema the decoder can be constrained to (its metaschema checks it)."""
+    from jsonschema import SchemaError, validators
+
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise PydanticCustomError(
+            "invalid_json_schema", "not a valid JSON schema: {reason}", {"reason": exc.message}
+        ) from None
+    return schema
+
+
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_valid_schema)]
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    schema_: Annotated[JsonSchema, Field(alias="schema")] = Field(default_factory=dict)
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text`` (the default), ``json_object`` (any JSON object) or ``json_schema`` (JSON valid
+    against the schema): the decoder is constrained to it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: str
+
+
+class ToolChoiceFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatRequest(OpenAISampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)]
     max_completion_tokens: NewTokens | None = None
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=32)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: Annotated[bool, _unsupported(False)] | None = None
+    top_logprobs: Annotated[int, _unsupported(0)] | None = None
+    functions: Annotated[list[Any], _unsupported([])] | None = None
+    function_call: Annotated[Any, _unsupported("none")] | None = None
+
+    @model_validator(mode="after")
+    def _tools_consistent(self) -> ChatRequest:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        choice = self.tool_choice
+        if isinstance(choice, ToolChoiceFunction) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, not one of the tools")
+        if choice == "required" and not names:
+            raise ValueError("tool_choice 'required' needs tools")
+        calls_tools = bool(names) and choice != "none"
+        if calls_tools and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("send either tools or a JSON response_format, not both")
+        return self
 
     @model_validator(mode="after")
     def _has_text(self) -> ChatRequest:
@@ -398,15 +549,27 @@ class ChatRequest(OpenAISampling):
         return self
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments, as a JSON string (as OpenAI sends them).")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: None = None
 
 

@@ -24,7 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from slipway.generation.constraints import Guidance
+
 logger = logging.getLogger(__name__)
+
+
+class GuidanceError(ValueError):
+    """A schema or grammar the decoder cannot be constrained to (the caller's mistake)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    guidance: Guidance | None = None  # constrained decoding (the genai runtime only)
 
     @property
     def greedy(self) -> bool:
@@ -67,6 +74,8 @@ class TokenGenerator(Protocol):
 class GenAIDecoder:
     """onnxruntime-genai model: C++ generation loop with its own KV cache."""
 
+    guided = True  # llguidance: JSON schemas and grammars (Sampling.guidance)
+
     def __init__(self, model_dir: Path, threads: int = 0, providers: list[str] | None = None):
         import onnxruntime_genai as og
 
@@ -93,14 +102,21 @@ class GenAIDecoder:
             config.append_provider("cuda")
         self.provider = "CUDAExecutionProvider" if use_cuda else "CPUExecutionProvider"
         self.model = og.Model(config)
-        self.context_length = int(
-            json.loads((model_dir / "genai_config.json").read_text())["model"]["context_length"]
-        )
+        config_json = json.loads((model_dir / "genai_config.json").read_text())["model"]
+        self.context_length = int(config_json["context_length"])
+        eos = config_json.get("eos_token_id")
+        self.eos_id: int | None = int(eos[0] if isinstance(eos, list) else eos) if eos else None
 
     def _generator(self, sampling: Sampling, max_length: int) -> Any:
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(**self._search_options(sampling, max_length))
-        return self._og.Generator(self.model, params)
+        if sampling.guidance is None:
+            return self._og.Generator(self.model, params)
+        try:
+            params.set_guidance(sampling.guidance.kind, sampling.guidance.data)
+            return self._og.Generator(self.model, params)
+        except Exception as exc:  # llguidance rejected the schema or grammar
+            raise GuidanceError(f"The output constraint cannot be applied: {exc}") from exc
 
     def _search_options(self, sampling: Sampling, max_length: int) -> dict[str, Any]:
         options: dict[str, Any] = {"max_length": min(max_length, self.context_length)}
@@ -137,22 +153,45 @@ class GenAIDecoder:
         return np.stack(rows).astype(np.float32)
 
 
+@dataclass(eq=False)
+class _Decoding:
+    """One request of the engine: what it asked for and what it has produced so far."""
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    tokens: queue.SimpleQueue[int | BaseException | None]
+    request: Any = None
+    produced: list[int] = field(default_factory=list)
+    left: bool = False  # its reader stopped reading
+
+
 class GenAIEngineDecoder(GenAIDecoder):
-    """onnxruntime-genai's ``Engine``: continuous batching. One thread steps the engine; each
-    step decodes one token of every running request, and a new request joins at the next step
-    instead of waiting for the others to finish. Greedy output matches :class:`GenAIDecoder`
-    token for token. A request whose reader stops is dropped: onnxruntime-genai 0.15's
-    ``remove_request`` leaves it decoding beside the others, so the engine is replaced as soon
-    as no other request runs (creating one costs microseconds)."""
+    """onnxruntime-genai's ``Engine``: concurrent requests decoded together. One thread steps
+    the engine; each step decodes a token of every request in its batch. Greedy output matches
+    :class:`GenAIDecoder` token for token.
+
+    Two limits of onnxruntime-genai 0.15's engine on CPU (a static-cache engine) are handled
+    here: ``remove_request`` does not stop a request, so one whose reader left is dropped by
+    replacing the engine as soon as nothing else runs (creating one costs microseconds); and
+    the engine can stop scheduling ("Expected at least one request to be ready"), in which
+    case a fresh engine resumes every unfinished request from the tokens it has produced."""
 
     def __init__(self, model_dir: Path, threads: int = 0, providers: list[str] | None = None):
         super().__init__(model_dir, threads, providers)
         self.engine = self._og.Engine(self.model)
+        self.restarts = 0
         self._changes = threading.Condition()
-        self._added: list[tuple[Any, queue.SimpleQueue[int | BaseException | None]]] = []
-        self._removed: list[Any] = []
+        self._added: list[_Decoding] = []
         self._thread = threading.Thread(target=self._serve, name="slipway-decoder", daemon=True)
         self._thread.start()
+
+    def _submit(self, decoding: _Decoding) -> None:
+        """Add a request to the current engine, resuming after what it has produced."""
+        s = decoding.sampling
+        request = self._og.Request(self._params(s, len(decoding.prompt_ids) + s.max_new_tokens))
+        request.add_tokens(decoding.prompt_ids + decoding.produced)
+        self.engine.add_request(request)
+        decoding.request = request
 
     def _params(self, sampling: Sampling, max_length: int) -> Any:
         params = self._og.GeneratorParams(self.model)
@@ -161,74 +200,106 @@ class GenAIEngineDecoder(GenAIDecoder):
 
     def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
         """Yield new token ids until EOS or ``max_new_tokens``, decoded together with every
-        other running request."""
-        request = self._og.Request(
-            self._params(sampling, len(prompt_ids) + sampling.max_new_tokens)
-        )
-        request.add_tokens(list(prompt_ids))
-        tokens: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
+        other running request (a guided request alone: the 0.15 engine cannot guide)."""
+        if sampling.guidance is not None:
+            yield from super().stream_ids(prompt_ids, sampling)
+            return
+        decoding = _Decoding(list(prompt_ids), sampling, queue.SimpleQueue())
         with self._changes:
-            self._added.append((request, tokens))
+            self._added.append(decoding)
             self._changes.notify()
         produced = 0
         try:
             while produced < sampling.max_new_tokens:
-                token = tokens.get()
-                if token is None:
+                token = decoding.tokens.get()
+                if token is None:  # the engine ends a request at EOS without handing it over
+                    if self.eos_id is not None and not sampling.ignore_eos:
+                        yield self.eos_id
                     return
                 if isinstance(token, BaseException):
                     raise token
                 produced += 1
                 yield token
         finally:
+            decoding.left = True
             with self._changes:
-                self._removed.append(request)
                 self._changes.notify()
 
     def _serve(self) -> None:
-        running: dict[Any, queue.SimpleQueue[int | BaseException | None]] = {}
-        abandoned = 0  # requests whose reader left before they finished
+        running: list[_Decoding] = []
+        abandoned = 0  # requests whose reader left before they finished, still in the engine
+        failed_steps = 0  # steps failed since the last one that worked
         while True:
             with self._changes:
                 while not running and not self._added:
                     self._changes.wait()
                 added, self._added = self._added, []
-                removed, self._removed = self._removed, []
-            for request, tokens in added:
+            for decoding in added:
                 try:
-                    self.engine.add_request(request)
-                    running[request] = tokens
+                    self._submit(decoding)
+                    running.append(decoding)
                 except Exception as exc:  # a bad request fails alone
-                    tokens.put(exc)
-            for request in removed:
-                if running.pop(request, None) is not None:
-                    self.engine.remove_request(request)
-                    abandoned += 1
+                    decoding.tokens.put(exc)
+            for decoding in [d for d in running if d.left]:
+                running.remove(decoding)
+                abandoned += 1
             if not running:
-                if abandoned:  # remove_request does not stop a request in 0.15: a new
-                    self.engine = self._og.Engine(self.model)  # engine drops it (free)
+                if abandoned:
+                    self.engine = self._og.Engine(self.model)
                     abandoned = 0
+                continue
+            self._hand_over(running)  # a request can turn done between steps
+            if not running:
                 continue
             try:
                 self.engine.step()
-            except Exception as exc:  # the engine failed: every running request with it
-                logger.exception("The decoder engine failed a step")
-                for request, tokens in running.items():
-                    tokens.put(exc)
-                    self.engine.remove_request(request)
-                running.clear()
+            except Exception as exc:
+                self._hand_over(running)
+                if running and failed_steps == 0:
+                    self._restart(running, exc)
+                    abandoned = 0
+                elif running:  # a fresh engine failed at once too: give up on these
+                    logger.error("The decoder engine failed again; %d requests fail", len(running))
+                    for decoding in running:
+                        decoding.tokens.put(exc)
+                    running.clear()
+                    self.engine = self._og.Engine(self.model)
+                failed_steps += 1
                 continue
-            for request, tokens in list(running.items()):
-                while request.has_unseen_tokens():
-                    tokens.put(int(request.get_unseen_token()))
-                if request.is_done():
-                    tokens.put(None)
-                    del running[request]
-                    self.engine.remove_request(request)
+            failed_steps = 0
+            self._hand_over(running)
+
+    def _hand_over(self, running: list[_Decoding]) -> None:
+        """Give every request its new tokens; end the ones that are done."""
+        for decoding in list(running):
+            request = decoding.request
+            while request.has_unseen_tokens():
+                token = int(request.get_unseen_token())
+                decoding.produced.append(token)
+                decoding.tokens.put(token)
+            if request.is_done():
+                decoding.tokens.put(None)
+                running.remove(decoding)
+
+    def _restart(self, running: list[_Decoding], exc: Exception) -> None:
+        """A fresh engine resumes the unfinished requests; those it cannot take fail."""
+        self.restarts += 1
+        logger.warning(
+            "The decoder engine stopped (%s); resuming %d requests on a new one", exc, len(running)
+        )
+        self.engine = self._og.Engine(self.model)
+        for decoding in list(running):
+            try:
+                self._submit(decoding)
+            except Exception as failure:
+                decoding.tokens.put(failure)
+                running.remove(decoding)
 
 
 class OptimumDecoder:
     """optimum ``ORTModelForCausalLM`` over a ``text-generation-with-past`` export."""
+
+    guided = False
 
     def __init__(self, model_dir: Path, threads: int = 0, providers: list[str] | None = None):
         import torch
@@ -249,6 +320,11 @@ class OptimumDecoder:
 
     def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
         """Yield new token ids (generated in one call, then streamed)."""
+        if sampling.guidance is not None:
+            raise ValueError(
+                "Constrained decoding (response_format, tools) needs the genai runtime "
+                "(build.generator.runtime: genai)."
+            )
         torch = self._torch
         inputs = torch.tensor([list(prompt_ids)])
         kwargs: dict[str, object] = {"max_new_tokens": sampling.max_new_tokens}
@@ -280,6 +356,7 @@ class TextGenerator:
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.provider = decoder.provider
+        self.guided = bool(getattr(decoder, "guided", False))
         self.eos_ids = _eos_ids(tokenizer)
 
     def prompt_ids(self, prompt: str, chat: bool = True) -> list[int]:

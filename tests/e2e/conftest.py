@@ -140,7 +140,7 @@ def serving(
         "SLIPWAY_THREADS": "1",
         "SLIPWAY_MAX_TEXTS": "8",
         "SLIPWAY_MAX_CHARS": "500",
-        "SLIPWAY_MAX_NEW_TOKENS": "32",
+        "SLIPWAY_MAX_NEW_TOKENS": "128",  # room for a constrained JSON reply
         **{f"SLIPWAY_{k.upper()}": v for k, v in settings.items()},
     }
     log = open(log_path, "w")  # noqa: SIM115

@@ -164,7 +164,7 @@ def test_models_reports_versions_index_and_providers(
         ("/v1/embed", {}, "texts"),
         ("/v1/embed", {"texts": ["a"], "txt": 1}, "txt"),
         ("/v1/generate", {"prompt": " \n "}, "prompt"),
-        ("/v1/generate", {"prompt": "hi", "max_new_tokens": 33}, "max_new_tokens"),
+        ("/v1/generate", {"prompt": "hi", "max_new_tokens": 129}, "max_new_tokens"),
         ("/v1/generate", {"prompt": "hi", "max_new_tokens": "many"}, "max_new_tokens"),
         ("/v1/generate", {"prompt": "hi", "temperature": -1}, "temperature"),
         ("/v1/generate", {"prompt": ""}, "prompt"),
@@ -355,6 +355,134 @@ def test_openai_sdk_works_unchanged(server: Server) -> None:
     embed_only = openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.keys["embed"])
     with pytest.raises(openai.PermissionDeniedError):
         embed_only.completions.create(model="slipway-e2e", prompt="hi", max_tokens=2)
+
+
+def test_openai_structured_output_tools_and_refused_parameters(server: Server) -> None:
+    """response_format and tools constrain the decoder (the tiny random model still writes
+    valid JSON and valid calls); what is not implemented is a 400 naming the field."""
+    import jsonschema
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.keys["admin"])
+    ask = [{"role": "user", "content": "Is 'You won a cruise!' spam?"}]
+    schema = {
+        "type": "object",
+        "properties": {"spam": {"type": "boolean"}, "reason": {"type": "string", "maxLength": 8}},
+        "required": ["spam", "reason"],
+        "additionalProperties": False,
+    }
+    verdict = client.chat.completions.create(
+        model="slipway-e2e",
+        messages=ask,
+        max_tokens=64,
+        response_format={"type": "json_schema", "json_schema": {"name": "v", "schema": schema}},
+    )
+    jsonschema.validate(json.loads(verdict.choices[0].message.content or ""), schema)
+    weather = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}]
+    called = client.chat.completions.create(
+        model="slipway-e2e",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        max_tokens=64,
+        tools=tools,
+        tool_choice="required",
+    )
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), weather)
+    # the call goes back with its result, and the model answers
+    follow = client.chat.completions.create(
+        model="slipway-e2e",
+        max_tokens=4,  # the tiny model's context is 256 tokens
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+        ],
+    )
+    assert follow.choices[0].finish_reason in ("stop", "length")
+    streamed = client.chat.completions.create(
+        model="slipway-e2e",
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        max_tokens=64,
+        tools=tools,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream=True,
+    )
+    deltas = [c.choices[0].delta.tool_calls for c in streamed if c.choices]
+    assert [d[0].function.name for d in deltas if d] == ["get_weather"]
+
+    assert client.models.retrieve("slipway-e2e").id == "slipway-e2e"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o")
+    assert missing.value.body["code"] == "model_not_found"
+    refused = [
+        ({"model": "gpt-4o"}, openai.NotFoundError, "model", "model_not_found"),
+        ({"presence_penalty": 5.0}, openai.BadRequestError, "presence_penalty", "less_than_equal"),
+        (
+            {"presence_penalty": 0.5},
+            openai.BadRequestError,
+            "presence_penalty",
+            "unsupported_parameter",
+        ),
+        ({"logprobs": True}, openai.BadRequestError, "logprobs", "unsupported_parameter"),
+        ({"logit_bias": {"42": 3}}, openai.BadRequestError, "logit_bias", "unsupported_parameter"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": 7}},
+                }
+            },
+            openai.BadRequestError,
+            "response_format.json_schema.schema",
+            "invalid_json_schema",
+        ),
+    ]
+    for extra, error, param, code in refused:
+        with pytest.raises(error) as caught:
+            client.chat.completions.create(
+                **{"model": "slipway-e2e", "messages": ask, "max_tokens": 4, **extra}
+            )
+        assert (caught.value.body["param"], caught.value.body["code"]) == (param, code), extra
+    for extra in ({"echo": True}, {"best_of": 2}, {"suffix": "!"}, {"logprobs": 2}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model="slipway-e2e", prompt="hi", max_tokens=4, **extra)
+        assert caught.value.body["code"] == "unsupported_parameter"
+    # defaults are no-ops, as OpenAI's SDKs and LangChain send them
+    fine = client.chat.completions.create(
+        model="slipway-e2e", messages=ask, max_tokens=2, presence_penalty=0, logprobs=False
+    )
+    assert fine.choices[0].finish_reason in ("stop", "length")
+
+
+def test_langchain_structured_output(server: Server) -> None:
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class Verdict(BaseModel):
+        spam: bool = Field(description="Whether the e-mail is spam.")
+
+    llm = ChatOpenAI(
+        base_url=f"{server.base}/v1",
+        api_key=server.keys["admin"],
+        model="slipway-e2e",
+        temperature=0,
+        max_tokens=48,  # the tiny model's context is 256 tokens
+    )
+    for method in ("function_calling", "json_schema"):
+        out = llm.with_structured_output(
+            Verdict, method=method, include_raw=True, strict=True
+        ).invoke("Is 'Win a cruise' spam?")
+        raw = out["raw"]
+        assert isinstance(out["parsed"], Verdict), (method, raw)
 
 
 def test_langchain_chain_end_to_end(server: Server) -> None:

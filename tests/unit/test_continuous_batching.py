@@ -170,3 +170,33 @@ def test_a_reader_that_leaves_frees_the_engine(tiny_genai: Path) -> None:
         sequential.stream_ids(prompt, sampling)
     )
     assert engine._thread.is_alive()
+
+
+class StopsOnce:
+    """The real engine, except that its third step fails as 0.15's engine sometimes does."""
+
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+        self.steps = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps == 3:
+            raise RuntimeError("Expected at least one request to be ready, but none were found.")
+        self.engine.step()  # type: ignore[attr-defined]
+
+
+def test_requests_resume_on_a_new_engine_when_the_engine_stops(tiny_genai: Path) -> None:
+    sequential = GenAIDecoder(tiny_genai, threads=1)
+    decoder = GenAIEngineDecoder(tiny_genai, threads=1)
+    decoder.engine = StopsOnce(decoder.engine)
+    prompts = [[1, 4, 9, 16], [1, 8, 27], [1, 2, 3, 5, 8, 13]]
+    sampling = Sampling(max_new_tokens=10, ignore_eos=True)
+    expected = [list(sequential.stream_ids(p, sampling)) for p in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        got = list(pool.map(lambda p: list(decoder.stream_ids(p, sampling)), prompts))
+    assert got == expected
+    assert decoder.restarts == 1
