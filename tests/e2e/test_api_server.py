@@ -29,6 +29,7 @@ ROUTE_SCOPES: dict[str, set[str]] = {
     "/v1/answer": {"search", "generate"},
     "/v1/graph/entities/{name}": {"search"},
     "/v1/models": set(),  # any valid key
+    "/v1/models/{model}": set(),
 }
 OPEN_ROUTES = ("/livez", "/readyz", "/metrics")
 
@@ -533,7 +534,7 @@ def test_authorization_sweep(server: Server) -> None:
     assert set(spec["paths"]) == set(ROUTE_SCOPES), "add new routes to ROUTE_SCOPES"
     roles = ("embed", "generate", "search")
     for path, operations in spec["paths"].items():
-        url = server.base + path.replace("{name}", "Warsaw")
+        url = server.base + path.replace("{name}", "Warsaw").replace("{model}", "slipway-e2e")
         for method in operations:
             anonymous = httpx.request(method, url, json={}, timeout=60)
             assert anonymous.status_code == 401, (method, path, anonymous.text)
