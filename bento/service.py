@@ -302,10 +302,13 @@ class _RemoteGenerator:
         return GenerationResult.model_validate(result).model_dump()
 
     async def events(self, request: Request) -> AsyncIterator[dict[str, Any]]:
-        async for event in ndjson_events(
-            self.service.to_async.stream(GenerationRequest.of(request))
-        ):
-            yield event
+        try:
+            async for event in ndjson_events(
+                self.service.to_async.stream(GenerationRequest.of(request))
+            ):
+                yield event
+        except (ServiceUnavailable, aiohttp.ClientError) as exc:
+            raise _unavailable("generator", exc) from exc
 
     async def describe(self) -> dict[str, Any]:
         info = await self.service.to_async.describe()

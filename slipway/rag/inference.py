@@ -64,9 +64,27 @@ async def generate_text(res: Resources, request: Request) -> dict[str, Any]:
     return out
 
 
-def generation_events(res: Resources, request: Request) -> AsyncIterator[dict[str, Any]]:
-    """A generation's events, each within the generator's deadline of the last."""
-    return bounded_events(res.generator.events(request), res.serve.generator_timeout_s, "generator")
+async def generation_events(res: Resources, request: Request) -> AsyncIterator[dict[str, Any]]:
+    """A generation's events, each within the generator's deadline of the last. The first is
+    awaited before this returns, so a generator that is unavailable or late answers a JSON
+    503/504 before any response starts, not a stream broken after its headers."""
+    events = bounded_events(
+        res.generator.events(request), res.serve.generator_timeout_s, "generator"
+    )
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        return _events([], events)
+    return _events([first], events)
+
+
+async def _events(
+    head: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    for event in head:
+        yield event
+    async for event in rest:
+        yield event
 
 
 # Up to this many characters, counting tokens on the event loop (about 0.3 ms) costs less than

@@ -82,9 +82,10 @@ async def generate(
         prompt=body.prompt,
     )
     if body.stream:
+        stream = await generation_events(res, call)  # 503/504 here, before the headers
 
         async def events() -> AsyncIterator[bytes]:
-            async for event in generation_events(res, call):
+            async for event in stream:
                 if "text" in event:
                     yield sse(event)
                 else:

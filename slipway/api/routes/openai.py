@@ -310,10 +310,12 @@ async def openai_generation(
             "choices": [choice],
         }
 
+    pieces = await generation_events(res, call)  # 503/504 here, before the headers
+
     async def events() -> AsyncIterator[bytes]:
         if chat:
             yield sse(chunk({"role": "assistant", "content": ""}, None))
-        async for event in generation_events(res, call):
+        async for event in pieces:
             if "text" in event:
                 yield sse(chunk({"content": event["text"]}, None))
             else:
