@@ -107,9 +107,13 @@ class GenAIDecoder:
         eos = config_json.get("eos_token_id")
         self.eos_id: int | None = int(eos[0] if isinstance(eos, list) else eos) if eos else None
 
-    def _generator(self, sampling: Sampling, max_length: int) -> Any:
+    def _params(self, sampling: Sampling, max_length: int) -> Any:
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(**self._search_options(sampling, max_length))
+        return params
+
+    def _generator(self, sampling: Sampling, max_length: int) -> Any:
+        params = self._params(sampling, max_length)
         if sampling.guidance is None:
             return self._og.Generator(self.model, params)
         try:
@@ -192,11 +196,6 @@ class GenAIEngineDecoder(GenAIDecoder):
         request.add_tokens(decoding.prompt_ids + decoding.produced)
         self.engine.add_request(request)
         decoding.request = request
-
-    def _params(self, sampling: Sampling, max_length: int) -> Any:
-        params = self._og.GeneratorParams(self.model)
-        params.set_search_options(**self._search_options(sampling, max_length))
-        return params
 
     def stream_ids(self, prompt_ids: Sequence[int], sampling: Sampling) -> Iterator[int]:
         """Yield new token ids until EOS or ``max_new_tokens``, decoded together with every

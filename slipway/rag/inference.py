@@ -94,18 +94,16 @@ INLINE_CHARS = 1024
 
 async def embed_tokens(res: Resources, texts: Sequence[str]) -> int:
     """Encoder tokens of ``texts``, counted in a worker thread unless they are short."""
-    if sum(len(t) for t in texts) <= INLINE_CHARS:
-        return res.embed_tokens(texts)
-    return await asyncio.to_thread(res.embed_tokens, texts)
+    return await _count(texts, lambda: res.embed_tokens(texts))
 
 
 async def gen_tokens(res: Resources, *texts: str, per_text: int = 0) -> int:
     """Generator tokens of ``texts`` (plus ``per_text`` each), counted in a worker thread
     unless they are short."""
+    return await _count(texts, lambda: sum(res.gen_tokens(t) + per_text for t in texts))
 
-    def count() -> int:
-        return sum(res.gen_tokens(t) + per_text for t in texts)
 
+async def _count(texts: Sequence[str], count: Callable[[], int]) -> int:
     if sum(len(t) for t in texts) <= INLINE_CHARS:
         return count()
     return await asyncio.to_thread(count)

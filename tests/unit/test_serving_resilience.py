@@ -388,16 +388,18 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event() -> None:
     assert last["error"]["code"] == "timeout" and mw.in_flight == 0
 
 
-def test_the_app_knows_its_routes_for_405s_labels_and_deprecation(tmp_path: Path) -> None:
+def gated_app(tmp_path: Path, settings: Any) -> tuple[Any, Any, dict[str, str]]:
+    """An app over real authentication and rate limiting only (no models), a test client and
+    the headers of an admin key."""
     import types
 
     from fastapi.testclient import TestClient
 
-    from slipway.api.app import api_routes, create_app
+    from slipway.api.app import create_app
     from slipway.api.auth import Authenticator
     from slipway.api.keys import FileKeyStore, Scope, create_key
     from slipway.api.ratelimit import MemoryRateLimiter
-    from slipway.config import ApiSettings, ServeSettings
+    from slipway.config import ApiSettings
 
     store = FileKeyStore(tmp_path / "keys.json")
     key = create_key(store, "t", [Scope.ADMIN])[0]
@@ -406,10 +408,17 @@ def test_the_app_knows_its_routes_for_405s_labels_and_deprecation(tmp_path: Path
         limiter=MemoryRateLimiter(),
         remote_credentials=False,
     )
+    app = create_app(settings, gatekeeping)  # type: ignore[arg-type]
+    return app, TestClient(app), {"Authorization": f"Bearer {key}"}
+
+
+def test_the_app_knows_its_routes_for_405s_labels_and_deprecation(tmp_path: Path) -> None:
+    from slipway.api.app import api_routes
+    from slipway.config import ServeSettings
+
     gone = {"since": "2026-11-01", "sunset": "2027-06-30", "successor": "/v1/chat/completions"}
-    app = create_app(ServeSettings(deprecated_routes={"/v1/completions": gone}), gatekeeping)  # type: ignore[arg-type]
-    client = TestClient(app)
-    auth = {"Authorization": f"Bearer {key}"}
+    settings = ServeSettings(deprecated_routes={"/v1/completions": gone})
+    app, client, auth = gated_app(tmp_path, settings)
     wrong = client.get("/v1/embed", headers=auth)
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert client.get("/v1/nothing", headers=auth).status_code == 404
@@ -421,28 +430,14 @@ def test_the_app_knows_its_routes_for_405s_labels_and_deprecation(tmp_path: Path
 
 
 def test_request_limits_come_from_the_app_settings_not_the_import(tmp_path: Path) -> None:
-    import types
-
-    from fastapi.testclient import TestClient
     from pydantic import ValidationError
 
-    from slipway.api.app import create_app
-    from slipway.api.auth import Authenticator
-    from slipway.api.keys import FileKeyStore, Scope, create_key
-    from slipway.api.ratelimit import MemoryRateLimiter
     from slipway.api.schemas import ACTIVE_LIMITS, EmbedRequest, GenerateRequest, Limits
-    from slipway.config import ApiSettings, ServeSettings
+    from slipway.config import ServeSettings
 
-    store = FileKeyStore(tmp_path / "keys.json")
-    key = create_key(store, "t", [Scope.ADMIN])[0]
-    gatekeeping = types.SimpleNamespace(
-        auth=Authenticator(store, ApiSettings()),
-        limiter=MemoryRateLimiter(),
-        remote_credentials=False,
+    _, client, auth = gated_app(
+        tmp_path, ServeSettings(max_texts=2, max_chars=20, max_new_tokens=8)
     )
-    small = create_app(ServeSettings(max_texts=2, max_chars=20, max_new_tokens=8), gatekeeping)  # type: ignore[arg-type]
-    client = TestClient(small)
-    auth = {"Authorization": f"Bearer {key}"}
     refused = client.post("/v1/embed", json={"texts": ["a", "b", "c"]}, headers=auth)
     assert refused.status_code == 400
     error = refused.json()["error"]
