@@ -34,12 +34,14 @@ from fastapi.responses import JSONResponse
 
 from slipway.api import metrics
 from slipway.api.app import api_routes, create_app
-from slipway.api.errors import ApiError, starting
+from slipway.api.errors import ApiError, overloaded, starting
 from slipway.api.middleware import configure_json_logging
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
 from slipway.embedding.batcher import ContinuousBatcher
 from slipway.generation import (
+    Admission,
+    DecoderBusy,
     GuidanceError,
     Request,
     complete,
@@ -215,7 +217,7 @@ class Generator:
             self.runtime,
             threads=get_settings().threads,
             providers=default_providers(serve.providers),
-            concurrent=True,
+            concurrent=Admission(serve.gen_max_batch, serve.gen_max_waiting),
         )
         self.context = context_length(model_dir)
         # Every stream waits in a thread for its tokens while the engine decodes them all.
@@ -231,15 +233,20 @@ class Generator:
             return GenerationResult.model_validate(complete(self.model, request.request()))
         except GuidanceError as exc:
             raise InvalidArgument(str(exc)) from exc
+        except DecoderBusy as exc:
+            raise ServiceUnavailable(str(exc)) from exc
 
     @bentoml.api
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
         """Newline-delimited JSON events of a generation, as the tokens are decoded."""
         call = request.request()
-        async for event in iterate_in_thread(
-            lambda: generation_events(self.model, call), self.streams
-        ):
-            yield json.dumps(event) + "\n"
+        try:
+            async for event in iterate_in_thread(
+                lambda: generation_events(self.model, call), self.streams
+            ):
+                yield json.dumps(event) + "\n"
+        except DecoderBusy as exc:  # before any token: the caller answers 503, not a cut stream
+            yield json.dumps({"error": {"code": "busy", "message": str(exc)}}) + "\n"
 
     @bentoml.api
     def describe(self) -> GeneratorInfo:
@@ -297,7 +304,10 @@ class _RemoteGenerator:
             raise ApiError(
                 400, _detail(exc), code="invalid_output_constraint", param="response_format"
             ) from exc
-        except (ServiceUnavailable, aiohttp.ClientError) as exc:
+        except ServiceUnavailable as exc:  # the generator refused the request: queue full
+            logger.info("Generator busy: %s", _detail(exc))
+            raise overloaded() from exc
+        except aiohttp.ClientError as exc:
             raise _unavailable("generator", exc) from exc
         return GenerationResult.model_validate(result).model_dump()
 
@@ -306,6 +316,9 @@ class _RemoteGenerator:
             async for event in ndjson_events(
                 self.service.to_async.stream(GenerationRequest.of(request))
             ):
+                if "error" in event:  # the generator refused the request (its queue is full)
+                    logger.info("Generator busy: %s", event["error"].get("message"))
+                    raise overloaded()
                 yield event
         except (ServiceUnavailable, aiohttp.ClientError) as exc:
             raise _unavailable("generator", exc) from exc

@@ -114,6 +114,18 @@ class ServeSettings(BaseSettings):
         description="Where the encoder runs: in each API worker (no hop per request) or as a "
         "BentoML service of its own that the workers call.",
     )
+    gen_max_batch: int = Field(
+        default=8,
+        ge=1,
+        description="Generations decoded together (onnxruntime-genai engine); each step's cost, "
+        "and so every running generation's time per token, grows with it.",
+    )
+    gen_max_waiting: int = Field(
+        default=8,
+        ge=0,
+        description="Generations that may wait for a place in the decoding batch; more are "
+        "refused at once with a 503 and Retry-After.",
+    )
     embed_max_batch_tokens: int = Field(
         default=8192,
         ge=1,

@@ -33,6 +33,11 @@ class GuidanceError(ValueError):
     """A schema or grammar the decoder cannot be constrained to (the caller's mistake)."""
 
 
+class DecoderBusy(RuntimeError):
+    """The decoder's queue is full: the request is refused at once (a 503 to retry), not left
+    to wait behind work that would outlast any client's deadline."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Decoding options; ``temperature == 0`` means greedy."""
@@ -157,6 +162,14 @@ class GenAIDecoder:
         return np.stack(rows).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """How many requests a concurrent decoder runs together, and how many more may wait."""
+
+    max_batch: int = 8
+    max_waiting: int = 8
+
+
 @dataclass(eq=False)
 class _Decoding:
     """One request of the engine: what it asked for and what it has produced so far."""
@@ -178,14 +191,31 @@ class GenAIEngineDecoder(GenAIDecoder):
     here: ``remove_request`` does not stop a request, so one whose reader left is dropped by
     replacing the engine as soon as nothing else runs (creating one costs microseconds); and
     the engine can stop scheduling ("Expected at least one request to be ready"), in which
-    case a fresh engine resumes every unfinished request from the tokens it has produced."""
+    case a fresh engine resumes every unfinished request from the tokens it has produced.
 
-    def __init__(self, model_dir: Path, threads: int = 0, providers: list[str] | None = None):
+    Admission: at most ``max_batch`` requests decode together (each step's cost, and so every
+    running request's time per token, grows with the batch); up to ``max_waiting`` more wait
+    in arrival order, and a request beyond those is refused at once with
+    :class:`DecoderBusy`. A waiting request whose reader left is dropped unstarted."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int = 0,
+        providers: list[str] | None = None,
+        max_batch: int = 8,
+        max_waiting: int = 8,
+    ):
         super().__init__(model_dir, threads, providers)
+        if max_batch < 1 or max_waiting < 0:
+            raise ValueError("max_batch must be >= 1 and max_waiting >= 0")
+        self.max_batch, self.max_waiting = max_batch, max_waiting
         self.engine = self._og.Engine(self.model)
         self.restarts = 0
+        self.refused = 0
         self._changes = threading.Condition()
-        self._added: list[_Decoding] = []
+        self._added: list[_Decoding] = []  # waiting to start, oldest first
+        self._running = 0  # requests in the engine (read under _changes)
         self._thread = threading.Thread(target=self._serve, name="slipway-decoder", daemon=True)
         self._thread.start()
 
@@ -205,6 +235,13 @@ class GenAIEngineDecoder(GenAIDecoder):
             return
         decoding = _Decoding(list(prompt_ids), sampling, queue.SimpleQueue())
         with self._changes:
+            waiting = sum(not d.left for d in self._added)
+            if self._running + waiting >= self.max_batch + self.max_waiting:
+                self.refused += 1
+                raise DecoderBusy(
+                    f"The generator is busy: {self._running} generations running and "
+                    f"{waiting} waiting (SLIPWAY_GEN_MAX_BATCH, SLIPWAY_GEN_MAX_WAITING)."
+                )
             self._added.append(decoding)
             self._changes.notify()
         produced = 0
@@ -230,9 +267,13 @@ class GenAIEngineDecoder(GenAIDecoder):
         failed_steps = 0  # steps failed since the last one that worked
         while True:
             with self._changes:
+                self._running = len(running)
                 while not running and not self._added:
                     self._changes.wait()
-                added, self._added = self._added, []
+                self._added = [d for d in self._added if not d.left]  # readers gone: unstarted
+                room = max(self.max_batch - len(running), 0)
+                added, self._added = self._added[:room], self._added[room:]
+                self._running = len(running) + len(added)
             for decoding in added:
                 try:
                     self._submit(decoding)
@@ -439,16 +480,19 @@ def load_generator(
     runtime: str,
     threads: int = 0,
     providers: list[str] | None = None,
-    concurrent: bool = False,
+    concurrent: Admission | None = None,
 ) -> TextGenerator:
     """Open a generator directory with its runtime (``genai`` or ``optimum``). ``concurrent``:
-    decode concurrent requests together (onnxruntime-genai's continuous-batching engine; the
-    optimum runtime decodes one request at a time either way)."""
+    decode concurrent requests together, admitted as it says (onnxruntime-genai's
+    continuous-batching engine; the optimum runtime decodes one request at a time either way,
+    its callers queue in the service's worker threads)."""
     decoder: TokenGenerator
-    if runtime == "genai":
-        decoder = (GenAIEngineDecoder if concurrent else GenAIDecoder)(
-            model_dir, threads, providers
+    if runtime == "genai" and concurrent is not None:
+        decoder = GenAIEngineDecoder(
+            model_dir, threads, providers, concurrent.max_batch, concurrent.max_waiting
         )
+    elif runtime == "genai":
+        decoder = GenAIDecoder(model_dir, threads, providers)
     elif runtime == "optimum":
         decoder = OptimumDecoder(model_dir, threads, providers)
     else:

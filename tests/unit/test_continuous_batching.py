@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tokenizers import Encoding
 
 from slipway.embedding import OnnxEmbedder
 from slipway.embedding.batcher import ContinuousBatcher
-from slipway.generation import GenAIDecoder, GenAIEngineDecoder, Sampling
+from slipway.generation import DecoderBusy, GenAIDecoder, GenAIEngineDecoder, Sampling
 
 
 class GatedEncoder:
@@ -200,3 +201,54 @@ def test_requests_resume_on_a_new_engine_when_the_engine_stops(tiny_genai: Path)
         got = list(pool.map(lambda p: list(decoder.stream_ids(p, sampling)), prompts))
     assert got == expected
     assert decoder.restarts == 1
+
+
+class Gated:
+    """The real engine, whose steps wait until the gate opens."""
+
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+        self.gate = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+    def step(self) -> None:
+        self.gate.wait()
+        self.engine.step()  # type: ignore[attr-defined]
+
+
+def test_a_full_decoder_refuses_at_once_and_waiting_requests_start_in_turn(
+    tiny_genai: Path,
+) -> None:
+    sequential = GenAIDecoder(tiny_genai, threads=1)
+    decoder = GenAIEngineDecoder(tiny_genai, threads=1, max_batch=2, max_waiting=1)
+    decoder.engine = gated = Gated(decoder.engine)
+    sampling = Sampling(max_new_tokens=6, ignore_eos=True)
+    prompts = [[1, 6, 6], [1, 7, 6], [1, 3, 5, 8]]
+
+    def until(condition: Callable[[], bool]) -> None:
+        for _ in range(2000):
+            if condition():
+                return
+            time.sleep(0.005)
+        raise AssertionError("the decoder did not get there")
+
+    with ThreadPoolExecutor(3) as pool:
+        try:
+            first = pool.submit(lambda: list(decoder.stream_ids(prompts[0], sampling)))
+            until(lambda: decoder._running == 1)  # in the engine, its step held at the gate
+            rest = [
+                pool.submit(lambda p=p: list(decoder.stream_ids(p, sampling))) for p in prompts[1:]
+            ]
+            until(lambda: len(decoder._added) == 2)  # one place in the batch, one in the queue
+            with pytest.raises(DecoderBusy, match="SLIPWAY_GEN_MAX_WAITING"):
+                next(decoder.stream_ids([1, 2], sampling))
+            assert decoder.refused == 1
+        finally:
+            gated.gate.set()
+        got = [f.result(timeout=60) for f in [first, *rest]]
+    assert got == [list(sequential.stream_ids(p, sampling)) for p in prompts]
+    assert list(decoder.stream_ids([1, 2], sampling)) == list(
+        sequential.stream_ids([1, 2], sampling)
+    )
