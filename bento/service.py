@@ -31,6 +31,7 @@ from bentoml._internal.server.http import instruments
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from slipway.api import metrics
 from slipway.api.app import api_routes, create_app
@@ -293,13 +294,32 @@ class _RemoteEmbedder:
         return EncoderInfo.model_validate(info).model_dump()
 
 
+# A pooled keep-alive connection that the other service closes as a request goes out fails
+# the request before it was read (ServerDisconnectedError, or a reset); sent again on a fresh
+# connection it is served. Once, and only before any reply came.
+STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def _resend_once() -> AsyncRetrying:
+    return AsyncRetrying(
+        stop=stop_after_attempt(2),
+        retry=retry_if_exception_type(STALE_CONNECTION),
+        reraise=True,
+        before_sleep=lambda state: logger.info(
+            "Resending after a stale connection: %r", state.outcome and state.outcome.exception()
+        ),
+    )
+
+
 class _RemoteGenerator:
     def __init__(self, service: Any) -> None:
         self.service = service
 
     async def complete(self, request: Request) -> dict[str, Any]:
         try:
-            result = await self.service.to_async.complete(GenerationRequest.of(request))
+            async for attempt in _resend_once():
+                with attempt:
+                    result = await self.service.to_async.complete(GenerationRequest.of(request))
         except InvalidArgument as exc:  # the request's output constraint
             raise ApiError(
                 400, _detail(exc), code="invalid_output_constraint", param="response_format"
@@ -313,13 +333,19 @@ class _RemoteGenerator:
 
     async def events(self, request: Request) -> AsyncIterator[dict[str, Any]]:
         try:
-            async for event in ndjson_events(
-                self.service.to_async.stream(GenerationRequest.of(request))
-            ):
+            async for attempt in _resend_once():
+                with attempt:  # the first event, or the stream fails before any reply came
+                    events = aiter(
+                        ndjson_events(self.service.to_async.stream(GenerationRequest.of(request)))
+                    )
+                    first = await anext(events, None)
+            event = first
+            while event is not None:
                 if "error" in event:  # the generator refused the request (its queue is full)
                     logger.info("Generator busy: %s", event["error"].get("message"))
                     raise overloaded()
                 yield event
+                event = await anext(events, None)
         except (ServiceUnavailable, aiohttp.ClientError) as exc:
             raise _unavailable("generator", exc) from exc
 
