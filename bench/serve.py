@@ -724,7 +724,12 @@ async def part_steady(
                 Shot(
                     0.0,
                     "/v1/answer",
-                    {"question": next(q), "top_k": 4, "max_new_tokens": new_tokens},
+                    {
+                        "question": next(q),
+                        "top_k": 4,
+                        "max_new_tokens": new_tokens,
+                        "min_relevance": -1.0,
+                    },
                     token,
                     warm,
                 ),
@@ -750,7 +755,12 @@ async def part_steady(
             schedule(
                 "/v1/answer",
                 (
-                    {"question": next(q), "top_k": 4, "max_new_tokens": new_tokens}
+                    {
+                        "question": next(q),
+                        "top_k": 4,
+                        "max_new_tokens": new_tokens,
+                        "min_relevance": -1.0,
+                    }
                     for _ in itertools.count()
                 ),
                 token,

@@ -316,7 +316,12 @@ class Bodies:
         if route == "search":
             return {"query": text, "top_k": 10}
         if route == "answer":
-            return {"question": text, "top_k": 4, "max_new_tokens": self.new_tokens}
+            return {
+                "question": text,
+                "top_k": 4,
+                "max_new_tokens": self.new_tokens,
+                "min_relevance": -1.0,  # always generate: the load this soak is sized for
+            }
         if route == "embed":
             return {"texts": [text]}
         return {

@@ -72,9 +72,17 @@ def _metrics() -> dict[str, Any]:
             documentation="Requests or backend calls that outlived their deadline, by stage.",
             labelnames=["stage"],
         ),
+        "answers": m.Counter(
+            name="slipway_answers_total",
+            documentation="Answers by outcome: generated, or an abstention (no_context) when no "
+            "retrieved passage was relevant enough.",
+            labelnames=["outcome"],
+        ),
     }
     for stage in sorted(STAGES):  # every stage exported from the start, at 0: rate() works
         made["timeouts"].labels(stage=stage)
+    for outcome in ANSWER_OUTCOMES:
+        made["answers"].labels(outcome=outcome)
     return made
 
 
@@ -158,6 +166,14 @@ def tokens(route: str, prompt: int, completion: int = 0) -> None:
         metrics["tokens"].labels(route=route, direction="in").inc(prompt)
     if completion:
         metrics["tokens"].labels(route=route, direction="out").inc(completion)
+
+
+ANSWER_OUTCOMES = ("generated", "no_context")
+
+
+def answered(outcome: str) -> None:
+    """Count one answer by outcome (one of :data:`ANSWER_OUTCOMES`)."""
+    _metrics()["answers"].labels(outcome=outcome).inc()
 
 
 def batch_size(size: int) -> None:

@@ -231,6 +231,13 @@ class AnswerRequest(Strict):
     max_new_tokens: NewTokens = 128
     temperature: Temperature = 0.0
     seed: Seed | None = None
+    min_relevance: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Abstain unless a retrieved passage has at least this cosine similarity "
+        "to the question; default: the server's SLIPWAY_ANSWER_MIN_RELEVANCE.",
+    )
 
     @model_validator(mode="after")
     def _bounded_default(self) -> AnswerRequest:
@@ -243,14 +250,19 @@ class Citation(BaseModel):
     id: str
     doc_id: str
     title: str
-    score: float
+    score: float = Field(description="Its retrieval score (fused, or the re-ranker's).")
+    relevance: float = Field(description="Cosine similarity of the passage to the question.")
+    cited: bool = Field(description="Whether the answer carries its [n] marker.")
 
 
 class AnswerResponse(BaseModel):
     model: str
     index_version: str
     answer: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "no_context"] = Field(
+        description="'no_context': no retrieved passage was relevant enough; the answer is an "
+        "abstention and nothing was generated."
+    )
     citations: list[Citation]
     usage: Usage
 

@@ -1,5 +1,6 @@
 """Answers: retrieve once (the re-ranker's candidates when there is one), re-rank those hits,
-fit the best chunks into the prompt budget, generate, cite; traced to MLflow when sampled."""
+abstain when none is relevant to the question, fit the best chunks into the prompt budget,
+generate, mark every sentence with the source it came from; traced to MLflow when sampled."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from slipway.api import metrics
 from slipway.api.errors import ApiError
 from slipway.api.schemas import AnswerRequest, AnswerResponse, Citation, SearchRequest, usage
 from slipway.generation import Request, Sampling
-from slipway.rag import prompts
-from slipway.rag.inference import Charge, gen_tokens, generate_text
+from slipway.rag import grounding, prompts
+from slipway.rag.inference import Charge, embed_texts, gen_tokens, generate_text
 from slipway.rag.search import rerank_top, search
 from slipway.resources import Resources
 from slipway.retrieval.hybrid import FusionConfig
+from slipway.retrieval.index import ChunkHit, indexed_text
 
 
 async def answer(
@@ -77,6 +79,24 @@ async def _answer(question: AnswerRequest, res: Resources, charge: Charge) -> An
         prompt_tokens = await gen_tokens(res, prompt)
         if span is not None:
             span.set_attributes({"sources": len(used), "prompt_tokens": prompt_tokens})
+    threshold = (
+        res.serve.answer_min_relevance if question.min_relevance is None else question.min_relevance
+    )
+    with tracer.span("relevance", threshold=threshold) as span:
+        relevance = await passage_relevance(res, question.question, hits)
+        if span is not None:
+            span.set_outputs(relevance)
+    if grounding.should_abstain(relevance, threshold):
+        metrics.answered("no_context")
+        return AnswerResponse(
+            model=res.model_id,
+            index_version=found.index_version,
+            answer=grounding.ABSTENTION,
+            finish_reason="no_context",
+            citations=[],
+            usage=usage(0, 0),
+        )
+    relevance_of = dict(zip((h.id for h in hits), relevance, strict=True))
     await charge(prompt_tokens + question.max_new_tokens)
     call = Request(
         Sampling(
@@ -97,14 +117,33 @@ async def _answer(question: AnswerRequest, res: Resources, charge: Charge) -> An
             )
             span.set_outputs(out["text"])
     metrics.tokens("/v1/answer", out["prompt_tokens"], out["completion_tokens"])
+    metrics.answered("generated")
+    text = grounding.attribute(out["text"].strip(), [s.text for s in used])
+    marked = grounding.valid_markers(text, len(used))
     return AnswerResponse(
         model=res.model_id,
         index_version=found.index_version,
-        answer=out["text"].strip(),
+        answer=text,
         finish_reason=out["finish_reason"],
         citations=[
-            Citation(n=i + 1, id=s.id, doc_id=s.doc_id, title=s.title, score=s.score)
+            Citation(
+                n=i + 1,
+                id=s.id,
+                doc_id=s.doc_id,
+                title=s.title,
+                score=s.score,
+                relevance=relevance_of[s.id],
+                cited=i + 1 in marked,
+            )
             for i, s in enumerate(used)
         ],
         usage=usage(out["prompt_tokens"], out["completion_tokens"]),
     )
+
+
+async def passage_relevance(res: Resources, question: str, hits: list[ChunkHit]) -> list[float]:
+    """Cosine similarity of each hit's indexed text to the question (one encoder call)."""
+    if not hits:
+        return []
+    vectors = await embed_texts(res, [question, *(indexed_text(h.title, h.text) for h in hits)])
+    return grounding.relevance(vectors[0], vectors[1:])

@@ -6,7 +6,6 @@ count the same tokens the generator will see (before its chat template, which th
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,6 @@ ANSWER_INSTRUCTIONS = (
 )
 SUMMARY_INSTRUCTIONS = "Summarize the following text in at most {words} words."
 TEMPLATE_RESERVE = 48  # tokens of chat template and separators around a prompt
-_MARK = re.compile(r"\[(\d{1,3})\]")
 
 
 @dataclass(frozen=True)
@@ -84,11 +82,6 @@ def answer_prompt(
         used.append(source)
         room -= cost
     return head + "\n".join(blocks) + tail, used
-
-
-def cited_markers(answer: str, n_sources: int) -> set[int]:
-    """The ``[n]`` markers of an answer that name one of its ``n_sources`` sources."""
-    return {int(m) for m in _MARK.findall(answer) if 1 <= int(m) <= n_sources}
 
 
 def summary_prompt(text: str, max_words: int) -> str:

@@ -248,9 +248,14 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
     import mlflow
 
     question = xquad_question(1)
-    r = post(server, "/v1/answer", {"question": question, "top_k": 3, "max_new_tokens": 16})
+    always = {"top_k": 3, "max_new_tokens": 16, "min_relevance": -1.0}  # never abstain
+    r = post(server, "/v1/answer", {"question": question, **always})
     assert r.status_code == 200, r.text
     body = r.json()
+    # every [n] marker of the answer names a citation marked cited, and every cited one is there
+    marked = {int(n) for n in re.findall(r"\[(\d+)\]", body["answer"])}
+    assert marked == {c["n"] for c in body["citations"] if c["cited"]}, body
+    assert all(-1.0 <= c["relevance"] <= 1.0 for c in body["citations"])
     found = post(server, "/v1/search", {"query": question, "top_k": 3}).json()["results"]
     assert body["citations"], body
     assert [c["id"] for c in body["citations"]] == [h["id"] for h in found][
@@ -262,6 +267,18 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
     crowded = post(server, "/v1/answer", {"question": "9 " * 250, "max_new_tokens": 16})
     assert crowded.status_code == 400, crowded.text
     assert crowded.json()["error"]["param"] == "question"
+    # no relevant source: an abstention, not a free generation (nothing generated, no charge)
+    before = metric(server, "slipway_answers_total", outcome="no_context")
+    for payload in (
+        {"question": question, "filters": {"doc_id": ["no such document"]}},
+        {"question": question, "min_relevance": 1.0},
+    ):
+        abstained = post(server, "/v1/answer", {**payload, "max_new_tokens": 16})
+        assert abstained.status_code == 200, abstained.text
+        reply = abstained.json()
+        assert reply["finish_reason"] == "no_context", reply
+        assert reply["citations"] == [] and reply["usage"]["completion_tokens"] == 0
+    assert metric(server, "slipway_answers_total", outcome="no_context") == before + 2
 
     mlflow.set_tracking_uri(server.tracking_uri)
     deadline = time.monotonic() + 60
@@ -278,7 +295,7 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
             if "answer" in names and names["answer"].inputs.get("question") == question:
                 spans = names
         time.sleep(1)
-    assert {"answer", "retrieve", "rerank", "prompt", "generate"} <= set(spans)
+    assert {"answer", "retrieve", "rerank", "prompt", "relevance", "generate"} <= set(spans)
     generate = spans["generate"].attributes
     assert generate["completion_tokens"] == body["usage"]["completion_tokens"]
     assert spans["prompt"].attributes["sources"] == len(body["citations"])

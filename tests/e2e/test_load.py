@@ -79,7 +79,12 @@ def mixed_requests(n: int, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
         # short: the tiny test generator's context leaves little room for sources
         lambda q: (
             "/v1/answer",
-            {"question": " ".join(q.split()[:6]), "top_k": 2, "max_new_tokens": 8},
+            {
+                "question": " ".join(q.split()[:6]),
+                "top_k": 2,
+                "max_new_tokens": 8,
+                "min_relevance": -1.0,  # always generate: the load is the generator's
+            },
         ),
         lambda q: ("/v1/embed", {"texts": [q, q.upper()]}),
         lambda q: (

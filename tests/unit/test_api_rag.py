@@ -45,10 +45,6 @@ def test_a_first_source_longer_than_the_budget_is_cut_not_dropped(tok: Tokenizer
         rag.answer_prompt(tok, "why " * 200, [source(1, 5)], budget=50)
 
 
-def test_cited_markers_only_name_real_sources() -> None:
-    assert rag.cited_markers("As [1] and [3] say, not [7] or [x].", 3) == {1, 3}
-
-
 def test_truncate_keeps_whole_tokens(tok: Tokenizer) -> None:
     text = "alpha beta gamma delta"
     assert rag.truncate(tok, text, 2) == "alpha beta"
