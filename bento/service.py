@@ -51,6 +51,7 @@ from slipway.generation import (
     load_generator,
 )
 from slipway.onnx.session import default_providers
+from slipway.priority import built_below_event_loops
 from slipway.resources import Coalescer, EmbedClient, build_resources
 from slipway.serving import resolve_bundle
 from slipway.streams import iterate_in_thread, ndjson_events
@@ -161,16 +162,25 @@ class Embedder:
 def local_encoder(serve: ServeSettings, placement: Literal["api", "service"]) -> LocalEncoder:
     """The served bundle's encoder in this process, continuously batched."""
     served = resolve_bundle(serve)
-    model = OnnxEmbedder(
-        served.bundle.role_dir("embedder"),
-        providers=default_providers(serve.providers),
-        threads=get_settings().threads,
-        spinning=False,  # the other processes share these cores
-    )
+
+    def build() -> LocalEncoder:  # its threads (onnxruntime's, the batcher's) below the loop
+        model = OnnxEmbedder(
+            served.bundle.role_dir("embedder"),
+            providers=default_providers(serve.providers),
+            threads=get_settings().threads,
+            spinning=False,  # the other processes share these cores
+        )
+        return LocalEncoder(model, serve.embed_max_batch_tokens, placement)
+
+    encoder = built_below_event_loops(serve.compute_niceness, build)
     logger.info(
-        "Encoder %s v%s on %s (%s)", served.model_name, served.version, model.provider, placement
+        "Encoder %s v%s on %s (%s)",
+        served.model_name,
+        served.version,
+        encoder.encoder.provider,
+        placement,
     )
-    return LocalEncoder(model, serve.embed_max_batch_tokens, placement)
+    return encoder
 
 
 class LocalEncoder:
@@ -213,12 +223,15 @@ class Generator:
         served = resolve_bundle(serve)
         model_dir = served.bundle.role_dir("generator")
         self.runtime = served.bundle.runtime("generator")
-        self.model = load_generator(
-            model_dir,
-            self.runtime,
-            threads=get_settings().threads,
-            providers=default_providers(serve.providers),
-            concurrent=Admission(serve.gen_max_batch, serve.gen_max_waiting),
+        self.model = built_below_event_loops(  # decoding threads below the event loop
+            serve.compute_niceness,
+            lambda: load_generator(
+                model_dir,
+                self.runtime,
+                threads=get_settings().threads,
+                providers=default_providers(serve.providers),
+                concurrent=Admission(serve.gen_max_batch, serve.gen_max_waiting),
+            ),
         )
         self.context = context_length(model_dir)
         # Every stream waits in a thread for its tokens while the engine decodes them all.

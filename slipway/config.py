@@ -135,6 +135,13 @@ class ServeSettings(BaseSettings):
         description="Generations that may wait for a place in the decoding batch; more are "
         "refused at once with a 503 and Retry-After.",
     )
+    compute_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the encoder's and decoder's threads: the event loops that "
+        "accept, check and shed requests go first when the CPU is short (0: equal shares).",
+    )
     embed_max_batch_tokens: int = Field(
         default=8192,
         ge=1,
