@@ -23,16 +23,20 @@ def model_build(
     embedder_path: str | None = None,
     generator_path: str | None = None,
     calibration: CalibrationSet | None = None,
+    prompts: dict[str, Any] | None = None,
 ) -> None:
     """Build, check, register and package the embedder and generator. ``calibration``: the
     sample of the corpus the parity gate embeds (the main job passes its chunks' sample; run
-    alone, the gate uses built-in texts)."""
+    alone, the gate uses built-in texts). ``prompts``: the prompt version each served kind uses
+    (``answer: latest``; ``answer: {"3": 0.5, "4": 0.5}`` splits answers between two)."""
     base_models = load_base_models(embedder_path=embedder_path, generator_path=generator_path)
     exported = export_models(base_models, build=build, roles=roles)
     optimized = optimize_models(exported, build=build)
     quantized = quantize_models(optimized, build=build)
     gated = parity_gate(quantized, exported=exported, calibration=calibration)
     measured = measure_latency(gated, calibration=calibration)
-    registered = track_and_register(measured, build=build, model_name=model_name)
+    registered = track_and_register(
+        measured, build=build, model_name=model_name, prompts=prompts
+    )
     if bento:
         build_bento(registered)

@@ -176,16 +176,140 @@ def models(
     name = ModelSettings().registered_model_name
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = current_champion(client, name)
-    table = Table("version", "champion", "created", "promotion")
+    table = Table("version", "champion", "created", "prompts", "promotion")
     for mv in client.search_model_versions(f"name='{name}'"):
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
+        prompts = "\n".join(
+            f"{k.removeprefix('prompt.')}: {v}"
+            for k, v in sorted(mv.tags.items())
+            if k.startswith("prompt.")
+        )
         table.add_row(
             str(mv.version),
             "yes" if str(mv.version) == champion else "",
             f"{created:%Y-%m-%d %H:%M:%S}Z",
+            prompts,
             mv.tags.get("promotion", ""),
         )
     Console().print(table)
+
+
+def _tracking_uri(given: str | None) -> str:
+    return given or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
+
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI; default: the active ZenML stack's tracker."),
+]
+prompts_app = typer.Typer(
+    help="Versioned prompts: YAML sources in prompts/, versions and aliases in MLflow's "
+    "prompt registry.",
+    no_args_is_help=True,
+)
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("list")
+def prompts_list(tracking_uri: TrackingUri = None) -> None:
+    """Registered prompts, their latest version and aliases; and the sources in prompts/."""
+    import mlflow
+    from rich.table import Table
+
+    from slipway.prompts import SOURCES_DIR, load_file, source_files
+
+    uri = _tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    table = Table("name", "latest", "aliases", "source")
+    sources = {p.name: path for path in source_files() for p in [load_file(path)]}
+    registered = {p.name: p for p in mlflow.genai.search_prompts(max_results=1000)}
+    for name in sorted(registered.keys() | sources.keys()):
+        latest = mlflow.genai.load_prompt(f"prompts:/{name}@latest", allow_missing=True)
+        aliases = ", ".join(sorted(getattr(latest, "aliases", []) or [])) if latest else ""
+        source = sources.get(name)
+        table.add_row(
+            name,
+            str(latest.version) if latest else "(not registered)",
+            aliases,
+            str(source.relative_to(SOURCES_DIR.parent)) if source else "",
+        )
+    Console().print(table)
+
+
+@prompts_app.command("show")
+def prompts_show(
+    ref: Annotated[str, typer.Argument(help="name@alias, name/VERSION or a YAML path.")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Print one prompt version's template."""
+    from slipway.prompts import PromptError, resolve
+
+    try:
+        prompt = resolve(
+            ref, None if ref.endswith((".yaml", ".yml")) else _tracking_uri(tracking_uri)
+        )
+    except PromptError as exc:
+        fail(str(exc))
+    console.print(f"[bold]{prompt.ref}[/bold] {prompt.description}")
+    console.print(f"variables: {', '.join(sorted(prompt.variables)) or '(none)'}")
+    print(prompt.template)
+
+
+@prompts_app.command("register")
+def prompts_register(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="YAML sources; default: every file in prompts/."),
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Move this alias (e.g. production) to the versions.")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Register prompt sources: a new version only where a template or its tags changed."""
+    from slipway.prompts import PromptError, load_file, register, source_files
+
+    uri = _tracking_uri(tracking_uri)
+    try:
+        for path in paths or source_files():
+            prompt = register(load_file(path), uri, alias)
+            console.print(f"{path}: {prompt.ref}" + (f" @{alias}" if alias else ""))
+    except PromptError as exc:
+        fail(str(exc))
+
+
+feedback_app = typer.Typer(help="Feedback on served answers.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path, typer.Option(help="JSONL file to write ('-': stdout).")] = Path("-"),
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment of the traces; default the server's.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many traces.")] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Rated answers as JSONL (question, answer, citations, prompt version, rating, comment,
+    expected chunk ids), for evaluation sets and retraining."""
+    import json
+
+    from slipway.config import ServeSettings
+    from slipway.rag.feedback import export_rows
+
+    name = experiment or ServeSettings().trace_experiment
+    try:
+        rows = list(export_rows(_tracking_uri(tracking_uri), name, limit))
+    except ValueError as exc:
+        fail(str(exc))
+    lines = "".join(json.dumps(row) + "\n" for row in rows)
+    if str(out) == "-":
+        sys.stdout.write(lines)
+    else:
+        out.write_text(lines, encoding="utf-8")
+    console.print(f"{len(rows)} rated answers from experiment {name!r}")
 
 
 bento_app = typer.Typer(help="Package the service as a bento.", no_args_is_help=True)

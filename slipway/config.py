@@ -161,6 +161,11 @@ class ServeSettings(BaseSettings):
     trace_experiment: str = Field(
         default="slipway-traces", description="MLflow experiment that receives the traces."
     )
+    feedback: bool = Field(
+        default=True,
+        description="Accept POST /v1/feedback: every /v1/answer is then traced to MLflow (when "
+        "a tracking URI is set) so feedback lands on the answer's trace as an assessment.",
+    )
     deprecated_routes: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Routes to mark deprecated: {"/v1/completions": {"since": "2026-11-01", '

@@ -26,6 +26,7 @@ from slipway.cache import MemoryCache, RedisCache, ResultCache, cache_key
 from slipway.config import ApiSettings, GraphSettings, IndexSettings, ServeSettings, get_settings
 from slipway.documents.chunking import load_tokenizer
 from slipway.generation import Request, context_length
+from slipway.prompts import load_served
 from slipway.retrieval.hybrid import HybridSearcher
 from slipway.retrieval.index import OpenIndex
 from slipway.retrieval.rerank import Reranker, configured_reranker
@@ -146,6 +147,7 @@ class Resources:
         self.gen_tokenizer = load_tokenizer(bundle.role_dir("generator"))
         self.model_context = context_length(bundle.role_dir("generator"))
         self.model_id = f"{served.model_name}:{served.version}"
+        self.prompts = load_served(bundle.root)
         self.auth = Authenticator(self._key_store(), self.api)
         self.limiter = self._limiter()
         self.cache = self._cache()
@@ -159,6 +161,7 @@ class Resources:
             self.serve.trace_sample_rate,
             get_settings().mlflow_tracking_uri,
             self.serve.trace_experiment,
+            always=self.serve.feedback,
         )
 
     # --- set-up ------------------------------------------------------------------------

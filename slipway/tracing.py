@@ -21,26 +21,36 @@ SPAN_TYPES = {
 
 
 class Tracer:
-    """Samples requests at ``rate`` into the MLflow ``experiment`` at ``tracking_uri``."""
+    """Samples requests at ``rate`` into the MLflow ``experiment`` at ``tracking_uri``;
+    ``always`` (feedback is on) traces every request that asks for it."""
 
-    def __init__(self, rate: float, tracking_uri: str | None, experiment: str) -> None:
+    def __init__(
+        self, rate: float, tracking_uri: str | None, experiment: str, always: bool = False
+    ) -> None:
         self.rate = rate
-        if rate > 0 and not tracking_uri:
+        self.always = always and bool(tracking_uri)
+        if (rate > 0 or always) and not tracking_uri:
             logger.warning(
-                "SLIPWAY_TRACE_SAMPLE_RATE=%s but no MLflow tracking URI: tracing is "
-                "off (set SLIPWAY_MLFLOW_TRACKING_URI).",
-                rate,
+                "%s but no MLflow tracking URI: tracing is off (set SLIPWAY_MLFLOW_TRACKING_URI).",
+                f"SLIPWAY_TRACE_SAMPLE_RATE={rate}" if rate > 0 else "SLIPWAY_FEEDBACK=true",
             )
             self.rate = 0.0
-        if self.rate > 0:
+        self.experiment_id: str | None = None
+        if self.rate > 0 or self.always:
             import mlflow
 
             mlflow.set_tracking_uri(str(tracking_uri))
-            mlflow.set_experiment(experiment)
+            self.experiment_id = mlflow.set_experiment(experiment).experiment_id
 
-    def sample(self) -> bool:
-        """Whether to trace this request (and mark it so: :meth:`span` then records)."""
-        sampled = self.rate > 0 and random.random() < self.rate
+    @property
+    def enabled(self) -> bool:
+        """Whether any request can be traced."""
+        return self.rate > 0 or self.always
+
+    def sample(self, always: bool = False) -> bool:
+        """Whether to trace this request (and mark it so: :meth:`span` then records):
+        ``always`` with feedback on, else a ``rate`` share."""
+        sampled = (always and self.always) or (self.rate > 0 and random.random() < self.rate)
         TRACED.set(sampled)
         return sampled
 

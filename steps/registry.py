@@ -18,7 +18,8 @@ from slipway.onnx.evaluate import parity_metrics
 from slipway.onnx.parity import parity_report_html
 from slipway.onnx.session import default_providers
 from slipway.onnx.stages import build_params, configs_from
-from slipway.registry import BUNDLE_ARTIFACT_PATH, register_bundle
+from slipway.prompts import PROMPTS_FILE, Selection, serve_selection, sync_sources
+from slipway.registry import BUNDLE_ARTIFACT_PATH, prompt_version_tags, register_bundle
 from steps.onnx import BuildOverrides
 
 
@@ -39,10 +40,18 @@ def _has_model() -> bool:
 
 @step(experiment_tracker=True, enable_cache=False)
 def track_and_register(
-    bundle: OnnxBundle, build: BuildOverrides = None, model_name: str = "slipway"
+    bundle: OnnxBundle,
+    build: BuildOverrides = None,
+    model_name: str = "slipway",
+    prompts: dict[str, Selection] | None = None,
 ) -> Annotated[dict[str, str], "registered_model"]:
-    """Log parameters, metrics and artifacts to MLflow; register a version; maybe promote it."""
+    """Log parameters, metrics and artifacts to MLflow; register the prompt sources (new
+    versions where they changed) and the bundle with the prompt versions it serves
+    (``prompts``: per kind a version, alias or ``{ref: weight}``; default ``latest``);
+    maybe promote it."""
     run = mlflow.active_run() or mlflow.start_run()
+    sync_sources(mlflow.get_tracking_uri())
+    served = serve_selection(prompts, mlflow.get_tracking_uri())
     cpu = read_cpu_info()
     params = build_params(configs_from(build), cpu)
     params.update({f"{r}_source": str(bundle.source_path(r)) for r in bundle.roles})
@@ -58,7 +67,10 @@ def track_and_register(
     if (bundle.root / "latency.png").is_file():
         mlflow.log_artifact(str(bundle.root / "latency.png"), "reports")
     mlflow.log_artifacts(str(bundle.root), BUNDLE_ARTIFACT_PATH)
-    tags = {"roles": ",".join(bundle.roles), "cpu_isa": cpu.isa}
+    mlflow.log_dict(served.to_json(), f"{BUNDLE_ARTIFACT_PATH}/{PROMPTS_FILE}")
+    prompt_tags = prompt_version_tags(served)
+    mlflow.set_tags(prompt_tags)
+    tags = {"roles": ",".join(bundle.roles), "cpu_isa": cpu.isa, **prompt_tags}
     if _in_pipeline():
         tags["zenml_run"] = get_step_context().pipeline_run.name
     version = register_bundle(

@@ -163,6 +163,24 @@ def charger(request: Request, res: Resources, principal: Principal) -> Charge:
     return charge
 
 
+MAX_UNIT_CHARS = 200
+
+
+def experiment_unit(request: Request, principal: Principal) -> str:
+    """Who an online prompt A/B assigns a variant to: the ``X-Experiment-Unit`` header (a user
+    of the caller's app) or else the caller's credential."""
+    unit = request.headers.get("x-experiment-unit")
+    if unit is None:
+        return principal.id
+    if not 0 < len(unit) <= MAX_UNIT_CHARS:
+        raise ApiError(
+            400,
+            f"X-Experiment-Unit: must be 1 to {MAX_UNIT_CHARS} characters, not {len(unit)}.",
+            param="X-Experiment-Unit",
+        )
+    return f"unit:{unit}"
+
+
 def model_ids(res: Resources) -> list[str]:
     """The ids a client may name as ``model``: the served version and the registered name."""
     return [res.model_id, res.served.model_name]

@@ -32,6 +32,7 @@ class Scope(StrEnum):
     EMBED = "embed"
     GENERATE = "generate"
     SEARCH = "search"
+    FEEDBACK = "feedback"
     ADMIN = "admin"
 
 

@@ -74,15 +74,18 @@ def _metrics() -> dict[str, Any]:
         ),
         "answers": m.Counter(
             name="slipway_answers_total",
-            documentation="Answers by outcome: generated, or an abstention (no_context) when no "
-            "retrieved passage was relevant enough.",
-            labelnames=["outcome"],
+            documentation="Answers by outcome (generated, or an abstention, no_context, when no "
+            "retrieved passage was relevant enough) and the answer prompt's version.",
+            labelnames=["outcome", "prompt_version"],
+        ),
+        "feedback": m.Counter(
+            name="slipway_feedback_total",
+            documentation="Feedback on answers by rating and the answer prompt's version.",
+            labelnames=["rating", "prompt_version"],
         ),
     }
     for stage in sorted(STAGES):  # every stage exported from the start, at 0: rate() works
         made["timeouts"].labels(stage=stage)
-    for outcome in ANSWER_OUTCOMES:
-        made["answers"].labels(outcome=outcome)
     return made
 
 
@@ -171,9 +174,15 @@ def tokens(route: str, prompt: int, completion: int = 0) -> None:
 ANSWER_OUTCOMES = ("generated", "no_context")
 
 
-def answered(outcome: str) -> None:
-    """Count one answer by outcome (one of :data:`ANSWER_OUTCOMES`)."""
-    _metrics()["answers"].labels(outcome=outcome).inc()
+def answered(outcome: str, prompt_version: str) -> None:
+    """Count one answer by outcome (one of :data:`ANSWER_OUTCOMES`) and prompt version (one of
+    the few the bundle serves)."""
+    _metrics()["answers"].labels(outcome=outcome, prompt_version=prompt_version).inc()
+
+
+def feedback(rating: str, prompt_version: str) -> None:
+    """Count one feedback on an answer (``rating`` positive or negative)."""
+    _metrics()["feedback"].labels(rating=rating, prompt_version=prompt_version).inc()
 
 
 def batch_size(size: int) -> None:

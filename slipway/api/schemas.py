@@ -201,6 +201,7 @@ class SummarizeRequest(Strict):
 
 class SummarizeResponse(BaseModel):
     model: str
+    prompt_version: str = Field(description="The summarize prompt used: name/version.")
     summary: str
     document_ids: list[str]
     pieces: int = Field(description="Chunks summarized separately first (1 = a single pass).")
@@ -245,6 +246,27 @@ class AnswerRequest(Strict):
         return self
 
 
+ChunkIds = Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=20)]
+
+
+class FeedbackRequest(Strict):
+    request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")] = Field(
+        description="The X-Request-ID of the /v1/answer response being rated."
+    )
+    rating: Literal["positive", "negative"]
+    comment: Annotated[str, Field(max_length=4000)] | None = None
+    expected_chunk_ids: ChunkIds | None = Field(
+        default=None, description="The chunk ids the answer should have cited."
+    )
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    trace_id: str
+    prompt_version: str
+    assessments: list[str] = Field(description="Ids of the assessments stored on the trace.")
+
+
 class Citation(BaseModel):
     n: int = Field(description="The [n] marker of this source in the prompt.")
     id: str
@@ -257,6 +279,10 @@ class Citation(BaseModel):
 
 class AnswerResponse(BaseModel):
     model: str
+    prompt_version: str = Field(
+        description="The answer prompt used (name/version in the prompt registry); with an "
+        "online A/B the variant this caller's experiment unit gets."
+    )
     index_version: str
     answer: str
     finish_reason: Literal["stop", "length", "no_context"] = Field(
@@ -306,6 +332,10 @@ class ModelsResponse(BaseModel):
     version: str
     index: dict[str, Any]
     models: dict[str, dict[str, Any]]
+    prompts: dict[str, list[dict[str, Any]]] = Field(
+        description="The served prompt versions by kind (answer, summarize, chat_system), with "
+        "their traffic weights when several are A/B-tested."
+    )
 
 
 # --- OpenAI-compatible routes ------------------------------------------------------------

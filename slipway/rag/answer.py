@@ -10,6 +10,7 @@ from slipway.api import metrics
 from slipway.api.errors import ApiError
 from slipway.api.schemas import AnswerRequest, AnswerResponse, Citation, SearchRequest, usage
 from slipway.generation import Request, Sampling
+from slipway.prompts import Prompt
 from slipway.rag import grounding, prompts
 from slipway.rag.inference import Charge, embed_texts, gen_tokens, generate_text
 from slipway.rag.search import rerank_top, search
@@ -19,23 +20,49 @@ from slipway.retrieval.index import ChunkHit, indexed_text
 
 
 async def answer(
-    question: AnswerRequest, res: Resources, charge: Charge, request_id: str = "-"
+    question: AnswerRequest,
+    res: Resources,
+    charge: Charge,
+    request_id: str = "-",
+    unit: str = "-",
+    principal: str = "-",
 ) -> AnswerResponse:
     """A cited answer to ``question``; ``charge`` is asked for the prompt and new tokens
-    before the generator runs."""
-    if not res.tracer.sample():
-        return await _answer(question, res, charge)
+    before the generator runs. ``unit`` (a key, a user) picks the answer prompt's variant when
+    the bundle splits traffic between several. Traced to MLflow when sampled, and always when
+    feedback is on (feedback lands on the trace)."""
+    template = res.prompts.pick("answer", unit)
+    if not res.tracer.sample(always=True):
+        return await _answer(question, res, charge, template)
     import mlflow
 
     with mlflow.start_span(name="answer", span_type="CHAIN") as root:
         root.set_inputs(question.model_dump())
-        root.set_attribute("request_id", request_id)
-        out = await _answer(question, res, charge)
-        root.set_outputs({"answer": out.answer, "citations": [c.id for c in out.citations]})
+        root.set_attributes(
+            {"request_id": request_id, "prompt_version": template.ref, "model": res.model_id}
+        )
+        mlflow.update_current_trace(
+            tags={
+                "request_id": request_id,
+                "prompt_version": template.ref,
+                "principal": principal,
+                "slipway.route": "/v1/answer",
+            }
+        )
+        out = await _answer(question, res, charge, template)
+        root.set_outputs(
+            {
+                "answer": out.answer,
+                "finish_reason": out.finish_reason,
+                "citations": [c.id for c in out.citations],
+            }
+        )
         return out
 
 
-async def _answer(question: AnswerRequest, res: Resources, charge: Charge) -> AnswerResponse:
+async def _answer(
+    question: AnswerRequest, res: Resources, charge: Charge, template: Prompt
+) -> AnswerResponse:
     try:
         budget = prompts.prompt_budget(
             res.serve.context_tokens, res.model_context, question.max_new_tokens
@@ -66,7 +93,12 @@ async def _answer(question: AnswerRequest, res: Resources, charge: Charge) -> An
         sources = [prompts.Source(h.id, h.doc_id, h.title, h.text, h.score) for h in hits]
         try:
             prompt, used = await asyncio.to_thread(
-                prompts.answer_prompt, res.gen_tokenizer, question.question, sources, budget
+                prompts.answer_prompt,
+                res.gen_tokenizer,
+                template,
+                question.question,
+                sources,
+                budget,
             )
         except ValueError as exc:  # the question leaves no room for sources
             raise ApiError(
@@ -87,9 +119,10 @@ async def _answer(question: AnswerRequest, res: Resources, charge: Charge) -> An
         if span is not None:
             span.set_outputs(relevance)
     if grounding.should_abstain(relevance, threshold):
-        metrics.answered("no_context")
+        metrics.answered("no_context", template.ref)
         return AnswerResponse(
             model=res.model_id,
+            prompt_version=template.ref,
             index_version=found.index_version,
             answer=grounding.ABSTENTION,
             finish_reason="no_context",
@@ -117,11 +150,12 @@ async def _answer(question: AnswerRequest, res: Resources, charge: Charge) -> An
             )
             span.set_outputs(out["text"])
     metrics.tokens("/v1/answer", out["prompt_tokens"], out["completion_tokens"])
-    metrics.answered("generated")
+    metrics.answered("generated", template.ref)
     text = grounding.attribute(out["text"].strip(), [s.text for s in used])
     marked = grounding.valid_markers(text, len(used))
     return AnswerResponse(
         model=res.model_id,
+        prompt_version=template.ref,
         index_version=found.index_version,
         answer=text,
         finish_reason=out["finish_reason"],

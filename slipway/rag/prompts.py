@@ -12,12 +12,8 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from slipway.documents.chunking import split_text
+from slipway.prompts import Prompt, fill
 
-ANSWER_INSTRUCTIONS = (
-    "Answer the question using only the numbered sources below. Cite the sources you use "
-    "as [1], [2]. If the sources do not answer it, say that you do not know."
-)
-SUMMARY_INSTRUCTIONS = "Summarize the following text in at most {words} words."
 TEMPLATE_RESERVE = 48  # tokens of chat template and separators around a prompt
 
 
@@ -59,12 +55,17 @@ def prompt_budget(context_tokens: int, model_context: int | None, max_new_tokens
 
 
 def answer_prompt(
-    tokenizer: Tokenizer, question: str, sources: Sequence[Source], budget: int
+    tokenizer: Tokenizer,
+    template: Prompt,
+    question: str,
+    sources: Sequence[Source],
+    budget: int,
 ) -> tuple[str, list[Source]]:
-    """The RAG prompt and the sources that fit in ``budget`` tokens, best first. A first
-    source longer than the room left is cut to fit; later ones that do not fit are dropped."""
-    head = f"{ANSWER_INSTRUCTIONS}\n\nSources:\n"
-    tail = f"\nQuestion: {question}\nAnswer:"
+    """The RAG prompt (``template`` with its ``{{sources}}`` and ``{{question}}`` filled) and the
+    sources that fit in ``budget`` tokens, best first. A first source longer than the room left
+    is cut to fit; later ones that do not fit are dropped."""
+    before, after = template.split("sources")
+    head, tail = fill(before, question=question), fill(after, question=question)
     room = budget - count_tokens(tokenizer, head) - count_tokens(tokenizer, tail)
     if room <= 0:
         raise ValueError("The question alone exceeds the prompt budget; shorten it.")
@@ -84,9 +85,9 @@ def answer_prompt(
     return head + "\n".join(blocks) + tail, used
 
 
-def summary_prompt(text: str, max_words: int) -> str:
-    """The prompt that summarizes ``text``."""
-    return f"{SUMMARY_INSTRUCTIONS.format(words=max_words)}\n\n{text}\n\nSummary:"
+def summary_prompt(template: Prompt, text: str, max_words: int) -> str:
+    """The prompt (``template`` filled) that summarizes ``text``."""
+    return template.format(words=max_words, text=text)
 
 
 def summary_tokens(max_words: int, cap: int) -> int:
@@ -94,10 +95,12 @@ def summary_tokens(max_words: int, cap: int) -> int:
     return max(8, min(cap, int(max_words * 1.5) + 8))
 
 
-def map_pieces(tokenizer: Tokenizer, text: str, budget: int, max_words: int) -> list[str]:
+def map_pieces(
+    tokenizer: Tokenizer, template: Prompt, text: str, budget: int, max_words: int
+) -> list[str]:
     """``text`` as one piece when its summary prompt fits ``budget``, else pieces that each fit
     (cut at whitespace, slightly overlapping): the map step of a map-reduce summary."""
-    overhead = count_tokens(tokenizer, summary_prompt("", max_words))
+    overhead = count_tokens(tokenizer, summary_prompt(template, "", max_words))
     room = budget - overhead
     if room < 16:
         raise ValueError(
@@ -110,11 +113,11 @@ def map_pieces(tokenizer: Tokenizer, text: str, budget: int, max_words: int) -> 
 
 
 def reduce_groups(
-    tokenizer: Tokenizer, partials: Sequence[str], budget: int, max_words: int
+    tokenizer: Tokenizer, template: Prompt, partials: Sequence[str], budget: int, max_words: int
 ) -> list[str]:
     """Partial summaries joined into as few texts as fit ``budget`` each (the reduce step;
     repeat until one remains)."""
-    room = budget - count_tokens(tokenizer, summary_prompt("", max_words))
+    room = budget - count_tokens(tokenizer, summary_prompt(template, "", max_words))
     groups: list[str] = []
     current: list[str] = []
     size = 0

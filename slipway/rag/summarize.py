@@ -16,8 +16,12 @@ from slipway.resources import Resources
 MAX_ROUNDS = 6  # map, then reduce until one text is left
 
 
-async def summarize(request: SummarizeRequest, res: Resources, charge: Charge) -> SummarizeResponse:
-    """A summary of ``request``'s text or documents in about ``max_words`` words."""
+async def summarize(
+    request: SummarizeRequest, res: Resources, charge: Charge, unit: str = "-"
+) -> SummarizeResponse:
+    """A summary of ``request``'s text or documents in about ``max_words`` words; ``unit``
+    picks the summarize prompt's variant when the bundle serves several."""
+    template = res.prompts.pick("summarize", unit)
     if request.document_ids is not None:
         text = document_text(res, request.document_ids)
     else:
@@ -28,7 +32,7 @@ async def summarize(request: SummarizeRequest, res: Resources, charge: Charge) -
     try:
         budget = prompts.prompt_budget(res.serve.context_tokens, res.model_context, new_tokens)
         pieces = await asyncio.to_thread(
-            prompts.map_pieces, tokenizer, text, budget, request.max_words
+            prompts.map_pieces, tokenizer, template, text, budget, request.max_words
         )
     except ValueError as exc:
         raise ApiError(400, f"max_words: {exc}", param="max_words") from exc
@@ -39,7 +43,7 @@ async def summarize(request: SummarizeRequest, res: Resources, charge: Charge) -
     for _ in range(MAX_ROUNDS):
         outs = [
             await generate_text(
-                res, Request(sampling, prompts.summary_prompt(piece, request.max_words))
+                res, Request(sampling, prompts.summary_prompt(template, piece, request.max_words))
             )
             for piece in pieces
         ]
@@ -49,7 +53,7 @@ async def summarize(request: SummarizeRequest, res: Resources, charge: Charge) -
             break
         texts = [o["text"] for o in outs]
         groups = await asyncio.to_thread(
-            prompts.reduce_groups, tokenizer, texts, budget, request.max_words
+            prompts.reduce_groups, tokenizer, template, texts, budget, request.max_words
         )
         pieces = (
             groups
@@ -61,6 +65,7 @@ async def summarize(request: SummarizeRequest, res: Resources, charge: Charge) -
     metrics.tokens("/v1/summarize", prompt_total, completion_total)
     return SummarizeResponse(
         model=res.model_id,
+        prompt_version=template.ref,
         summary=outs[0]["text"].strip(),
         document_ids=request.document_ids or [],
         pieces=n_pieces,

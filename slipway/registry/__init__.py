@@ -9,6 +9,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from slipway.prompts import ServedPrompts
+
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
@@ -50,6 +52,18 @@ def not_worse(candidate: dict[str, float], champion: dict[str, float]) -> tuple[
         if (new < old - TOLERANCE) if higher else (new > old + TOLERANCE):
             return False, f"{metric} {new:.5f} is worse than the champion's {old:.5f}"
     return True, "not worse than the current champion"
+
+
+def prompt_version_tags(served: ServedPrompts) -> dict[str, str]:
+    """``prompt.<kind>``: the prompt versions a bundle serves (``name/3``, or
+    ``name/3=0.5,name/4=0.5`` for an online A/B)."""
+    return {
+        f"prompt.{kind}": ",".join(
+            v.prompt.ref if len(variants) == 1 else f"{v.prompt.ref}={v.weight:g}"
+            for v in variants
+        )
+        for kind, variants in served.kinds.items()
+    }
 
 
 def register_bundle(

@@ -10,7 +10,16 @@ from fastapi.responses import StreamingResponse
 
 from slipway.api import metrics
 from slipway.api.auth import Principal
-from slipway.api.deps import ERRORS, STREAMED, Res, charger, check_context, guard, sse
+from slipway.api.deps import (
+    ERRORS,
+    STREAMED,
+    Res,
+    charger,
+    check_context,
+    experiment_unit,
+    guard,
+    sse,
+)
 from slipway.api.keys import Scope
 from slipway.api.schemas import (
     AnswerRequest,
@@ -18,6 +27,8 @@ from slipway.api.schemas import (
     EmbedRequest,
     EmbedResponse,
     EntitiesResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     GenerateRequest,
     GenerateResponse,
     SearchRequest,
@@ -29,6 +40,7 @@ from slipway.api.schemas import (
 from slipway.generation import Request as GenRequest
 from slipway.generation import Sampling
 from slipway.rag import answer as answers
+from slipway.rag import feedback as feedbacks
 from slipway.rag import graph
 from slipway.rag import search as searches
 from slipway.rag import summarize as summaries
@@ -123,7 +135,9 @@ async def summarize(
     """Summarize a text, or indexed documents by id, in about `max_words` words; a text
     longer than the model's context is summarized piece by piece, then the pieces'
     summaries are summarized (map-reduce)."""
-    return await summaries.summarize(body, res, charger(request, res, who))
+    return await summaries.summarize(
+        body, res, charger(request, res, who), experiment_unit(request, who)
+    )
 
 
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
@@ -145,8 +159,23 @@ async def answer(
     """Retrieval-augmented answer: retrieve, re-rank, fit the best chunks into the prompt
     budget, generate, and cite the chunks used as [n]."""
     return await answers.answer(
-        body, res, charger(request, res, who), getattr(request.state, "request_id", "-")
+        body,
+        res,
+        charger(request, res, who),
+        getattr(request.state, "request_id", "-"),
+        experiment_unit(request, who),
+        who.id,
     )
+
+
+@router.post("/v1/feedback", response_model=FeedbackResponse, responses=ERRORS)
+async def feedback(
+    body: FeedbackRequest, res: Res, who: Annotated[Principal, Depends(guard(Scope.FEEDBACK))]
+) -> FeedbackResponse:
+    """Rate one of your answers by its request id (the X-Request-ID of the /v1/answer
+    response), with an optional comment and the chunk ids it should have cited; stored as
+    MLflow assessments on the answer's trace (`slipway feedback export` reads them back)."""
+    return await feedbacks.record(body, res, who.id)
 
 
 @router.get("/v1/graph/entities/{name}", response_model=EntitiesResponse, responses=ERRORS)

@@ -22,6 +22,7 @@ from slipway.api.deps import (
     charger,
     check_context,
     check_model,
+    experiment_unit,
     guard,
     sse,
 )
@@ -104,6 +105,7 @@ async def models(res: Res, _: Annotated[Principal, Depends(guard())]) -> ModelsR
             "embedder": {**manifest_brief(manifest, "embedder"), **embedder},
             "generator": {**manifest_brief(manifest, "generator"), **generator},
         },
+        prompts=res.prompts.versions(),
     )
 
 
@@ -189,6 +191,9 @@ async def chat_completions(
         (ROLES.get(m.role, m.role), m.text() if m.role != "tool" else f"Result: {m.text()}")
         for m in body.messages
     )
+    if not any(role == "system" for role, _ in messages):
+        system = res.prompts.pick("chat_system", experiment_unit(request, who)).format()
+        messages = (("system", system), *messages) if system.strip() else messages
     if instructions:
         messages = (("system", instructions), *messages)
     prompt_tokens = await gen_tokens(
