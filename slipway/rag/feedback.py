@@ -8,6 +8,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
+
 from slipway.api import metrics
 from slipway.api.errors import ApiError
 from slipway.api.schemas import FeedbackRequest, FeedbackResponse
@@ -74,9 +76,17 @@ def _record(
     )
 
 
-def _answer_trace(experiment_id: str | None, request_id: str, principal: str) -> Any:
-    """The newest answer trace of ``request_id`` that ``principal`` asked for; a 404 otherwise
-    (also for someone else's answer: ids are not secrets, answers are)."""
+class _NotYet(LookupError):
+    """No trace yet: it may still be in another worker's asynchronous export queue."""
+
+
+@retry(
+    retry=retry_if_exception_type(_NotYet),
+    stop=stop_after_attempt(4),
+    wait=wait_fixed(0.5),
+    reraise=True,
+)
+def _find_trace(experiment_id: str | None, request_id: str, principal: str) -> Any:
     import mlflow
 
     traces = mlflow.search_traces(
@@ -86,17 +96,27 @@ def _answer_trace(experiment_id: str | None, request_id: str, principal: str) ->
         max_results=20,
         return_type="list",
         include_spans=False,
+        flush=True,  # this worker's queued traces first
     )
-    traces = [t for t in traces if t.info.tags.get("principal") == principal]
-    if not traces:
+    mine = [t for t in traces if t.info.tags.get("principal") == principal]
+    if not mine:
+        raise _NotYet(request_id)
+    return mine[0]
+
+
+def _answer_trace(experiment_id: str | None, request_id: str, principal: str) -> Any:
+    """The newest answer trace of ``request_id`` that ``principal`` asked for; a 404 otherwise
+    (also for someone else's answer: ids are not secrets, answers are)."""
+    try:
+        return _find_trace(experiment_id, request_id, principal)
+    except _NotYet:
         raise ApiError(
             404,
             f"request_id: no answer {request_id!r} of yours is on record; rate the "
             "X-Request-ID of a /v1/answer response made with this key.",
             param="request_id",
             code="answer_not_found",
-        )
-    return traces[0]
+        ) from None
 
 
 def export_rows(

@@ -675,3 +675,67 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server: Server, tmp_p
     ]
     assert run.returncode == 0, "\n".join(failures[:60]) + run.stdout[-3000:] + run.stderr[-2000:]
     assert made >= 1000, f"only {made} requests: {run.stdout[-2000:]}"
+
+
+def test_answers_name_their_registered_prompt_and_take_feedback(server: Server) -> None:
+    listed = httpx.get(f"{server.base}/v1/models", headers=server.headers(), timeout=30).json()
+    assert listed["prompts"]["answer"] == [
+        {"name": "slipway-answer", "version": "1", "weight": 1.0}
+    ], listed["prompts"]
+    question = xquad_question(3)
+    r = post(
+        server,
+        "/v1/answer",
+        {"question": question, "top_k": 2, "max_new_tokens": 8, "min_relevance": -1.0},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt_version"] == "slipway-answer/1"
+    request_id = r.headers["x-request-id"]
+    rating = {
+        "request_id": request_id,
+        "rating": "negative",
+        "comment": "cited the wrong passage",
+        "expected_chunk_ids": ["some-doc#0"],
+    }
+    before = metric(
+        server, "slipway_feedback_total", rating="negative", prompt_version="slipway-answer/1"
+    )
+    # another key cannot rate this answer (404, as if it did not exist); a key without the
+    # feedback scope is refused; an unknown id and a bad rating name the field
+    assert post(server, "/v1/feedback", rating, role="fuzz").status_code == 404
+    assert post(server, "/v1/feedback", rating, role="generate").status_code == 403
+    missing = post(server, "/v1/feedback", {**rating, "request_id": "nope"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "answer_not_found"
+    bad = post(server, "/v1/feedback", {**rating, "rating": 5})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "rating", bad.text
+    stored = post(server, "/v1/feedback", rating)
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["prompt_version"] == "slipway-answer/1"
+    assert len(stored.json()["assessments"]) == 2
+    after = metric(
+        server, "slipway_feedback_total", rating="negative", prompt_version="slipway-answer/1"
+    )
+    assert after == before + 1
+    # read back the way a user exports it for evaluation and retraining
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slipway.cli",
+            "feedback",
+            "export",
+            "--tracking-uri",
+            server.tracking_uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=True,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    row = next(r for r in rows if r["request_id"] == request_id)
+    assert row["question"] == question and row["rating"] == "negative"
+    assert row["comment"] == "cited the wrong passage"
+    assert row["expected_chunk_ids"] == ["some-doc#0"]
+    assert row["prompt_version"] == "slipway-answer/1"
