@@ -27,6 +27,7 @@ ROUTE_SCOPES: dict[str, set[str]] = {
     "/v1/summarize": {"generate"},
     "/v1/search": {"search"},
     "/v1/answer": {"search", "generate"},
+    "/v1/feedback": {"feedback"},
     "/v1/graph/entities/{name}": {"search"},
     "/v1/models": set(),  # any valid key
     "/v1/models/{model}": set(),
