@@ -171,12 +171,13 @@ def models(
 
     from slipway.config import ModelSettings
     from slipway.registry import current_champion
+    from slipway.registry.gate import gate_figures
 
     uri = tracking_uri or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
     name = ModelSettings().registered_model_name
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = current_champion(client, name)
-    table = Table("version", "champion", "created", "prompts", "promotion")
+    table = Table("version", "champion", "created", "prompts", "gates", "promotion")
     for mv in client.search_model_versions(f"name='{name}'"):
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
         prompts = "\n".join(
@@ -184,11 +185,18 @@ def models(
             for k, v in sorted(mv.tags.items())
             if k.startswith("prompt.")
         )
+        gates = "\n".join(
+            f"{gate}: {mv.tags[f'gate.{gate}']} "
+            + " ".join(f"{k}={v}" for k, v in sorted(gate_figures(mv.tags, gate).items()))
+            for gate in ("parity", "retrieval", "answers")
+            if f"gate.{gate}" in mv.tags
+        )
         table.add_row(
             str(mv.version),
             "yes" if str(mv.version) == champion else "",
             f"{created:%Y-%m-%d %H:%M:%S}Z",
             prompts,
+            gates,
             mv.tags.get("promotion", ""),
         )
     Console().print(table)
@@ -208,6 +216,15 @@ prompts_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(prompts_app, name="prompts")
+
+
+def _register_experiments() -> None:
+    from slipway.experiments.cli import register
+
+    register(prompts_app)
+
+
+_register_experiments()
 
 
 @prompts_app.command("list")
@@ -290,6 +307,14 @@ def feedback_export(
         str | None, typer.Option(help="MLflow experiment of the traces; default the server's.")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many traces.")] = None,
+    qa_set: Annotated[
+        bool,
+        typer.Option(
+            "--qa-set",
+            help="Write a QA set for `pipelines.evaluate` (evaluation.qa_path): positively "
+            "rated answers as gold answers, with the documents expected or cited.",
+        ),
+    ] = False,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Rated answers as JSONL (question, answer, citations, prompt version, rating, comment,
@@ -297,19 +322,22 @@ def feedback_export(
     import json
 
     from slipway.config import ServeSettings
-    from slipway.rag.feedback import export_rows
+    from slipway.rag.feedback import export_rows, qa_rows
 
     name = experiment or ServeSettings().trace_experiment
     try:
         rows = list(export_rows(_tracking_uri(tracking_uri), name, limit))
     except ValueError as exc:
         fail(str(exc))
+    if qa_set:
+        rows = list(qa_rows(rows))
     lines = "".join(json.dumps(row) + "\n" for row in rows)
     if str(out) == "-":
         sys.stdout.write(lines)
     else:
         out.write_text(lines, encoding="utf-8")
-    console.print(f"{len(rows)} rated answers from experiment {name!r}")
+    what = "QA-set rows" if qa_set else "rated answers"
+    console.print(f"{len(rows)} {what} from experiment {name!r}")
 
 
 bento_app = typer.Typer(help="Package the service as a bento.", no_args_is_help=True)
