@@ -5,7 +5,7 @@ as rows for evaluation and retraining."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
@@ -162,3 +162,19 @@ def export_rows(
                 "rated_by": rating.source.source_id,
                 "rated_at_ms": rating.create_time_ms,
             }
+
+
+def qa_rows(rows: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Rated answers as QA-set rows (``pipelines.evaluate``'s format): each positively rated
+    answer becomes a gold answer, its gold documents those of the chunks the rater expected,
+    else of the chunks it cited. Negative ratings carry no gold answer and are left out."""
+    for row in rows:
+        if row["rating"] != "positive" or not row.get("question") or not row.get("answer"):
+            continue
+        chunks = row.get("expected_chunk_ids") or row.get("citations") or []
+        yield {
+            "id": row["request_id"],
+            "question": row["question"],
+            "answers": [row["answer"]],
+            "doc_ids": sorted({chunk.rsplit("#", 1)[0] for chunk in chunks}),
+        }
