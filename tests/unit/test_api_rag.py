@@ -74,5 +74,7 @@ def test_reduce_groups_join_partials_into_fewer_texts(tok: Tokenizer) -> None:
     groups = rag.reduce_groups(tok, SUMMARY, partials, budget=80, max_words=20)
     assert 1 < len(groups) < 10
     assert "\n".join(groups).split("\n") == partials
-    assert rag.reduce_groups(tok, SUMMARY, partials, budget=1000, max_words=20) == ["\n".join(partials)]
+    assert rag.reduce_groups(tok, SUMMARY, partials, budget=1000, max_words=20) == [
+        "\n".join(partials)
+    ]
     assert rag.summary_tokens(10, 32) == 23 and rag.summary_tokens(400, 32) == 32
