@@ -17,14 +17,16 @@ from steps.index import evaluate_index_version, publish_index_version, refresh_i
 
 def refresh_and_publish(
     documents: Any, chunks: Any, index: dict[str, Any] | None, after: str | None = None
-) -> None:
-    """Wire the three index steps (shared by this pipeline and the main job)."""
+) -> Any:
+    """Wire the three index steps (shared by this pipeline and the main job); the retrieval
+    metrics out."""
     index = dict(index or {})
     eval_dir = index.pop("eval_dir", None)
     publish = {k: index.pop(k) for k in ("margin", "retain") if k in index}
     version = refresh_index_version(documents, chunks, after=after, **index)
     metrics = evaluate_index_version(version, eval_dir=eval_dir)
     publish_index_version(version, metrics, **publish)
+    return metrics
 
 
 @pipeline(enable_cache=True)

@@ -49,7 +49,7 @@ def resolve_bundle(
         return ServedBundle(OnnxBundle.load(serve.bundle_dir), name, "local")
     cache = get_settings().cache_dir / "bundles"
     cache.mkdir(parents=True, exist_ok=True)
-    if serve.model_version is not None:
+    if serve.model_version is not None and serve.model_version.isdigit():  # not an alias
         target = cache / f"{name}-v{serve.model_version}"
         if (target / "manifest.json").is_file():
             return ServedBundle(OnnxBundle.load(target), name, serve.model_version)

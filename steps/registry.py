@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from zenml import get_step_context, log_metadata, step
 from zenml.exceptions import StepContextError
 
+from slipway.evaluation.bundle import EvaluationReport
 from slipway.onnx.bundle import OnnxBundle
 from slipway.onnx.cpu import read_cpu_info
 from slipway.onnx.evaluate import parity_metrics
@@ -19,7 +21,14 @@ from slipway.onnx.parity import parity_report_html
 from slipway.onnx.session import default_providers
 from slipway.onnx.stages import build_params, configs_from
 from slipway.prompts import PROMPTS_FILE, Selection, serve_selection, sync_sources
-from slipway.registry import BUNDLE_ARTIFACT_PATH, prompt_version_tags, register_bundle
+from slipway.registry import (
+    BUNDLE_ARTIFACT_PATH,
+    CHALLENGER,
+    prompt_version_tags,
+    register_bundle,
+    settle,
+)
+from slipway.retrieval.evaluation import flat_metrics
 from steps.onnx import BuildOverrides
 
 
@@ -44,11 +53,13 @@ def track_and_register(
     build: BuildOverrides = None,
     model_name: str = "slipway",
     prompts: dict[str, Selection] | None = None,
+    promote: bool = True,
 ) -> Annotated[dict[str, str], "registered_model"]:
     """Log parameters, metrics and artifacts to MLflow; register the prompt sources (new
     versions where they changed) and the bundle with the prompt versions it serves
     (``prompts``: per kind a version, alias or ``{ref: weight}``; default ``latest``);
-    maybe promote it."""
+    make it champion unless its parity is worse (``promote``), or else the ``challenger`` that
+    :func:`gate_bundle` promotes or holds back."""
     run = mlflow.active_run() or mlflow.start_run()
     sync_sources(mlflow.get_tracking_uri())
     served = serve_selection(prompts, mlflow.get_tracking_uri())
@@ -80,6 +91,7 @@ def track_and_register(
         run.info.run_id,
         metrics,
         tags,
+        promote=promote,
     )
     result = {
         "name": version.name,
@@ -90,4 +102,51 @@ def track_and_register(
     }
     if _has_model():
         log_metadata(metadata={"mlflow_model": result, **metrics}, infer_model=True)
+    return result
+
+
+@step(experiment_tracker=True, enable_cache=False)
+def gate_bundle(
+    retrieval_metrics: dict[str, dict[str, float]],
+    evaluation_report: EvaluationReport,
+    model_name: str = "slipway",
+    retrieval_margin: float = 0.01,
+    answer_margin: float = 0.02,
+) -> Annotated[dict[str, Any], "bundle_gate"]:
+    """The whole-bundle gate of the ``challenger`` (the version this run registered): it
+    becomes ``champion`` only when parity, retrieval on the evaluation set and answers on the
+    QA set all pass, none worse than the champion's figures by more than its margin. The
+    report (each gate, its figures and the champion's) goes to MLflow and the version's tags."""
+    client = MlflowClient()
+    try:
+        version = str(client.get_model_version_by_alias(model_name, CHALLENGER).version)
+    except MlflowException as exc:
+        raise RuntimeError(
+            f"No '{CHALLENGER}' version of {model_name!r}: the gate follows "
+            "track_and_register(promote=False) in the same run."
+        ) from exc
+    answers = {} if evaluation_report.skipped else dict(evaluation_report.metrics)
+    decision = settle(
+        client,
+        model_name,
+        version,
+        flat_metrics(retrieval_metrics),
+        answers,
+        retrieval_margin,
+        answer_margin,
+    )
+    if mlflow.active_run() is not None:
+        mlflow.log_text(decision.report(), "reports/bundle_gate.md")
+        mlflow.set_tags({k: v for k, v in decision.tags().items()})
+    result: dict[str, Any] = {
+        "name": model_name,
+        "version": version,
+        "champion": decision.promote,
+        "reason": decision.reason,
+        "gates": {
+            g.name: {"passed": g.passed, "reason": g.reason, **g.figures} for g in decision.gates
+        },
+    }
+    if _has_model():
+        log_metadata(metadata={"bundle_gate": result}, infer_model=True)
     return result

@@ -60,6 +60,12 @@ def registered(
         run.steps["publish_index_version"].outputs["published_index_version"][0].load() == "v000001"
     )
     out = run.steps["track_and_register"].outputs["registered_model"][0].load()
+    # registered as the challenger; the whole-bundle gate made it champion (nothing to be worse
+    # than in a fresh registry; this corpus has no QA set, so answers are not gated)
+    gate = run.steps["gate_bundle"].outputs["bundle_gate"][0].load()
+    assert gate["champion"] is True and gate["version"] == out["version"], gate
+    assert gate["gates"]["retrieval"]["hybrid_ndcg_at_10"] > 0.5, gate
+    assert "not measured" in gate["gates"]["answers"]["reason"], gate
     bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
     assert bento_tag.startswith(f"slipway:v{out['version']}-")
     graph_stats = run.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
