@@ -680,7 +680,7 @@ async def soak(
 
         async def boundary(i: int) -> None:
             server_cpu = sum((await asyncio.to_thread(server.cpu_seconds)).values())
-            rss = await asyncio.to_thread(server.rss) if i in (0, len(PHASES)) else []
+            rss = await asyncio.to_thread(server.rss)
             snapshots.append(Snapshot(driver.now(), client_cpu(), server_cpu, rss))
 
         async def sample_rss(stop: asyncio.Event) -> None:
@@ -734,6 +734,14 @@ async def soak(
     rss0, rss1 = sum(mb for *_, mb in first.rss), sum(mb for *_, mb in last.rss)
     print(f"\nRSS of the server's processes at the start: {rss0:.1f} MB ({rss_lines(first.rss)})")
     print(f"RSS at the end: {rss1:.1f} MB ({rss_lines(last.rss)})")
+    for i, (a, b) in enumerate(itertools.pairwise(snapshots)):
+        before = {(label, pid): mb for label, pid, mb in a.rss}
+        grown = [
+            f"{label} {mb - before[(label, pid)]:+.1f}"
+            for label, pid, mb in b.rss
+            if (label, pid) in before
+        ]
+        print(f"  RSS change over {PHASES[i]}: {', '.join(grown)} MB")
     if {pid for _, pid, _ in first.rss} != {pid for _, pid, _ in last.rss}:
         print("  the set of processes changed during the soak (a worker died or was restarted)")
     if rss_samples:
