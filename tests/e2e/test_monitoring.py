@@ -108,7 +108,7 @@ def scrape(server: Server) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def exported(server: Server) -> Iterator[dict[str, set[str]]]:
     """What ``/metrics`` exports after an embedding, a search twice (a cache hit), a
-    generation, a 401 and a 429."""
+    generation, an answer rated twice, a 401 and a 429."""
     assert post(server, "/v1/embed", {"texts": ["monitoring"]}, "embed").status_code == 200
     search = {"query": "What do the monitoring tests search for?", "top_k": 2}
     assert post(server, "/v1/search", search, "search").status_code == 200
@@ -122,6 +122,16 @@ def exported(server: Server) -> Iterator[dict[str, set[str]]]:
         ).status_code
         == 200
     )
+    # an answer rated twice: the answers and prompt A/B panels have data whatever ran before
+    answer = post(
+        server,
+        "/v1/answer",
+        {"question": search["query"], "top_k": 1, "max_new_tokens": 4, "min_relevance": -1.0},
+    )
+    assert answer.status_code == 200, answer.text
+    for rating in ("positive", "negative"):
+        rated = {"request_id": answer.headers["x-request-id"], "rating": rating}
+        assert post(server, "/v1/feedback", rated).status_code == 200
     assert post(server, "/v1/embed", {"texts": ["no key"]}, None).status_code == 401
     # a key of its own at 3 requests a minute: the shared "limited" key's budget belongs to
     # test_api_server.py, whichever module runs first
