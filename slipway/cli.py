@@ -43,6 +43,11 @@ def stack_tracking_uri() -> str:
     return str(tracker.get_tracking_uri())  # type: ignore[attr-defined]
 
 
+def tracking_uri_of(given: str | None) -> str:
+    """``given``, else ``SLIPWAY_MLFLOW_TRACKING_URI``, else the active stack's tracker URI."""
+    return given or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
+
+
 def zenml_secret(name: str) -> dict[str, str]:
     """The values of a ZenML secret of the active ZenML server or store."""
     from zenml.client import Client
@@ -173,7 +178,7 @@ def models(
     from slipway.registry import current_champion
     from slipway.registry.gate import gate_figures
 
-    uri = tracking_uri or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
+    uri = tracking_uri_of(tracking_uri)
     name = ModelSettings().registered_model_name
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = current_champion(client, name)
@@ -200,10 +205,6 @@ def models(
             mv.tags.get("promotion", ""),
         )
     Console().print(table)
-
-
-def _tracking_uri(given: str | None) -> str:
-    return given or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
 
 
 TrackingUri = Annotated[
@@ -235,7 +236,7 @@ def prompts_list(tracking_uri: TrackingUri = None) -> None:
 
     from slipway.prompts import SOURCES_DIR, load_file, source_files
 
-    uri = _tracking_uri(tracking_uri)
+    uri = tracking_uri_of(tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     table = Table("name", "latest", "aliases", "source")
@@ -264,7 +265,7 @@ def prompts_show(
 
     try:
         prompt = resolve(
-            ref, None if ref.endswith((".yaml", ".yml")) else _tracking_uri(tracking_uri)
+            ref, None if ref.endswith((".yaml", ".yml")) else tracking_uri_of(tracking_uri)
         )
     except PromptError as exc:
         fail(str(exc))
@@ -287,7 +288,7 @@ def prompts_register(
     """Register prompt sources: a new version only where a template or its tags changed."""
     from slipway.prompts import PromptError, load_file, register, source_files
 
-    uri = _tracking_uri(tracking_uri)
+    uri = tracking_uri_of(tracking_uri)
     try:
         for path in paths or source_files():
             prompt = register(load_file(path), uri, alias)
@@ -326,7 +327,7 @@ def feedback_export(
 
     name = experiment or ServeSettings().trace_experiment
     try:
-        rows = list(export_rows(_tracking_uri(tracking_uri), name, limit))
+        rows = list(export_rows(tracking_uri_of(tracking_uri), name, limit))
     except ValueError as exc:
         fail(str(exc))
     if qa_set:
@@ -359,7 +360,7 @@ def bento_build(
     from slipway.bentos import build_service_bento
     from slipway.config import ModelSettings
 
-    uri = tracking_uri or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or stack_tracking_uri()
+    uri = tracking_uri_of(tracking_uri)
     version = _registered_version(uri, model_version)
     name = ModelSettings().registered_model_name
     tag = build_service_bento(name, version, uri, gpu=gpu)

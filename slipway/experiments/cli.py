@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -176,7 +175,9 @@ def compare(
             balanced=balanced,
             max_chars=max_chars,
         )
-        uri = tracking_uri or os.environ.get("SLIPWAY_MLFLOW_TRACKING_URI") or _stack_uri()
+        from slipway.cli import tracking_uri_of  # slipway.cli imports this module
+
+        uri = tracking_uri_of(tracking_uri)
         resolved = []
         for ref in prompts:
             try:
@@ -218,12 +219,6 @@ def compare(
     out.print(
         f"MLflow run {run_id} (experiment {experiment!r}, {uri})", markup=False, highlight=False
     )
-
-
-def _stack_uri() -> str:
-    from slipway.cli import stack_tracking_uri
-
-    return stack_tracking_uri()
 
 
 def _zenml_secret(name: str) -> dict[str, str]:
