@@ -261,6 +261,8 @@ def prompts_show(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Print one prompt version's template."""
+    from rich.markup import escape
+
     from slipway.prompts import PromptError, resolve
 
     try:
@@ -269,7 +271,7 @@ def prompts_show(
         )
     except PromptError as exc:
         fail(str(exc))
-    console.print(f"[bold]{prompt.ref}[/bold] {prompt.description}")
+    console.print(f"[bold]{escape(prompt.ref)}[/bold] {escape(prompt.description)}")
     console.print(f"variables: {', '.join(sorted(prompt.variables)) or '(none)'}")
     print(prompt.template)
 
