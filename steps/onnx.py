@@ -12,7 +12,7 @@ from materializers.onnx_bundle import OnnxBundleMaterializer
 from slipway.config import get_settings
 from slipway.models import ModelSource
 from slipway.onnx import evaluate, stages
-from slipway.onnx.bundle import OnnxBundle
+from slipway.onnx.bundle import ROLES, OnnxBundle
 from slipway.onnx.calibration import CalibrationSet
 from slipway.onnx.parity import ParityThresholds, raise_on_failure
 from steps.common import SLIPWAY_CACHE
@@ -22,7 +22,7 @@ BuildOverrides = dict[str, dict[str, Any]] | None
 
 
 def _sources(base_models: dict[str, str], roles: list[str] | None) -> dict[str, ModelSource]:
-    wanted = roles or ["embedder", "generator"]
+    wanted = roles or [r for r in ROLES if r in base_models]
     return {r: ModelSource(r, Path(base_models[r]), base_models[f"{r}_origin"]) for r in wanted}
 
 
@@ -59,14 +59,29 @@ def parity_gate(
     gen_min_exact_match: float = 0.95,
     gen_quantized_min_token_agreement: float = 0.9,
     gen_max_mean_kl: float = 0.05,
+    rerank_min_spearman: float = 0.98,
+    rerank_min_kendall: float = 0.9,
+    rerank_max_mean_abs_diff: float = 0.25,
+    rerank_max_abs_diff: float = 1.5,
+    rerank_min_spread: float = 0.05,
     n_texts: int = 128,
     n_prompts: int = 20,
     max_new_tokens: int = 32,
+    n_queries: int = 16,
 ) -> Annotated[OnnxBundle, "gated_bundle"]:
     """Compare the final models (and a quantized generator's fp32 export) with PyTorch, the
-    embedder on ``calibration`` (a sample of the corpus; built-in texts without one)."""
+    embedder on ``calibration`` (a sample of the corpus; built-in texts without one), a
+    re-ranker on ``n_queries`` demo questions with candidates from that sample."""
     thresholds = ParityThresholds(
-        embed_min_cosine, gen_min_exact_match, gen_quantized_min_token_agreement, gen_max_mean_kl
+        embed_min_cosine=embed_min_cosine,
+        gen_min_exact_match=gen_min_exact_match,
+        gen_quantized_min_token_agreement=gen_quantized_min_token_agreement,
+        gen_max_mean_kl=gen_max_mean_kl,
+        rerank_min_spearman=rerank_min_spearman,
+        rerank_min_kendall=rerank_min_kendall,
+        rerank_max_mean_abs_diff=rerank_max_mean_abs_diff,
+        rerank_max_abs_diff=rerank_max_abs_diff,
+        rerank_min_spread=rerank_min_spread,
     )
     logger.info("Parity on %s", calibration.summary() if calibration else "built-in texts")
     report = evaluate.parity(
@@ -78,6 +93,7 @@ def parity_gate(
         max_new_tokens,
         get_settings().threads,
         exported=exported,
+        n_queries=n_queries,
     )
     raise_on_failure(report)
     return bundle
@@ -92,7 +108,7 @@ def measure_latency(
     new_tokens: int = 32,
 ) -> Annotated[OnnxBundle, "measured_bundle"]:
     """Latency and throughput of each ONNX model against its PyTorch original (the embedder
-    on a batch of ``calibration`` texts)."""
+    on a batch of ``calibration`` texts, a re-ranker on one query with ``batch`` candidates)."""
     evaluate.latency(
         bundle,
         calibration.texts if calibration else None,

@@ -29,15 +29,9 @@ from slipway.registry import (
     settle,
 )
 from slipway.retrieval.evaluation import flat_metrics
+from slipway.retrieval.hybrid import RETRIEVAL_FILE, FusionConfig
+from steps.common import in_pipeline
 from steps.onnx import BuildOverrides
-
-
-def _in_pipeline() -> bool:
-    try:
-        get_step_context()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _has_model() -> bool:
@@ -54,17 +48,19 @@ def track_and_register(
     model_name: str = "slipway",
     prompts: dict[str, Selection] | None = None,
     promote: bool = True,
+    retrieval: dict[str, Any] | None = None,
 ) -> Annotated[dict[str, str], "registered_model"]:
     """Log parameters, metrics and artifacts to MLflow; register the prompt sources (new
     versions where they changed) and the bundle with the prompt versions it serves
     (``prompts``: per kind a version, alias or ``{ref: weight}``; default ``latest``);
     make it champion unless its parity is worse (``promote``), or else the ``challenger`` that
-    :func:`gate_bundle` promotes or holds back."""
+    :func:`gate_bundle` promotes or holds back. ``retrieval``: the tuned fusion (``fusion``
+    and how it was chosen) the bundle carries as ``retrieval.json``."""
     run = mlflow.active_run() or mlflow.start_run()
     sync_sources(mlflow.get_tracking_uri())
     served = serve_selection(prompts, mlflow.get_tracking_uri())
     cpu = read_cpu_info()
-    params = build_params(configs_from(build), cpu)
+    params = build_params(configs_from(build), cpu, bundle.roles)
     params.update({f"{r}_source": str(bundle.source_path(r)) for r in bundle.roles})
     params["provider"] = default_providers()[0]
     mlflow.log_params(params)
@@ -79,10 +75,13 @@ def track_and_register(
         mlflow.log_artifact(str(bundle.root / "latency.png"), "reports")
     mlflow.log_artifacts(str(bundle.root), BUNDLE_ARTIFACT_PATH)
     mlflow.log_dict(served.to_json(), f"{BUNDLE_ARTIFACT_PATH}/{PROMPTS_FILE}")
+    if retrieval is not None:
+        FusionConfig(**retrieval.get("fusion", {}))  # unknown settings fail before registering
+        mlflow.log_dict(retrieval, f"{BUNDLE_ARTIFACT_PATH}/{RETRIEVAL_FILE}")
     prompt_tags = prompt_version_tags(served)
     mlflow.set_tags(prompt_tags)
     tags = {"roles": ",".join(bundle.roles), "cpu_isa": cpu.isa, **prompt_tags}
-    if _in_pipeline():
+    if in_pipeline():
         tags["zenml_run"] = get_step_context().pipeline_run.name
     version = register_bundle(
         MlflowClient(),

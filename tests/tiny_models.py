@@ -138,3 +138,39 @@ def make_tiny_generator(out: Path) -> Path:
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
+
+
+def make_tiny_cross_encoder(
+    out: Path, initializer_range: float = 0.1, head_std: float = 1.0, num_labels: int = 1
+) -> Path:
+    """A BertForSequenceClassification (the tiny BERT's shape and tokenizer) saved with
+    sentence-transformers' ``CrossEncoder.save``, as a trained re-ranker would be. Random
+    weights drawn wider than BERT's 0.02 (``initializer_range``, ``head_std``) give pairs
+    distinct scores, so rankings mean something."""
+    import tempfile
+
+    import torch
+    from sentence_transformers import CrossEncoder
+    from tokenizers import processors
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder = make_tiny_embedder(Path(tmp))
+        torch.manual_seed(1)
+        config = BertConfig.from_pretrained(
+            encoder, num_labels=num_labels, initializer_range=initializer_range
+        )
+        model = BertForSequenceClassification(config).eval()
+        torch.nn.init.normal_(model.classifier.weight, std=head_std)
+        model.save_pretrained(out)
+        tokenizer = AutoTokenizer.from_pretrained(encoder)
+        backend = tokenizer.backend_tokenizer
+        cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+        backend.post_processor = processors.TemplateProcessing(  # BERT's: the passage is type 1
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+        )
+        tokenizer.save_pretrained(out)
+    CrossEncoder(str(out), device="cpu", local_files_only=True).save(str(out))
+    return out

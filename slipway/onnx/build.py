@@ -15,7 +15,7 @@ from slipway.onnx.cpu import CpuInfo
 
 logger = logging.getLogger(__name__)
 
-Task = Literal["feature-extraction", "text-generation-with-past"]
+Task = Literal["feature-extraction", "text-classification", "text-generation-with-past"]
 OptLevel = Literal["O0", "O1", "O2", "O3", "O4"]
 ONNX_FILE = "model.onnx"
 _TOKENIZER_FILES = (
@@ -27,6 +27,7 @@ _TOKENIZER_FILES = (
     "vocab.json",
     "modules.json",
     "sentence_bert_config.json",
+    "config_sentence_transformers.json",  # a cross-encoder's activation (sigmoid, identity)
     "generation_config.json",
     "chat_template.jinja",
 )
@@ -43,8 +44,12 @@ Runtime = Literal["ort", "genai", "optimum"]
 class BuildConfig:
     """How one model is turned into its final ONNX graph.
 
-    ``runtime``: ``ort`` (a plain onnxruntime session, embedders), ``genai`` (onnxruntime-genai
-    model builder and C++ loop, generators) or ``optimum`` (ORTModelForCausalLM, generators).
+    ``task``: optimum's exporter task: ``feature-extraction`` (embedders),
+    ``text-classification`` (cross-encoder re-rankers: a pair in, one logit out) or
+    ``text-generation-with-past`` (generators).
+    ``runtime``: ``ort`` (a plain onnxruntime session, embedders and re-rankers), ``genai``
+    (onnxruntime-genai model builder and C++ loop, generators) or ``optimum``
+    (ORTModelForCausalLM, generators).
     """
 
     task: Task
@@ -79,6 +84,8 @@ class BuildConfig:
             raise BuildError("int4 needs the genai runtime (set runtime: genai) or use int8.")
         if self.runtime == "genai" and self.task != "text-generation-with-past":
             raise BuildError("The genai runtime builds generators; embedders use runtime: ort.")
+        if self.task == "text-classification" and self.runtime != "ort":
+            raise BuildError("Re-rankers run on a plain onnxruntime session; use runtime: ort.")
 
     def as_params(self, prefix: str) -> dict[str, str]:
         """Flat parameters for tracking."""
@@ -99,6 +106,8 @@ def export(model_dir: Path, out_dir: Path, config: BuildConfig) -> Path:
     """Export a Hugging Face model to ONNX with optimum; returns the directory holding it."""
     from optimum.exporters.onnx import main_export
 
+    if config.task == "text-classification":
+        _check_cross_encoder(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("Exporting %s to ONNX (%s)", model_dir, config.task)
     try:
@@ -116,6 +125,16 @@ def export(model_dir: Path, out_dir: Path, config: BuildConfig) -> Path:
         raise BuildError(f"ONNX export of {model_dir} failed: {exc}") from exc
     copy_tokenizer_files(model_dir, out_dir)
     return out_dir
+
+
+def _check_cross_encoder(model_dir: Path) -> None:
+    """A text-classification export would give any encoder a random head: refuse that."""
+    from slipway.models import ModelSourceError, check_cross_encoder_dir
+
+    try:
+        check_cross_encoder_dir(model_dir)
+    except ModelSourceError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def optimize(onnx_dir: Path, out_dir: Path, config: BuildConfig) -> Path:

@@ -1,8 +1,9 @@
 """The ONNX bundle: the deployable artifact of the model-build flow.
 
-A directory with one sub-directory per role (``embedder/``, ``generator/``) holding the final
-graphs and their tokenizers, and ``manifest.json`` recording how it was built, its parity
-report and its latency figures. The BentoML service loads exactly this directory.
+A directory with one sub-directory per role (``embedder/``, ``generator/`` and, when one was
+built, ``reranker/``) holding the final graphs and their tokenizers, and ``manifest.json``
+recording how it was built, its parity report and its latency figures. The BentoML service
+loads exactly this directory.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-ROLES = ("embedder", "generator")
+ROLES = ("embedder", "generator", "reranker")
 
 
 class BundleError(RuntimeError):
@@ -83,6 +84,10 @@ class OnnxBundle:
     def roles(self) -> list[str]:
         """Roles present in this bundle."""
         return [r for r in ROLES if r in self.manifest.get("models", {})]
+
+    def has_role(self, role: str) -> bool:
+        """Whether this bundle holds a model for ``role`` (the re-ranker is optional)."""
+        return role in self.roles and (self.root / role).is_dir()
 
     def info(self, role: str) -> dict[str, Any]:
         """Build information of one role."""

@@ -1,5 +1,6 @@
 """Calibration texts and prompts for the parity gate: a seeded sample of the corpus being
-processed (the built-in set only without one), and questions of the packaged demo set."""
+processed (the built-in set only without one), questions of the packaged demo set, and
+(question, passages) groups for the re-ranker."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from slipway.documents.demo import DEMO_QA
+from slipway.documents.demo import DEMO_CORPUS, DEMO_QA
 
 BUILTIN_TEXTS: tuple[str, ...] = (
     "The quick brown fox jumps over the lazy dog.",
@@ -113,3 +114,53 @@ def calibration_prompts(
         prompts = pool[: limit // 2]
     prompts += list(BUILTIN_PROMPTS)
     return prompts[:limit]
+
+
+def _demo_passages(path: Path) -> dict[str, str]:
+    """Passage text by id from a BEIR ``corpus.jsonl``."""
+    out: dict[str, str] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            out[str(row["_id"])] = str(row.get("text", ""))
+    return out
+
+
+def _demo_questions(
+    questions: Path, passages: Path, limit: int, seed: int
+) -> list[tuple[str, str]]:
+    """A seeded sample of (question, its passage) from the packaged demo set."""
+    if not (questions.is_file() and passages.is_file()):
+        return []
+    texts = _demo_passages(passages)
+    pool: list[tuple[str, str]] = []
+    with questions.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            passage = texts.get(str(row.get("passage_id")), "")
+            if passage.strip() and str(row.get("question", "")).strip():
+                pool.append((str(row["question"]), passage))
+    random.Random(seed).shuffle(pool)
+    return pool[:limit]
+
+
+def calibration_pairs(
+    corpus: Sequence[str] | None = None,
+    n_queries: int = 16,
+    per_query: int = 8,
+    seed: int = 0,
+    questions: Path | None = DEMO_QA,
+    passages: Path | None = DEMO_CORPUS / "corpus.jsonl",
+) -> list[tuple[str, list[str]]]:
+    """(query, candidates) groups for re-ranker parity: questions of the packaged demo set,
+    each with its own passage and ``per_query - 1`` others drawn (seeded) from the corpus
+    sample (the built-in texts without one); built-in prompts when the demo set is absent."""
+    rng = random.Random(seed)
+    pool = calibration_texts(corpus)
+    demo = _demo_questions(questions, passages, n_queries, seed) if questions and passages else []
+    groups: list[tuple[str, list[str]]] = [(q, [p]) for q, p in demo]
+    groups = groups or [(q, []) for q in BUILTIN_PROMPTS[:n_queries]]
+    for _, candidates in groups:
+        others = [t for t in pool if t not in candidates]
+        candidates += rng.sample(others, min(len(others), per_query - len(candidates)))
+    return groups

@@ -10,16 +10,19 @@ from typing import Any
 from slipway.embedding import OnnxEmbedder
 from slipway.generation import Sampling, load_generator
 from slipway.onnx.bundle import OnnxBundle
-from slipway.onnx.calibration import calibration_prompts, calibration_texts
+from slipway.onnx.calibration import calibration_pairs, calibration_prompts, calibration_texts
 from slipway.onnx.latency import Timing, interleaved, latency_plot_png
 from slipway.onnx.parity import (
     EmbedderParity,
     GeneratorParity,
     ParityThresholds,
+    RerankerParity,
     as_report,
     embedder_parity,
     generator_parity,
+    reranker_parity,
 )
+from slipway.retrieval.rerank import OnnxReranker
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +36,18 @@ def parity(
     max_new_tokens: int = 32,
     threads: int = 0,
     exported: OnnxBundle | None = None,
+    n_queries: int = 16,
 ) -> dict[str, Any]:
     """Run the parity checks of every role, record the report in the bundle, return it.
 
     The embedder is checked on ``corpus_texts`` (a sample of the corpus being processed, see
-    :mod:`slipway.onnx.calibration`; the built-in set without one, or to top it up).
+    :mod:`slipway.onnx.calibration`; the built-in set without one, or to top it up), the
+    re-ranker on ``n_queries`` demo questions, each with its passage and others of that sample.
 
     With ``exported`` (the fp32 export) and a quantized final generator, the fp32 export is
     checked too (``generator_fp32``: exact greedy match), besides the final one's bounds.
     """
-    parts: dict[str, EmbedderParity | GeneratorParity] = {}
+    parts: dict[str, EmbedderParity | GeneratorParity | RerankerParity] = {}
     if "embedder" in bundle.roles:
         texts = calibration_texts(corpus_texts, limit=n_texts)
         logger.info("Embedder parity on %d texts", len(texts))
@@ -71,6 +76,12 @@ def parity(
             threads=threads,
         )
         parts.update({label: result.check(thresholds) for label, result in results.items()})
+    if bundle.has_role("reranker"):
+        groups = calibration_pairs(corpus_texts, n_queries=n_queries)
+        logger.info("Re-ranker parity on %d queries", len(groups))
+        parts["reranker"] = reranker_parity(
+            bundle.role_dir("reranker"), bundle.source_path("reranker"), groups, threads
+        ).check(thresholds)
     report = as_report(**parts)
     bundle.record("parity", report)
     return report
@@ -78,7 +89,20 @@ def parity(
 
 def parity_metrics(report: dict[str, Any]) -> dict[str, float]:
     """Headline parity figures as flat metrics."""
-    keys = ("min_cosine", "mean_cosine", "exact_match", "token_agreement", "mean_kl", "max_kl")
+    keys = (
+        "min_cosine",
+        "mean_cosine",
+        "exact_match",
+        "token_agreement",
+        "mean_kl",
+        "max_kl",
+        "max_abs_diff",
+        "mean_abs_diff",
+        "spearman",
+        "kendall",
+        "top1_agreement",
+        "reference_spread",
+    )
     return {
         f"{role}_{k}": float(v)
         for role, part in report.items()
@@ -155,9 +179,47 @@ def latency(
         metrics.update(a.as_metrics() | b.as_metrics())
         metrics["gen_speedup"] = a.throughput / b.throughput
         timings += [a, b]
+    if bundle.has_role("reranker"):
+        a, b = _rerank_timings(bundle, corpus_texts, batch, rounds, threads)
+        metrics.update(a.as_metrics() | b.as_metrics())
+        metrics["rerank_speedup"] = a.throughput / b.throughput
+        timings += [a, b]
     for role in bundle.roles:
         metrics[f"{role}_size_mb"] = bundle.info(role).get("size_bytes", 0) / 2**20
     if plot_path is not None and timings:
         latency_plot_png(timings, str(plot_path), "ONNX vs PyTorch, per call")
     bundle.record("latency", metrics)
     return metrics
+
+
+def _rerank_timings(
+    bundle: OnnxBundle, corpus_texts: Sequence[str] | None, pairs: int, rounds: int, threads: int
+) -> tuple[Timing, Timing]:
+    """Scoring one query's ``pairs`` candidates, ONNX against the PyTorch cross-encoder: the
+    corpus sample's texts, or the demo set's passages without one."""
+    from sentence_transformers import CrossEncoder
+
+    groups = calibration_pairs(corpus_texts, n_queries=pairs, per_query=1)
+    query = groups[0][0]
+    if corpus_texts:
+        texts = calibration_texts(corpus_texts, limit=pairs)
+    else:
+        texts = [t for _, candidates in groups for t in candidates]
+    texts = (texts * (pairs // max(len(texts), 1) + 1))[:pairs]
+    onnx = OnnxReranker(bundle.role_dir("reranker"), threads=threads)
+    ref = CrossEncoder(
+        str(bundle.source_path("reranker")),
+        device="cpu",
+        max_length=onnx.max_length,
+        local_files_only=True,
+    )
+
+    def run_onnx() -> float:
+        onnx.score(query, texts)
+        return len(texts)
+
+    def run_torch() -> float:
+        ref.predict([(query, t) for t in texts], batch_size=32, show_progress_bar=False)
+        return len(texts)
+
+    return interleaved(run_onnx, run_torch, rounds, names=("rerank_onnx", "rerank_torch"))

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from slipway.embedding import OnnxEmbedder, cosine_rows
 from slipway.generation import Sampling, TextGenerator
+from slipway.retrieval.rerank import OnnxReranker
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,16 @@ class ParityThresholds:
     gen_min_exact_match: float = 0.95  # fp32 generator: whole greedy outputs identical
     gen_quantized_min_token_agreement: float = 0.9  # int8/int4: teacher-forced top-1 agreement
     gen_max_mean_kl: float = 0.05  # mean KL(torch || onnx) of next-token distributions
+    # Re-ranker logits: the order is the gate; the bounds on differences catch a broken graph.
+    # Measured on a trained MiniLM cross-encoder (logits -3.3..3.4), O2 + int8: Spearman 0.998,
+    # mean Kendall 0.949, mean |diff| 0.098, max |diff| 1.1 (one ambiguous pair near 0).
+    rerank_min_spearman: float = 0.98  # rank correlation of all pairs' logits
+    rerank_min_kendall: float = 0.9  # mean per-query Kendall tau: the order re-ranking gives
+    rerank_max_mean_abs_diff: float = 0.25  # mean |logit difference| over all pairs
+    rerank_max_abs_diff: float = 1.5  # largest |logit difference| of any pair
+    # The order is gated only when the reference gives one: a model whose logits barely vary
+    # (an untrained head) has near-ties that any rounding reorders; its bounds still apply.
+    rerank_min_spread: float = 0.05  # standard deviation of the reference logits
 
 
 @dataclass
@@ -69,6 +80,108 @@ class GeneratorParity:
             agreed = self.exact_match >= thresholds.gen_min_exact_match
         self.passed = agreed and self.mean_kl <= thresholds.gen_max_mean_kl
         return self
+
+
+@dataclass
+class RerankerParity:
+    """Logits of the ONNX cross-encoder against PyTorch's on (query, candidates) groups: their
+    differences, and how well they agree on the order of each query's candidates."""
+
+    n_queries: int
+    n_pairs: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    spearman: float
+    kendall: float
+    min_kendall: float
+    top1_agreement: float
+    worst_pair: str
+    reference_spread: float = float("inf")  # standard deviation of the reference logits
+    passed: bool = False
+
+    def check(self, thresholds: ParityThresholds) -> RerankerParity:
+        """Set ``passed`` against the thresholds (the rank bounds only when the reference's
+        logits spread at least ``rerank_min_spread``)."""
+        ordered = self.reference_spread >= thresholds.rerank_min_spread
+        self.passed = (
+            (not ordered or self.spearman >= thresholds.rerank_min_spearman)
+            and (not ordered or self.kendall >= thresholds.rerank_min_kendall)
+            and self.mean_abs_diff <= thresholds.rerank_max_mean_abs_diff
+            and self.max_abs_diff <= thresholds.rerank_max_abs_diff
+        )
+        return self
+
+
+def torch_rerank_logits(
+    model_dir: Path, groups: Sequence[tuple[str, Sequence[str]]], max_length: int, threads: int
+) -> list[np.ndarray]:
+    """Reference logits (no activation) of each group from sentence-transformers' CrossEncoder
+    on PyTorch fp32."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = CrossEncoder(str(model_dir), device="cpu", max_length=max_length, local_files_only=True)
+    return [
+        np.asarray(
+            model.predict(
+                [(q, t) for t in texts],
+                batch_size=32,
+                activation_fn=torch.nn.Identity(),
+                show_progress_bar=False,
+            ),
+            dtype=np.float64,
+        ).reshape(-1)
+        for q, texts in groups
+    ]
+
+
+def rank_agreement(
+    onnx: Sequence[np.ndarray], ref: Sequence[np.ndarray]
+) -> tuple[float, list[float], float]:
+    """Spearman's rho over all pairs, Kendall's tau per group, and the share of groups whose
+    top candidate is the same; an undefined correlation (constant scores) counts as 0."""
+    from scipy.stats import kendalltau, spearmanr
+
+    def defined(value: float) -> float:
+        return 0.0 if np.isnan(value) else float(value)
+
+    rho = defined(spearmanr(np.concatenate(onnx), np.concatenate(ref)).statistic)
+    taus = [defined(kendalltau(o, r).statistic) for o, r in zip(onnx, ref, strict=True)]
+    top1 = np.mean([int(np.argmax(o)) == int(np.argmax(r)) for o, r in zip(onnx, ref, strict=True)])
+    return rho, taus, float(top1)
+
+
+def reranker_parity(
+    onnx_dir: Path,
+    torch_dir: Path,
+    groups: Sequence[tuple[str, Sequence[str]]],
+    threads: int = 0,
+) -> RerankerParity:
+    """Compare the ONNX and PyTorch cross-encoders' logits on (query, candidates) groups."""
+    if not any(texts for _, texts in groups):
+        raise ValueError("Re-ranker parity needs at least one (query, passage) pair.")
+    onnx = OnnxReranker(onnx_dir, threads=threads)
+    got = [onnx.logits(q, texts).astype(np.float64) for q, texts in groups]
+    ref = torch_rerank_logits(torch_dir, groups, onnx.max_length, threads)
+    diffs = [np.abs(o - r) for o, r in zip(got, ref, strict=True)]
+    flat = np.concatenate(diffs)
+    worst_group = int(np.argmax([d.max() for d in diffs]))
+    query, texts = groups[worst_group]
+    rho, taus, top1 = rank_agreement(got, ref)
+    return RerankerParity(
+        n_queries=len(groups),
+        n_pairs=int(flat.size),
+        max_abs_diff=float(flat.max()),
+        mean_abs_diff=float(flat.mean()),
+        spearman=rho,
+        kendall=float(np.mean(taus)),
+        min_kendall=float(np.min(taus)),
+        top1_agreement=top1,
+        worst_pair=f"{query[:100]} || {texts[int(np.argmax(diffs[worst_group]))][:100]}",
+        reference_spread=float(np.std(np.concatenate(ref))),
+    )
 
 
 def torch_embeddings(model_dir: Path, texts: Sequence[str], threads: int) -> np.ndarray:
@@ -223,7 +336,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.5f}" if isinstance(value, float) else str(value)
 
 
-def as_report(**parts: EmbedderParity | GeneratorParity) -> dict[str, Any]:
+def as_report(**parts: EmbedderParity | GeneratorParity | RerankerParity) -> dict[str, Any]:
     """A JSON-able parity report keyed by role."""
     return {role: asdict(part) for role, part in parts.items()}
 

@@ -25,7 +25,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIGS: dict[str, BuildConfig] = {
     "embedder": BuildConfig(task="feature-extraction", runtime="ort", optimization="O2"),
     "generator": BuildConfig(task="text-generation-with-past", runtime="genai", optimization="O0"),
+    # optional: built only when model_build is given a cross-encoder (reranker_path)
+    "reranker": BuildConfig(task="text-classification", runtime="ort", optimization="O2"),
 }
+OPTIONAL_ROLES = ("reranker",)  # built only when a model for them is given
 
 
 def _fresh_dir(prefix: str) -> Path:
@@ -108,11 +111,15 @@ def quantize_stage(
     return bundle
 
 
-def build_params(configs: dict[str, BuildConfig], cpu: CpuInfo) -> dict[str, str]:
-    """Flat parameters describing the build, for tracking."""
+def build_params(
+    configs: dict[str, BuildConfig], cpu: CpuInfo, roles: list[str] | None = None
+) -> dict[str, str]:
+    """Flat parameters describing the build, for tracking; an optional role's only when it is
+    among the built ``roles``."""
     params = {"cpu": cpu.summary(), "cpu_isa": cpu.isa}
     for role, config in configs.items():
-        params.update(config.as_params(role))
+        if role not in OPTIONAL_ROLES or role in (roles or ()):
+            params.update(config.as_params(role))
     return params
 
 
@@ -122,7 +129,7 @@ def configs_from(overrides: dict[str, dict[str, Any]] | None) -> dict[str, Build
     for role, values in (overrides or {}).items():
         if role not in out:
             raise ValueError(
-                f"Unknown model role {role!r} in build configs; use embedder/generator."
+                f"Unknown model role {role!r} in build configs; use {'/'.join(DEFAULT_CONFIGS)}."
             )
         merged = {**out[role].__dict__, **values}
         if "quantization" in merged:

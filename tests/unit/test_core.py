@@ -106,7 +106,7 @@ def test_configs_from_overrides_and_errors() -> None:
     assert configs["embedder"].optimization == "O1"
     assert configs["generator"].runtime == "genai"
     with pytest.raises(ValueError, match="Unknown model role"):
-        configs_from({"reranker": {}})
+        configs_from({"ranker": {}})
     with pytest.raises(ValueError):
         configs_from({"embedder": {"quantization": "int3"}})
 
