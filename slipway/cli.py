@@ -426,8 +426,19 @@ def index_rollback(
     to: Annotated[
         str | None, typer.Option(help="Version to publish; default: the previous one.")
     ] = None,
+    index_only: Annotated[
+        bool,
+        typer.Option(
+            "--index-only",
+            help="Move only the index pointer, not the registry's champion alias.",
+        ),
+    ] = False,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI; default: the active stack's.")
+    ] = None,
 ) -> None:
-    """Publish a retained earlier version again (readers switch atomically)."""
+    """Publish a retained earlier version again (readers switch atomically) and restore its
+    pair: the champion alias goes back to the model version whose embedder built it."""
     from slipway.retrieval.stores import index_dir, vector_store
 
     index = index_dir(name)
@@ -437,9 +448,31 @@ def index_rollback(
     target = to or pointer.history[1]
     if not index.complete(target):
         fail(f"Index {name!r} has no complete version {target!r}; see `slipway index status`.")
-    vector_store(index).reader(index.manifest(target).handle)  # still readable?
+    manifest = index.manifest(target)
+    vector_store(index).reader(manifest.handle)  # still readable?
+    model = f"{manifest.model_name} v{manifest.model_version}"
+    if not index_only and manifest.model_name and manifest.model_version.isdigit():
+        from mlflow import MlflowClient
+
+        from slipway.registry import CHAMPION, current_champion
+
+        client = MlflowClient(tracking_uri_of(tracking_uri))
+        if current_champion(client, manifest.model_name) != manifest.model_version:
+            client.set_registered_model_alias(manifest.model_name, CHAMPION, manifest.model_version)
+            console.print(
+                f"{manifest.model_name}: {CHAMPION} is version {manifest.model_version} again "
+                "(restart or roll out the service to serve it)."
+            )
+    elif not index_only:
+        built_by = manifest.embedder_label or "a local bundle"
+        console.print(
+            f"{target} records no registered model ({built_by}); the champion alias is left alone."
+        )
     index.publish(target)
-    console.print(f"Index {name!r}: {target} is published.")
+    console.print(
+        f"Index {name!r}: {target} is published"
+        + (f" (built by {model})." if manifest.model_name else ".")
+    )
 
 
 @index_app.command("search")
@@ -746,6 +779,7 @@ SCHEDULABLE = {
     "index_refresh": "pipelines.index_refresh.index_refresh",
     "kg_update": "pipelines.kg_update.kg_update",
     "model_build": "pipelines.model_build.model_build",
+    "retrain": "pipelines.retrain.retrain",
 }
 
 
@@ -767,7 +801,7 @@ def cron_line(cron: str, config: Path, pipeline: str = "index_refresh") -> str:
 def schedule(
     cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 * * * *' (hourly).")],
     pipeline: Annotated[
-        str, typer.Option(help="index_refresh | kg_update | model_build.")
+        str, typer.Option(help="index_refresh | kg_update | model_build | retrain.")
     ] = "index_refresh",
     config: Annotated[
         Path | None, typer.Option(help="Run configuration; default: configs/<pipeline>.yaml.")

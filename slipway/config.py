@@ -118,6 +118,11 @@ class ServeSettings(BaseSettings):
     index_name: str = Field(
         default="default", description="Published index that /v1/search serves."
     )
+    index_version: str | None = Field(
+        default=None,
+        description="Serve this complete index version instead of the published one (to "
+        "evaluate a candidate before it is published); it must be built by the served embedder.",
+    )
     encoder: Literal["api", "service"] = Field(
         default="api",
         description="Where the encoder runs: in each API worker (no hop per request) or as a "

@@ -27,9 +27,9 @@ from slipway.config import ApiSettings, GraphSettings, IndexSettings, ServeSetti
 from slipway.documents.chunking import load_tokenizer
 from slipway.generation import Request, context_length
 from slipway.prompts import load_served
-from slipway.retrieval.hybrid import HybridSearcher
-from slipway.retrieval.index import OpenIndex
-from slipway.retrieval.rerank import Reranker, configured_reranker
+from slipway.retrieval.hybrid import FusionConfig, HybridSearcher, load_fusion
+from slipway.retrieval.index import IndexDir, OpenIndex
+from slipway.retrieval.rerank import RERANKER_ROLE, Reranker, configured_reranker
 from slipway.serving import ServedBundle
 from slipway.tracing import Tracer
 
@@ -154,6 +154,7 @@ class Resources:
         self._index: IndexState | None = None
         self._index_checked = 0.0
         self._index_lock = threading.Lock()
+        self._refused: set[str] = set()
         self._generator_info: dict[str, Any] | None = None
         self._graph: Any = None
         self._graph_lock = threading.Lock()
@@ -232,8 +233,45 @@ class Resources:
         with self._index_lock:
             return self._check_locked()
 
+    @cached_property
+    def embedder_fingerprint(self) -> str:
+        """The served embedder's fingerprint: the only index versions this worker searches."""
+        from slipway.embedding import model_fingerprint
+
+        return model_fingerprint(self.served.bundle.role_dir("embedder"))
+
+    def _paired(self, directory: IndexDir) -> str:
+        """The version to serve: the pinned one, else the published one when the served
+        embedder built it, else the newest retained one it built (the other embedder's version
+        is refused, logged once per version, and the pair in use keeps serving)."""
+        from slipway.retrieval.index import EmbedderMismatch, paired_version
+
+        pinned = self.serve.index_version
+        if pinned is not None:
+            if directory.manifest(pinned).embedder != self.embedder_fingerprint:
+                raise EmbedderMismatch(
+                    f"Index {directory.name!r} {pinned} was built by another embedder than "
+                    f"the served {self.model_id}; unset SLIPWAY_INDEX_VERSION or serve its model."
+                )
+            return pinned
+        version = paired_version(directory, self.embedder_fingerprint)
+        published = directory.published()
+        if published != version and published not in self._refused:
+            self._refused.add(published or "")
+            metrics.index_refused(directory.name)
+            logger.warning(
+                "Index %s %s was built by another embedder than the served %s: serving %s, "
+                "the newest version this embedder built, until this service is restarted "
+                "with that version's model.",
+                directory.name,
+                published,
+                self.model_id,
+                version,
+            )
+        return version
+
     def _check_locked(self) -> IndexState:
-        from slipway.retrieval.index import open_published
+        from slipway.retrieval.index import OpenIndex
         from slipway.retrieval.stores import index_dir, vector_store
 
         now = time.monotonic()
@@ -241,9 +279,10 @@ class Resources:
             return self._index
         directory = index_dir(self.serve.index_name, self.index_settings)
         try:
-            published = directory.published()
-            if self._index is None or published != self._index.opened.version:
-                opened = open_published(directory, vector_store(directory, self.index_settings))
+            version = self._paired(directory)
+            if self._index is None or version != self._index.opened.version:
+                store = vector_store(directory, self.index_settings)
+                opened = OpenIndex(directory, version, store)
                 logger.info("Serving index %s version %s", directory.name, opened.version)
                 previous = self._index.opened.version if self._index is not None else None
                 self._index = IndexState(opened)
@@ -253,7 +292,7 @@ class Resources:
             if self._index is None:
                 raise ApiError(
                     503,
-                    f"No published index {self.serve.index_name!r}: {exc}",
+                    f"No servable index {self.serve.index_name!r}: {exc}",
                     type="server_error",
                     code="index_unavailable",
                 ) from exc
@@ -284,20 +323,29 @@ class Resources:
                 None,
                 state.opened.dense,
                 state.opened.sparse,
+                fusion=self.fusion,
                 text_of=state.opened.text_of,
                 expander=expander,
             )
         return state.searchers[graph]
 
+    @cached_property
+    def fusion(self) -> FusionConfig:
+        """How dense and sparse rankings are fused: as the bundle was tuned, else the default."""
+        return load_fusion(self.served.bundle.root)
+
     @property
     def can_rerank(self) -> bool:
-        """Whether a re-ranker is configured."""
-        return self.index_settings.reranker_path is not None
+        """Whether a re-ranker is configured (``SLIPWAY_RERANKER_PATH``) or the bundle has one."""
+        return self.index_settings.reranker_path is not None or self.served.bundle.has_role(
+            RERANKER_ROLE
+        )
 
     @cached_property
     def reranker(self) -> Reranker | None:
-        """The configured cross-encoder, loaded once for every searcher and index version."""
-        return configured_reranker(self.index_settings.reranker_path)
+        """The configured cross-encoder, else the bundle's (served with its embedder and the
+        index that embedder built), loaded once for every searcher and index version."""
+        return configured_reranker(self.index_settings.reranker_path, self.served.bundle)
 
     # --- the graph ---------------------------------------------------------------------
 

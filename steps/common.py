@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
 import mlflow
+from zenml import get_step_context
 from zenml.config import CachePolicy
 
 from slipway.config import IndexSettings, ServeSettings
 from slipway.onnx.bundle import OnnxBundle
 from slipway.secrets import PINECONE, with_secret
 from slipway.serving import resolve_bundle
+
+
+def in_pipeline() -> bool:
+    """Whether this code runs inside a ZenML step (not called directly, e.g. by a test)."""
+    try:
+        get_step_context()
+    except RuntimeError:
+        return False
+    return True
 
 
 def slipway_source_hash() -> str:
@@ -43,16 +54,40 @@ def index_settings() -> IndexSettings:
     return with_secret(settings, settings.pinecone_secret, PINECONE, zenml_secret)
 
 
-def champion_embedder_dir(
+class EmbedderSource(NamedTuple):
+    """An ONNX embedder directory, a label saying which it is, and its registered model and
+    version when it came from the registry (empty for a local bundle)."""
+
+    dir: Path
+    label: str
+    model_name: str = ""
+    model_version: str = ""
+
+
+def champion_embedder(
     model_name: str, model_version: str | None, bundle_dir: str | None
-) -> tuple[Path, str]:
-    """The ONNX embedder directory of a local bundle, a registered version, or the champion,
-    and a label saying which."""
+) -> EmbedderSource:
+    """The ONNX embedder of a local bundle, a registered version (or alias), or the champion."""
     if bundle_dir:
-        return OnnxBundle.load(Path(bundle_dir)).role_dir("embedder"), f"bundle {bundle_dir}"
+        return EmbedderSource(
+            OnnxBundle.load(Path(bundle_dir)).role_dir("embedder"), f"bundle {bundle_dir}"
+        )
     served = resolve_bundle(
         ServeSettings(model_version=model_version, bundle_dir=None),
         uri=mlflow.get_tracking_uri(),
         name=model_name,
     )
-    return served.bundle.role_dir("embedder"), f"{model_name} v{served.version}"
+    return EmbedderSource(
+        served.bundle.role_dir("embedder"),
+        f"{model_name} v{served.version}",
+        model_name,
+        served.version,
+    )
+
+
+def champion_embedder_dir(
+    model_name: str, model_version: str | None, bundle_dir: str | None
+) -> tuple[Path, str]:
+    """:func:`champion_embedder`'s directory and label."""
+    source = champion_embedder(model_name, model_version, bundle_dir)
+    return source.dir, source.label

@@ -8,25 +8,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import mlflow
-from zenml import get_step_context, log_metadata, step
+from zenml import log_metadata, step
 
 from slipway.config import ServeSettings
 from slipway.evaluation.bundle import AnswerSettings, EvaluationReport, evaluate_bundle, make_judge
 from slipway.evaluation.dataset import qa_set_path, read_qa_set, sample_examples
 from slipway.evaluation.inprocess import in_process_service
 from slipway.evaluation.judge import JudgeConfig
+from slipway.retrieval.index import IndexVersion
 from slipway.serving import resolve_bundle
-from steps.common import index_settings, zenml_secret
+from steps.common import in_pipeline, index_settings, zenml_secret
 
 logger = logging.getLogger(__name__)
-
-
-def _in_pipeline() -> bool:
-    try:
-        get_step_context()
-    except RuntimeError:
-        return False
-    return True
 
 
 @step(enable_cache=False, experiment_tracker=True)
@@ -44,12 +37,14 @@ def evaluate_answers(
     min_relevance: float | None = None,
     judge: dict[str, Any] | None = None,
     retrieval: bool = True,
+    index_version: IndexVersion | None = None,
 ) -> Annotated[EvaluationReport, "evaluation_report"]:
     """Answer a seeded ``sample`` of the QA set (``qa_path``; the packaged demo questions for
     the demo corpus) with the registry's champion (or ``model_version``, or a local
     ``bundle_dir``) over the published index ``index_name``; score answers, citations,
     abstentions and, with ``judge`` (default: the served generator, a weak judge), the LLM
-    judge's verdicts; log everything to the step's MLflow run."""
+    judge's verdicts; log everything to the step's MLflow run. ``index_version`` (a refresh's
+    output): answer over that version, published or not (a candidate before its gate)."""
     path = qa_set_path(corpus, qa_path)
     if path is None:
         return EvaluationReport(skipped=f"no QA set for corpus {corpus} (evaluation.qa_path)")
@@ -61,7 +56,11 @@ def evaluate_answers(
         uri=mlflow.get_tracking_uri(),
         name=model_name,
     )
-    service = in_process_service(served, ServeSettings(index_name=index_name), index_settings())
+    serve = ServeSettings(
+        index_name=index_version.name if index_version else index_name,
+        index_version=index_version.version if index_version else None,
+    )
+    service = in_process_service(served, serve, index_settings())
     report = evaluate_bundle(
         service,
         examples,
@@ -70,7 +69,7 @@ def evaluate_answers(
         retrieval=retrieval,
         qa_set=str(path),
     )
-    if _in_pipeline():  # the run's dashboard shows the figures (not for .entrypoint() calls)
+    if in_pipeline():  # the run's dashboard shows the figures (not for .entrypoint() calls)
         log_metadata(
             metadata={
                 "evaluation": {

@@ -13,6 +13,8 @@ from slipway.documents import DocumentSet
 from slipway.documents.chunking import ChunkSet
 from slipway.embedding import OnnxEmbedder, model_fingerprint
 from slipway.embedding.cache import EmbeddingCache
+from slipway.onnx.bundle import MANIFEST as BUNDLE_MANIFEST
+from slipway.onnx.bundle import OnnxBundle
 from slipway.retrieval.evaluation import (
     JudgedQueries,
     evaluate_searcher,
@@ -20,7 +22,7 @@ from slipway.retrieval.evaluation import (
     publish_gated,
     record_metrics,
 )
-from slipway.retrieval.hybrid import HybridSearcher
+from slipway.retrieval.hybrid import HybridSearcher, load_fusion
 from slipway.retrieval.index import (
     IndexVersion,
     OpenIndex,
@@ -28,8 +30,9 @@ from slipway.retrieval.index import (
     document_hashes,
     refresh_index,
 )
+from slipway.retrieval.rerank import configured_reranker
 from slipway.retrieval.stores import index_dir, vector_store
-from steps.common import champion_embedder_dir, index_settings
+from steps.common import champion_embedder, index_settings
 
 Metrics = dict[str, dict[str, float]]
 
@@ -50,7 +53,8 @@ def refresh_index_version(
     write_batch: int = 512,
 ) -> Annotated[IndexVersion, "index_version"]:
     """Embed new and changed chunks with the registry's champion embedder into a new version."""
-    embedder_dir, label = champion_embedder_dir(model_name, model_version, bundle_dir)
+    source = champion_embedder(model_name, model_version, bundle_dir)
+    embedder_dir = source.dir
     embedder = OnnxEmbedder(embedder_dir, threads=get_settings().threads)
     check_chunk_tokenizer(chunks.chunks, embedder.tokenizer, embedder.pooling.max_length - 2)
     settings = index_settings()
@@ -65,7 +69,8 @@ def refresh_index_version(
             embedder,
             model_fingerprint(embedder_dir),
             cache,
-            embedder_label=label,
+            embedder_label=source.label,
+            model=(source.model_name, source.model_version),
             embedder_dir=str(embedder_dir),
             write_batch=write_batch,
             store_name=settings.vector_store,
@@ -89,8 +94,19 @@ def evaluate_index_version(
     if not eval_dir:
         return {}
     opened = OpenIndex(index, index_version.version, vector_store(index, settings))
-    searcher = HybridSearcher(
-        OnnxEmbedder(Path(index_version.embedder_dir)), opened.dense, opened.sparse
+    embedder_dir = Path(index_version.embedder_dir)
+    bundle = (
+        OnnxBundle.load(embedder_dir.parent)
+        if (embedder_dir.parent / BUNDLE_MANIFEST).is_file()
+        else None
+    )
+    searcher = HybridSearcher(  # searched as served: the bundle's fusion and re-ranker
+        OnnxEmbedder(embedder_dir),
+        opened.dense,
+        opened.sparse,
+        load_fusion(bundle.root) if bundle else None,
+        configured_reranker(settings.reranker_path, bundle),
+        text_of=opened.text_of,
     )
     metrics = evaluate_searcher(
         searcher, JudgedQueries.from_beir(Path(eval_dir), split), opened.doc_of

@@ -83,6 +83,12 @@ def _metrics() -> dict[str, Any]:
             documentation="Feedback on answers by rating and the answer prompt's version.",
             labelnames=["rating", "prompt_version"],
         ),
+        "index_refused": m.Counter(
+            name="slipway_index_refused_total",
+            documentation="Published index versions a worker refused because another embedder "
+            "than the one it serves built them (it keeps serving its own pair).",
+            labelnames=["index"],
+        ),
     }
     for stage in sorted(STAGES):  # every stage exported from the start, at 0: rate() works
         made["timeouts"].labels(stage=stage)
@@ -233,3 +239,8 @@ def index_served(directory: IndexDir, version: str, previous: str | None = None)
     if previous is not None and previous != version:
         gauges["version"].labels(index=directory.name, version=previous).set(0)
     gauges["version"].labels(index=directory.name, version=version).set(1)
+
+
+def index_refused(index: str) -> None:
+    """Count a published version refused for its embedder (see ``Resources._paired``)."""
+    _metrics()["index_refused"].labels(index=index).inc()

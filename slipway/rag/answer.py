@@ -15,7 +15,6 @@ from slipway.rag import grounding, prompts
 from slipway.rag.inference import Charge, embed_texts, gen_tokens, generate_text
 from slipway.rag.search import rerank_top, search
 from slipway.resources import Resources
-from slipway.retrieval.hybrid import FusionConfig
 from slipway.retrieval.index import ChunkHit, indexed_text
 
 
@@ -69,7 +68,7 @@ async def _answer(
         )
     except ValueError as exc:
         raise ApiError(400, f"max_new_tokens: {exc}", param="max_new_tokens") from exc
-    top = FusionConfig().rerank_top
+    top = res.fusion.rerank_top
     candidates = max(question.top_k, top) if res.can_rerank else question.top_k
     tracer = res.tracer
     with tracer.span("retrieve", top_k=candidates, graph=question.graph) as span:

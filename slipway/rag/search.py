@@ -13,7 +13,6 @@ from slipway.api.schemas import SearchRequest, SearchResponse
 from slipway.deadlines import bounded
 from slipway.rag.inference import embed_texts
 from slipway.resources import Resources
-from slipway.retrieval.hybrid import FusionConfig
 from slipway.retrieval.index import ChunkHit, indexed_text
 from slipway.retrieval.rerank import Reranker, rerank
 
@@ -37,7 +36,7 @@ async def search(query: SearchRequest, res: Resources) -> SearchResponse:
     async def embed(queries: list[str]) -> np.ndarray:
         return await embed_texts(res, queries)
 
-    top = FusionConfig().rerank_top
+    top = res.fusion.rerank_top
     candidates = max(query.top_k, top) if rerank_on else query.top_k
     hits = (
         await bounded(

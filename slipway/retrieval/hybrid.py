@@ -4,8 +4,10 @@ re-ranked; queries are embedded first, then searched with their vectors."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,6 +30,33 @@ class FusionConfig:
     candidates: int = 100  # per retriever, before fusion
     rerank_top: int = 20  # fused hits the re-ranker re-orders, when there is one
     graph_weight: float = 1.0  # weight of the graph-expansion ranking, when there is one
+
+
+RETRIEVAL_FILE = "retrieval.json"  # a bundle's tuned fusion (written by the retraining loop)
+
+
+def load_fusion(bundle_root: Path) -> FusionConfig:
+    """The fusion a bundle was tuned with (``retrieval.json``'s ``fusion``), else the default."""
+    path = Path(bundle_root) / RETRIEVAL_FILE
+    if not path.is_file():
+        return FusionConfig()
+    given = json.loads(path.read_text(encoding="utf-8")).get("fusion", {})
+    known = {f.name for f in fields(FusionConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown fusion settings {unknown}; known: {sorted(known)}.")
+    return FusionConfig(**given)
+
+
+def save_fusion(bundle_root: Path, config: FusionConfig, **extra: object) -> Path:
+    """Write ``config`` (and ``extra`` facts, e.g. how it was chosen) as the bundle's
+    ``retrieval.json``."""
+    path = Path(bundle_root) / RETRIEVAL_FILE
+    path.write_text(
+        json.dumps({"fusion": asdict(config), **extra}, indent=1, sort_keys=True),
+        encoding="utf-8",
+    )
+    return path
 
 
 # Chunks a graph expansion reaches from the queries' entities: (queries, k) -> rankings.

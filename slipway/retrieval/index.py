@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
 from slipway.documents import Document
 from slipway.documents.chunking import Chunk
@@ -81,6 +82,8 @@ class Manifest(BaseModel):
     embedder: str  # fingerprint of the embedding model: the cache key's first half
     embedder_label: str = ""
     embedder_dir: str = ""  # where that embedder was on the machine that wrote the version
+    model_name: str = ""  # the registered model whose embedder built it, when it was one
+    model_version: str = ""
     dimension: int
     store: str
     handle: str
@@ -346,9 +349,13 @@ def refresh_index(
     embedder_dir: str = "",
     write_batch: int = 512,
     store_name: str = "lancedb",
+    model: tuple[str, str] = ("", ""),
+    progress: bool = True,
 ) -> IndexVersion:
     """Write a new, complete (not yet published) version: only new and changed chunks are
-    embedded and written, chunks of changed and removed documents are deleted."""
+    embedded and written, chunks of changed and removed documents are deleted. ``model``: the
+    registered model name and version whose embedder this is (recorded for rollbacks);
+    ``progress``: a progress bar over the chunks to write."""
     started = time.perf_counter()
     if len({c.id for c in chunks}) != len(chunks):
         raise ValueError("Chunk ids are not unique; check the document ids of the corpus.")
@@ -394,23 +401,31 @@ def refresh_index(
     if plan.delete:
         store.delete(version, plan.delete)
     done = 0
-    for batch in _batches(plan.write, write_batch):
-        vectors, hits = embed_cached(
-            embedder, embedder_fingerprint, [chunk_text(c) for c in batch], cache
-        )
-        store.add(version, [c.id for c in batch], vectors, [chunk_metadata(c) for c in batch])
-        stats.cache_hits += hits
-        stats.embedded += len(batch) - hits
-        done += len(batch)
-        logger.info(
-            "Index %s %s: wrote %d/%d chunks (%d embedded, %d from the cache)",
-            index.name,
-            version,
-            done,
-            len(plan.write),
-            stats.embedded,
-            stats.cache_hits,
-        )
+    with tqdm(
+        total=len(plan.write),
+        desc=f"Index {index.name} {version}: embedding",
+        unit="chunk",
+        disable=not progress or not plan.write,
+        mininterval=2.0,
+    ) as bar:
+        for batch in _batches(plan.write, write_batch):
+            vectors, hits = embed_cached(
+                embedder, embedder_fingerprint, [chunk_text(c) for c in batch], cache
+            )
+            store.add(version, [c.id for c in batch], vectors, [chunk_metadata(c) for c in batch])
+            stats.cache_hits += hits
+            stats.embedded += len(batch) - hits
+            done += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(embedded=stats.embedded, cached=stats.cache_hits, refresh=False)
+    logger.info(
+        "Index %s %s: wrote %d chunks (%d embedded, %d from the cache)",
+        index.name,
+        version,
+        done,
+        stats.embedded,
+        stats.cache_hits,
+    )
     SparseIndex.build(
         [c.id for c in chunks],
         [chunk_text(c) for c in chunks],
@@ -429,6 +444,8 @@ def refresh_index(
         embedder=embedder_fingerprint,
         embedder_label=embedder_label,
         embedder_dir=embedder_dir,
+        model_name=model[0],
+        model_version=model[1],
         dimension=embedder.dimension,
         store=store_name,
         handle=handle,
@@ -547,6 +564,33 @@ def open_published(index: IndexDir, store: VectorStore, version: str | None = No
             "the index_refresh pipeline first."
         )
     return OpenIndex(index, version, store)
+
+
+class EmbedderMismatch(LookupError):
+    """No retained version of an index was built by the embedder a reader has."""
+
+
+def paired_version(index: IndexDir, fingerprint: str) -> str:
+    """The version a reader whose embedder has ``fingerprint`` may search: the published one
+    when that embedder built it, else the newest retained one it built (blue/green: a service
+    keeps its pair while a new embedder's version is published, and one started with the new
+    embedder takes the new version). Query vectors of one model never search another's index."""
+    pointer = index.pointer()
+    if pointer is None:
+        raise LookupError(
+            f"Index {index.name!r} at {index.root} has no published version; run "
+            "the index_refresh pipeline first."
+        )
+    for version in dict.fromkeys([pointer.version, *pointer.history]):
+        if index.complete(version) and index.manifest(version).embedder == fingerprint:
+            return version
+    published = index.manifest(pointer.version)
+    raise EmbedderMismatch(
+        f"Index {index.name!r}: no published or retained version was built by this embedder "
+        f"({fingerprint[:12]}); {pointer.version} was built by {published.embedder[:12]} "
+        f"({published.embedder_label or 'unlabelled'}). Serve the model version that built "
+        "it, or run the index_refresh pipeline with this model."
+    )
 
 
 def collect_garbage(index: IndexDir, store: VectorStore, retain: int) -> list[str]:

@@ -20,10 +20,12 @@ from slipway.retrieval.evaluation import (
 )
 from slipway.retrieval.hybrid import FusionConfig, HybridSearcher
 from slipway.retrieval.index import (
+    EmbedderMismatch,
     IndexDir,
     IndexVersion,
     document_hashes,
     open_published,
+    paired_version,
     plan_refresh,
     refresh_index,
 )
@@ -177,6 +179,50 @@ def test_incremental_refresh_publish_and_gc(refresher: Refresher) -> None:
     with pytest.raises(LookupError):
         refresher.store.reader(v1.version)
     assert refresher.store.reader(v3.version).count() == len(expected)
+
+
+def test_a_reader_only_gets_a_version_its_embedder_built(refresher: Refresher) -> None:
+    docs = make_docs(12)
+    v1 = refresher.refresh(docs)
+    with pytest.raises(LookupError, match="no published version"):
+        paired_version(refresher.index, refresher.fingerprint)
+    refresher.publish(v1)
+    assert paired_version(refresher.index, refresher.fingerprint) == v1.version
+    # a new embedder's version is published (blue/green): the old embedder keeps its pair,
+    # the new one takes the new version, a third is refused with the reason
+    v2 = refresher.refresh(docs, fingerprint="new-model")
+    refresher.publish(v2)
+    assert refresher.index.published() == v2.version
+    assert paired_version(refresher.index, refresher.fingerprint) == v1.version
+    assert paired_version(refresher.index, "new-model") == v2.version
+    with pytest.raises(EmbedderMismatch, match="no published or retained version") as refused:
+        paired_version(refresher.index, "third-model")
+    assert v2.version in str(refused.value)
+    # once the old pair's version is collected, the old embedder has nothing to serve
+    v3 = refresher.refresh(make_docs(13), fingerprint="new-model")
+    refresher.publish(v3, retain=2)
+    with pytest.raises(EmbedderMismatch):
+        paired_version(refresher.index, refresher.fingerprint)
+
+
+def test_refresh_records_the_model_and_shows_progress(
+    refresher: Refresher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = make_docs(5)
+    version = refresh_index(
+        refresher.index,
+        refresher.store,
+        refresher.chunks(docs),
+        document_hashes(docs),
+        refresher.embedder,
+        refresher.fingerprint,
+        refresher.cache,
+        write_batch=4,
+        model=("slipway", "7"),
+    )
+    manifest = refresher.index.manifest(version.version)
+    assert (manifest.model_name, manifest.model_version) == ("slipway", "7")
+    assert "embedding" in capsys.readouterr().err  # the progress bar
 
 
 def test_filters_and_hybrid_search_on_a_published_version(refresher: Refresher) -> None:
