@@ -14,6 +14,7 @@ from pipelines.evaluate import evaluate_served
 from pipelines.index_refresh import refresh_and_publish
 from pipelines.kg_update import update_and_embed
 from pipelines.model_build import model_build
+from pipelines.retrain import retrain_flow
 from slipway.registry import CHALLENGER
 from steps.documents import (
     calibration_sample,
@@ -40,6 +41,7 @@ def llmops_pipeline(
     prompts: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     gate: dict[str, Any] | None = None,
+    retrain: dict[str, Any] | None = None,
 ) -> None:
     """Preprocess and chunk the corpus; build, check (on a sample of the chunks), register and
     package the models; then refresh and publish the index and update the knowledge graph with
@@ -52,7 +54,9 @@ def llmops_pipeline(
     leaves that out. The whole-bundle gate (``gate``: retrieval_margin, answer_margin;
     ``enabled: false``, or no evaluation, leaves parity alone to promote) makes the new version
     champion only when parity, retrieval and answers all pass against the champion's figures;
-    until then it is the ``challenger`` that the index, the graph and the evaluation use."""
+    until then it is the ``challenger`` that the index, the graph and the evaluation use.
+    ``retrain: {enabled: true, ...}`` (off by default) then runs the retraining loop
+    (``pipelines.retrain``'s parameters) on the same documents."""
     index = dict(index or {})
     eval_dir = evaluation_set(corpus=corpus, eval_dir=index.pop("eval_dir", None))
     documents = preprocess_documents(corpus=corpus, source_fingerprint=corpus_fingerprint(corpus))
@@ -105,3 +109,14 @@ def llmops_pipeline(
         )
         if gated:
             gate_bundle(retrieval, report, model_name=model_name, **gate)
+    retraining = dict(retrain or {})
+    if retraining.pop("enabled", False):
+        retrain_flow(
+            documents,
+            chunks,
+            eval_dir,
+            corpus,
+            model_name,
+            {"index": index, "base_path": embedder_path, **retraining},
+            after="gate_bundle" if evaluated and gated else "publish_index_version",
+        )

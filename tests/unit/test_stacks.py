@@ -73,7 +73,7 @@ def test_load_spec_names_every_missing_variable() -> None:
 
 
 def test_kubernetes_stack_and_schedules_pass_zenml_validation(tmp_path: Path) -> None:
-    assert len(SCHEDULES) == 3, SCHEDULES
+    assert len(SCHEDULES) == 4, SCHEDULES
     done = run_module("stacks.check", "stacks/kubernetes.yaml", *SCHEDULES, tmp=tmp_path, **K8S_ENV)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     assert "ZenML stack validation passed" in done.stdout
@@ -81,6 +81,7 @@ def test_kubernetes_stack_and_schedules_pass_zenml_validation(tmp_path: Path) ->
         ("model_build", "'0 2 * * 0'"),
         ("index_refresh", "'0 * * * *'"),
         ("kg_update", "'30 3 * * *'"),
+        ("retrain", "'0 3 * * 0'"),
     ):
         line = next(x for x in done.stdout.splitlines() if x.startswith(f"configs/{pipeline}_"))
         assert f"{pipeline} compiles on slipway-kubernetes" in line and cron in line, line
@@ -93,6 +94,7 @@ def test_local_stack_and_run_configurations_pass_zenml_validation(tmp_path: Path
         "pipelines.model_build.model_build=configs/embedder_only.yaml",
         "configs/index_refresh.yaml",
         "configs/kg_update.yaml",
+        "configs/retrain.yaml",
         "pipelines.llmops.llmops_pipeline=zenml.yaml",
     ]
     done = run_module("stacks.check", "stacks/local.yaml", *configs, tmp=tmp_path)

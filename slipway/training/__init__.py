@@ -1,0 +1,1 @@
+"""Retraining: training data for the retriever and the re-ranker, and the trainers."""
