@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -173,12 +174,16 @@ def local_encoder(serve: ServeSettings, placement: Literal["api", "service"]) ->
         return LocalEncoder(model, serve.embed_max_batch_tokens, placement)
 
     encoder = built_below_event_loops(serve.compute_niceness, build)
+    started = time.perf_counter()
+    shape = encoder.encoder.warm_up()  # its memory claimed now: RSS at start is its working set
     logger.info(
-        "Encoder %s v%s on %s (%s)",
+        "Encoder %s v%s on %s (%s), warmed up with a %dx%d batch in %.2f s",
         served.model_name,
         served.version,
         encoder.encoder.provider,
         placement,
+        *shape,
+        time.perf_counter() - started,
     )
     return encoder
 

@@ -320,6 +320,9 @@ class ApiSettings(BaseSettings):
     )
     cache_ttl: int = Field(default=600, ge=1, description="Seconds a cached result lives.")
     cache_max_entries: int = Field(default=10_000, ge=1, description="In-process cache bound.")
+    cache_max_mb: float = Field(
+        default=32.0, gt=0, description="In-process cache bound: MB its stored values hold."
+    )
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> ApiSettings:

@@ -198,7 +198,11 @@ class Resources:
             return None
         if self.api.cache == "redis":
             return RedisCache(self._redis, ttl_seconds=self.api.cache_ttl)
-        return MemoryCache(self.api.cache_max_entries, float(self.api.cache_ttl))
+        return MemoryCache(
+            self.api.cache_max_entries,
+            float(self.api.cache_ttl),
+            max_bytes=int(self.api.cache_max_mb * 2**20),
+        )
 
     # --- the index ---------------------------------------------------------------------
 

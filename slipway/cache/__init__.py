@@ -1,8 +1,10 @@
 """Result caches for deterministic answers (embeddings, greedy generations, search results).
 
 Keys include the model and index versions, so a new version never serves an old entry; each
-entry has a TTL and the in-process cache is bounded in entries (least recently used goes
-first). Redis (or Valkey) shares a cache between workers and replicas, with the same keys.
+entry has a TTL and the in-process cache is bounded in entries and in bytes (least recently
+used goes first): it keeps values as compact JSON, as Redis does, so a hit returns what a JSON
+round trip gives with either adapter. Redis (or Valkey) shares a cache between workers and
+replicas, with the same keys.
 """
 
 from __future__ import annotations
@@ -38,23 +40,28 @@ class ResultCache(Protocol):
 
 
 class MemoryCache:
-    """In-process LRU cache with a TTL, safe across threads; counts hits and misses."""
+    """In-process LRU cache with a TTL, safe across threads; counts hits and misses. Values are
+    stored as compact JSON bytes: ``max_bytes`` bounds what the entries hold (a value larger
+    than that is not cached)."""
 
     def __init__(
         self,
         max_entries: int = 10_000,
         ttl_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = 64 * 2**20,
     ) -> None:
-        if max_entries < 1 or ttl_seconds <= 0:
-            raise ValueError("max_entries must be >= 1 and ttl_seconds > 0.")
+        if max_entries < 1 or ttl_seconds <= 0 or max_bytes < 1:
+            raise ValueError("max_entries and max_bytes must be >= 1 and ttl_seconds > 0.")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.ttl = ttl_seconds
         self.clock = clock
         self.hits = 0
         self.misses = 0
+        self.bytes = 0  # what the stored values hold
         self._lock = threading.Lock()
-        self._items: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: str) -> Any | None:
         """The value, or None when absent or expired."""
@@ -62,20 +69,29 @@ class MemoryCache:
             item = self._items.get(key)
             if item is None or item[0] <= self.clock():
                 if item is not None:
-                    del self._items[key]
+                    self._drop(key)
                 self.misses += 1
                 return None
             self._items.move_to_end(key)
             self.hits += 1
-            return item[1]
+            raw = item[1]
+        return json.loads(raw)
 
     def put(self, key: str, value: Any) -> None:
-        """Store a value; the least recently used entry goes when full."""
+        """Store a JSON value; the least recently used entries go while it is over a bound."""
+        raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(raw) > self.max_bytes:
+            return
         with self._lock:
-            self._items[key] = (self.clock() + self.ttl, value)
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+            if key in self._items:
+                self._drop(key)
+            self._items[key] = (self.clock() + self.ttl, raw)
+            self.bytes += len(raw)
+            while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
+                self._drop(next(iter(self._items)))
+
+    def _drop(self, key: str) -> None:
+        self.bytes -= len(self._items.pop(key)[1])
 
     def __len__(self) -> int:
         return len(self._items)

@@ -118,6 +118,14 @@ class OnnxEmbedder:
             out[idx] = self._run([encodings[i] for i in idx])
         return out
 
+    def warm_up(self) -> tuple[int, int]:
+        """Run the largest batch the encoder forms (``batch_size`` texts of the full length)
+        once, so onnxruntime's buffers reach their working size before traffic comes, not
+        under it; returns that shape."""
+        long = self.tokenizer.encode(" ".join(["warm"] * self.pooling.max_length))
+        self.embed_encodings([long] * self.batch_size)
+        return self.batch_size, len(long.ids)
+
     def _run(self, encodings: list[Encoding]) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)

@@ -36,6 +36,20 @@ def test_memory_cache_ttl_lru_and_counters() -> None:
         MemoryCache(max_entries=0)
 
 
+def test_memory_cache_is_bounded_in_bytes_and_returns_json() -> None:
+    cache = MemoryCache(max_entries=100, max_bytes=100)
+    cache.put("a", {"v": [0.5] * 10})  # 47 bytes of JSON
+    cache.put("b", {"v": [0.25] * 10})  # 57: a goes to stay within 100
+    assert cache.get("a") is None and cache.get("b") == {"v": [0.25] * 10}
+    assert cache.bytes == len('{"v":[' + ",".join(["0.25"] * 10) + "]}")
+    cache.put("b", "short")  # replacing an entry releases its bytes
+    assert cache.bytes == len('"short"') and len(cache) == 1
+    cache.put("huge", "x" * 200)  # larger than the whole bound: not cached, nothing evicted
+    assert cache.get("huge") is None and cache.get("b") == "short"
+    cache.put("t", (1, 2))  # what a JSON round trip gives, as from Redis
+    assert cache.get("t") == [1, 2]
+
+
 def test_redis_cache_round_trip_and_ttl(valkey_server_url: str) -> None:
     import redis
 

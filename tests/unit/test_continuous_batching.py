@@ -127,6 +127,12 @@ def test_callers_that_left_are_not_encoded_and_bad_input_fails_alone(
         asyncio.run(after_close())
 
 
+def test_warm_up_runs_the_largest_batch_the_encoder_forms(tiny_onnx_embedder: Path) -> None:
+    model = OnnxEmbedder(tiny_onnx_embedder, threads=1, batch_size=4)
+    assert model.warm_up() == (4, model.pooling.max_length)  # full-length texts, a full batch
+    assert model.embed(["after"]).shape == (1, model.dimension)
+
+
 @pytest.fixture(scope="module")
 def tiny_genai(tiny_generator: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama built by onnxruntime-genai's model builder (fp32)."""
