@@ -355,7 +355,8 @@ def refresh_index(
     """Write a new, complete (not yet published) version: only new and changed chunks are
     embedded and written, chunks of changed and removed documents are deleted. ``model``: the
     registered model name and version whose embedder this is (recorded for rollbacks);
-    ``progress``: a progress bar over the chunks to write."""
+    ``progress``: a progress bar over the chunks to write (in a terminal; elsewhere a log
+    line per written batch)."""
     started = time.perf_counter()
     if len({c.id for c in chunks}) != len(chunks):
         raise ValueError("Chunk ids are not unique; check the document ids of the corpus.")
@@ -405,7 +406,7 @@ def refresh_index(
         total=len(plan.write),
         desc=f"Index {index.name} {version}: embedding",
         unit="chunk",
-        disable=not progress or not plan.write,
+        disable=True if not progress or not plan.write else None,  # None: off without a TTY
         mininterval=2.0,
     ) as bar:
         for batch in _batches(plan.write, write_batch):
@@ -418,6 +419,16 @@ def refresh_index(
             done += len(batch)
             bar.update(len(batch))
             bar.set_postfix(embedded=stats.embedded, cached=stats.cache_hits, refresh=False)
+            if bar.disable and progress:  # no terminal (a pod's log, a pipe): a line a batch
+                logger.info(
+                    "Index %s %s: wrote %d/%d chunks (%d embedded, %d from the cache)",
+                    index.name,
+                    version,
+                    done,
+                    len(plan.write),
+                    stats.embedded,
+                    stats.cache_hits,
+                )
     logger.info(
         "Index %s %s: wrote %d chunks (%d embedded, %d from the cache)",
         index.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -206,8 +207,9 @@ def test_a_reader_only_gets_a_version_its_embedder_built(refresher: Refresher) -
 
 
 def test_refresh_records_the_model_and_shows_progress(
-    refresher: Refresher, capsys: pytest.CaptureFixture[str]
+    refresher: Refresher, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="slipway.retrieval.index")
     docs = make_docs(5)
     version = refresh_index(
         refresher.index,
@@ -222,7 +224,9 @@ def test_refresh_records_the_model_and_shows_progress(
     )
     manifest = refresher.index.manifest(version.version)
     assert (manifest.model_name, manifest.model_version) == ("slipway", "7")
-    assert "embedding" in capsys.readouterr().err  # the progress bar
+    # no terminal here: instead of a bar, a line per written batch
+    lines = [r.getMessage() for r in caplog.records if "chunks (" in r.getMessage()]
+    assert any("wrote 4/" in line for line in lines), lines
 
 
 def test_filters_and_hybrid_search_on_a_published_version(refresher: Refresher) -> None:
