@@ -7,18 +7,7 @@ from pathlib import Path
 
 from slipway.evaluation.dataset import read_qa_set
 from slipway.rag.feedback import qa_rows
-
-
-def row(rating: str, **kw: object) -> dict[str, object]:
-    return {
-        "request_id": f"r-{rating}",
-        "question": "Where is Warsaw?",
-        "answer": "In Poland [1].",
-        "citations": ["warsaw#0", "warsaw#3", "vistula#1"],
-        "rating": rating,
-        "expected_chunk_ids": None,
-        **kw,
-    }
+from tests.feedback_rows import exported_row as row
 
 
 def test_positive_ratings_become_gold_answers_the_evaluation_reads(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from slipway.training.data import (
     synthetic_pairs,
     training_examples,
 )
+from tests.feedback_rows import exported_row as rated
 
 
 def write_lines(path: Path, rows: list[Any]) -> Path:
@@ -140,18 +141,6 @@ def test_missing_labelled_data_says_what_to_give(tmp_path: Path) -> None:
 
 
 # --- feedback -------------------------------------------------------------------------------
-
-
-def rated(rating: str, **kw: object) -> dict[str, object]:
-    return {
-        "request_id": f"r-{rating}",
-        "question": "Where is Warsaw?",
-        "answer": "In Poland [1].",
-        "citations": ["warsaw#0", "warsaw#3", "vistula#1"],
-        "rating": rating,
-        "expected_chunk_ids": None,
-        **kw,
-    }
 
 
 def test_feedback_rows_become_pairs_of_expected_else_cited_documents(tmp_path: Path) -> None:
