@@ -714,15 +714,55 @@ def keys_create(
     expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d or 12h.")] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+    principal: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Whom the key reads documents as (a user or group named in documents' "
+            "`acl`; repeat for several; '*' reads every document)."
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="A model id the key may call (repeat; default: every model)."),
+    ] = None,
+    tokens_per_day: Annotated[int | None, typer.Option(min=1, help="Budget: tokens a day.")] = None,
+    tokens_per_month: Annotated[
+        int | None, typer.Option(min=1, help="Budget: tokens a month.")
+    ] = None,
+    cost_per_day: Annotated[
+        float | None, typer.Option(min=0.0, help="Budget: cost a day (the models' price unit).")
+    ] = None,
+    cost_per_month: Annotated[
+        float | None, typer.Option(min=0.0, help="Budget: cost a month.")
+    ] = None,
 ) -> None:
     """Create a key and print it once (only its SHA-256 digest is stored)."""
-    from slipway.api.keys import Scope, create_key
+    from slipway.api.keys import Budget, Scope, create_key
 
     try:
         scopes = [Scope(s) for s in scope]
     except ValueError:
-        fail(f"Unknown scope in {scope}: use embed, generate, search or admin.")
-    token, record = create_key(_key_store(), name, scopes, _duration(expires_in), rpm, tpm)
+        fail(f"Unknown scope in {scope}: use embed, generate, search, feedback or admin.")
+    try:
+        budget = Budget(
+            tokens_per_day=tokens_per_day,
+            tokens_per_month=tokens_per_month,
+            cost_per_day=cost_per_day or None,
+            cost_per_month=cost_per_month or None,
+        )
+    except ValueError as exc:
+        fail(f"Invalid budget: {exc}")
+    token, record = create_key(
+        _key_store(),
+        name,
+        scopes,
+        _duration(expires_in),
+        rpm,
+        tpm,
+        principals=principal or [],
+        models=model or None,
+        budget=budget,
+    )
     console.print(
         f"Created key {record.id} ({', '.join(record.scopes)}); store it now, it is "
         "not shown again:"
@@ -740,6 +780,8 @@ def keys_list() -> None:
         expires = r.expires_at.isoformat(timespec="seconds") if r.expires_at else "never"
         print(
             f"{r.id}  {r.status(now):8s}  {r.name}  [{','.join(r.scopes)}]  expires {expires}"
+            + (f"  as {','.join(r.principals)}" if r.principals else "")
+            + (f"  models {','.join(r.models)}" if r.models is not None else "")
             + (f"  rotated to {r.rotated_to}" if r.rotated_to else "")
         )
 

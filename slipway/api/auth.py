@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway.api.keys import PREFIX, AuthError, KeyRecord, KeyStore, Scope, ScopeError, verify
+from slipway.api.keys import (
+    PREFIX,
+    AuthError,
+    Budget,
+    KeyRecord,
+    KeyStore,
+    Scope,
+    ScopeError,
+    verify,
+)
 from slipway.api.ratelimit import Limits
 from slipway.config import ApiSettings
 
@@ -24,6 +33,14 @@ class Principal:
     id: str  # key:<id>, jwt:<sub> or anonymous
     scopes: frozenset[Scope]
     limits: Limits
+    principals: frozenset[str] = frozenset()  # whom it reads documents as ('*': everyone)
+    models: frozenset[str] | None = None  # model ids it may call (None: every one)
+    budget: Budget | None = None
+    account: str = ""  # whose budget and usage it spends (a key's lineage, a JWT's subject)
+
+    def allows_model(self, model: str) -> bool:
+        """Whether this caller may call ``model`` (by any of its ids)."""
+        return self.models is None or model in self.models
 
     def require(self, scope: Scope) -> None:
         """:class:`ScopeError` unless this caller holds ``scope`` (admin holds every scope)."""
@@ -32,6 +49,26 @@ class Principal:
                 f"This credential lacks the '{scope.value}' scope; create a key "
                 f"with `slipway keys create --scope {scope.value}`."
             )
+
+
+def claim_principals(claims: dict[str, Any]) -> frozenset[str]:
+    """Whom a JWT reads documents as: ``user:<sub>``, each of ``groups`` as ``group:<name>``,
+    and ``principals`` as given (strings; anything else is ignored)."""
+    out = {f"user:{claims['sub']}"} if isinstance(claims.get("sub"), str) else set()
+    for name, prefix in (("groups", "group:"), ("principals", "")):
+        raw = claims.get(name)
+        if isinstance(raw, list):
+            out.update(f"{prefix}{v}" for v in raw if isinstance(v, str) and v)
+    return frozenset(out)
+
+
+def claim_models(claims: dict[str, Any]) -> frozenset[str] | None:
+    """The ``models`` claim (a list of model ids) of a JWT; ``None`` when absent (every
+    model)."""
+    raw = claims.get("models")
+    if raw is None:
+        return None
+    return frozenset(v for v in raw if isinstance(v, str)) if isinstance(raw, list) else frozenset()
 
 
 def claim_scopes(claims: dict[str, Any]) -> frozenset[Scope]:
@@ -95,7 +132,9 @@ class Authenticator:
     def authenticate(self, token: str | None) -> Principal:
         """The caller behind ``token``; :class:`AuthError` when it is missing or invalid."""
         if not self.settings.auth:
-            return Principal("anonymous", frozenset(Scope), self.default_limits)
+            return Principal(
+                "anonymous", frozenset(Scope), self.default_limits, account="anonymous"
+            )
         if token and not token.startswith(PREFIX) and token.count(".") == 2 and self.jwt_enabled:
             return self._jwt(token)
         if self.store is None:
@@ -105,7 +144,15 @@ class Authenticator:
             record.requests_per_minute or self.default_limits.requests_per_minute,
             record.tokens_per_minute or self.default_limits.tokens_per_minute,
         )
-        return Principal(f"key:{record.id}", frozenset(record.scopes), limits)
+        return Principal(
+            f"key:{record.id}",
+            frozenset(record.scopes),
+            limits,
+            frozenset(record.principals),
+            frozenset(record.models) if record.models is not None else None,
+            record.budget,
+            f"key:{record.account or record.id}",
+        )
 
     def _jwt(self, token: str) -> Principal:
         import jwt
@@ -141,7 +188,15 @@ class Authenticator:
         scopes = claim_scopes(claims)
         if not scopes:
             raise ScopeError("The JWT carries no Slipway scope (claim 'scope' or 'scopes').")
-        return Principal(f"jwt:{claims['sub']}", scopes, self.default_limits)
+        return Principal(
+            f"jwt:{claims['sub']}",
+            scopes,
+            self.default_limits,
+            claim_principals(claims),
+            claim_models(claims),
+            None,
+            f"jwt:{claims['sub']}",
+        )
 
 
 def _load_jwks(path: Path) -> Any:

@@ -36,6 +36,20 @@ class Scope(StrEnum):
     ADMIN = "admin"
 
 
+class Budget(BaseModel):
+    """What a key may spend per UTC day and calendar month (``None``: no bound): tokens in and
+    out together, and cost in the models' price unit (the configured price per million)."""
+
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_month: int | None = Field(default=None, ge=1)
+    cost_per_day: float | None = Field(default=None, gt=0)
+    cost_per_month: float | None = Field(default=None, gt=0)
+
+    def bounded(self) -> bool:
+        """Whether any bound is set."""
+        return any(v is not None for v in self.model_dump().values())
+
+
 class KeyRecord(BaseModel):
     """A stored key: never the secret itself, only its digest."""
 
@@ -49,6 +63,19 @@ class KeyRecord(BaseModel):
     rotated_to: str | None = None
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    principals: list[str] = Field(
+        default_factory=list,
+        description="Who the caller is for document access control (users, groups); "
+        "'*' reads every document.",
+    )
+    models: list[str] | None = Field(
+        default=None, description="Model ids the key may call; None: every served model."
+    )
+    budget: Budget | None = None
+    account: str | None = Field(
+        default=None,
+        description="The key whose budget and usage this one continues (set on rotation).",
+    )
 
     def status(self, now: datetime) -> str:
         """active, expired or revoked."""
@@ -104,8 +131,12 @@ def create_key(
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
     now: datetime | None = None,
+    principals: list[str] | None = None,
+    models: list[str] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[str, KeyRecord]:
-    """A new key: the token (shown once) and its stored record."""
+    """A new key: the token (shown once) and its stored record; ``principals`` name whom it
+    reads documents as, ``models`` bound what it may call, ``budget`` what it may spend."""
     if not scopes:
         raise ValueError("A key needs at least one scope (embed, generate, search, admin).")
     now = now or _now()
@@ -120,6 +151,9 @@ def create_key(
         expires_at=now + expires_in if expires_in else None,
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
+        principals=sorted(set(principals or [])),
+        models=sorted(set(models)) if models is not None else None,
+        budget=budget if budget is not None and budget.bounded() else None,
     )
     store.put(record)
     return token, record
@@ -168,8 +202,19 @@ def rotate(
         raise ValueError(f"API key {key_id} is {old.status(now)}; create a new one instead.")
     remaining = old.expires_at - now if old.expires_at else None
     token, new = create_key(
-        store, old.name, old.scopes, remaining, old.requests_per_minute, old.tokens_per_minute, now
+        store,
+        old.name,
+        old.scopes,
+        remaining,
+        old.requests_per_minute,
+        old.tokens_per_minute,
+        now,
+        old.principals,
+        old.models,
+        old.budget,
     )
+    new = new.model_copy(update={"account": old.account or old.id})
+    store.put(new)
     ends = now + overlap
     if old.expires_at is not None:
         ends = min(ends, old.expires_at)
