@@ -171,6 +171,11 @@ class ServeSettings(BaseSettings):
         description="Accept POST /v1/feedback: every /v1/answer is then traced to MLflow (when "
         "a tracking URI is set) so feedback lands on the answer's trace as an assessment.",
     )
+    acl_default: Literal["public", "deny"] = Field(
+        default="public",
+        description="Who reads a document without an ACL: everyone (public) or only callers "
+        "whose principals hold '*' (deny).",
+    )
     deprecated_routes: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Routes to mark deprecated: {"/v1/completions": {"since": "2026-11-01", '

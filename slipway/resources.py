@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from slipway.access import Reader
 from slipway.api import metrics
-from slipway.api.auth import Authenticator
+from slipway.api.auth import Authenticator, Principal
 from slipway.api.errors import ApiError
 from slipway.api.keys import key_store
 from slipway.api.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -410,6 +411,17 @@ class Resources:
         if self._generator_info is None:
             self._generator_info = dict(await self.generator.describe())
         return self._generator_info
+
+    @cached_property
+    def embed_window(self) -> int:
+        """Most tokens the embedder reads of a text (longer ones are truncated)."""
+        from slipway.embedding import PoolingConfig
+
+        return PoolingConfig.from_model_dir(self.served.bundle.role_dir("embedder")).max_length
+
+    def reader(self, principal: Principal) -> Reader:
+        """Whom ``principal`` reads documents as, under the configured default."""
+        return Reader(principal.principals, self.serve.acl_default)
 
     def embed_tokens(self, texts: Sequence[str]) -> int:
         """Encoder tokens of ``texts`` (special tokens included, as the encoder sees them)."""

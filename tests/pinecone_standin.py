@@ -103,18 +103,20 @@ def _page(names: list[str], token: str | None, limit: int) -> tuple[list[str], s
 
 
 def _condition(value: Any, condition: Any) -> bool:
-    """Whether one metadata value satisfies one field's condition."""
+    """Whether one metadata value satisfies one field's condition (a list value, as Pinecone
+    treats it: ``$eq``/``$in`` when any item matches, ``$ne``/``$nin`` when none does)."""
     if not isinstance(condition, Mapping):
         condition = {"$eq": condition}
+    items = value if isinstance(value, list) else [value]
     for op, operand in condition.items():
         if op == "$eq":
-            ok = value == operand
+            ok = operand in items
         elif op == "$ne":
-            ok = value != operand
+            ok = operand not in items
         elif op == "$in":
-            ok = value in operand
+            ok = any(v in operand for v in items)
         elif op == "$nin":
-            ok = value not in operand
+            ok = not any(v in operand for v in items)
         else:
             raise ValueError(f"unsupported filter operator {op!r}")
         if not ok:

@@ -214,6 +214,11 @@ class SearchRequest(Strict):
     filters: Filters | None = Field(default=None, description="metadata key -> value(s)")
     rerank: bool = Field(default=True, description="Re-rank when a re-ranker is configured.")
     graph: bool = Field(default=False, description="Fuse knowledge-graph expansion.")
+    group_by: Literal["document"] | None = Field(
+        default=None,
+        description='"document": one result per document (its best chunk), with its other '
+        "matching chunks in `other_chunks`; `top_k` counts documents.",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -222,6 +227,84 @@ class SearchResponse(BaseModel):
     reranked: bool
     graph_expanded: bool
     results: list[ChunkHit]
+
+
+class RerankDocument(Strict):
+    text: Text
+
+
+ChunkId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class RerankRequest(Strict):
+    """The re-rank request of TEI and Cohere: a query and documents (texts, or indexed chunk
+    ids), scored by the bundle's cross-encoder."""
+
+    model: str | None = Field(default=None, description="A served model id (optional).")
+    query: Text
+    documents: Annotated[list[Text | RerankDocument], _at_most("max_texts", "documents")] | None = (
+        Field(default=None, description="Texts to score (strings or {text} objects).")
+    )
+    ids: Annotated[list[ChunkId], _at_most("max_texts", "ids")] | None = Field(
+        default=None, description="Chunk ids of the served index to score (instead of texts)."
+    )
+    top_n: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Return the best this many (default: all)."
+    )
+    return_documents: bool = Field(default=False, description="Include each document's text.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RerankRequest:
+        if (self.documents is None) == (self.ids is None):
+            raise ValueError("give exactly one of 'documents' or 'ids'")
+        if not (self.documents or self.ids):
+            raise ValueError("'documents' or 'ids' must not be empty")
+        return self
+
+    def texts(self) -> list[str]:
+        """The documents' texts (``documents`` only)."""
+        return [d if isinstance(d, str) else d.text for d in self.documents or []]
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="Position of the document in the request.")
+    relevance_score: float
+    id: str | None = Field(default=None, description="The chunk id (requests by ids).")
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult] = Field(description="Best first.")
+    usage: Usage
+
+
+class TokenizeRequest(Strict):
+    """Token ids and counts of texts under a served model's tokenizer (vLLM's /tokenize)."""
+
+    model: str | None = Field(default=None, description="A served model id (optional).")
+    input: Text | Texts
+    kind: Literal["generation", "embedding"] = Field(
+        default="generation",
+        description="Whose tokenizer: the generator's (chat, completions) or the embedder's.",
+    )
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class Tokenized(BaseModel):
+    count: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class TokenizeResponse(BaseModel):
+    model: str
+    kind: Literal["generation", "embedding"]
+    max_model_len: int | None = Field(description="The model's context in tokens, when known.")
+    count: int = Field(description="Tokens of every input together.")
+    results: list[Tokenized]
 
 
 class AnswerRequest(Strict):

@@ -29,6 +29,7 @@ class Document(BaseModel):
     text: str
     content_hash: str
     metadata: dict[str, str] = Field(default_factory=dict)
+    acl: tuple[str, ...] | None = None  # who may read it (see slipway.access); None: no ACL
 
 
 class DocumentSet(BaseModel):
@@ -88,7 +89,7 @@ def read_corpus(
     """Read, clean and de-duplicate a corpus; skipped files and rows are reported by name."""
     docs: list[Document] = []
     skipped: dict[str, str] = {}
-    seen_hashes: set[str] = set()
+    seen_hashes: set[tuple[str, tuple[str, ...] | None]] = set()
     seen_ids: set[str] = set()
     duplicates = 0
     for item in read_source(path, fmt, columns):
@@ -103,14 +104,20 @@ def read_corpus(
             skipped[item.id] = "duplicate id (the first one is kept)"
             continue
         digest = content_hash(title, text)
-        if digest in seen_hashes:
+        seen = (digest, item.acl)  # a copy under another ACL is another readers' document
+        if seen in seen_hashes:
             duplicates += 1
             continue
-        seen_hashes.add(digest)
+        seen_hashes.add(seen)
         seen_ids.add(item.id)
         docs.append(
             Document(
-                id=item.id, title=title, text=text, content_hash=digest, metadata=item.metadata
+                id=item.id,
+                title=title,
+                text=text,
+                content_hash=digest,
+                metadata=item.metadata,
+                acl=item.acl,
             )
         )
     for name, reason in list(skipped.items())[:LOGGED_SKIPS]:

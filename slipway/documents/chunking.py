@@ -23,6 +23,7 @@ class Chunk(BaseModel):
     title: str = ""
     content_hash: str
     metadata: dict[str, str] = Field(default_factory=dict)
+    acl: tuple[str, ...] | None = None  # its document's (see slipway.access)
 
 
 class ChunkSet(BaseModel):
@@ -137,6 +138,7 @@ def _chunks_of(doc: Document, pieces: list[tuple[str, int]]) -> list[Chunk]:
                 n_tokens=n_tokens,
                 title=doc.title,
                 metadata=doc.metadata,
+                acl=doc.acl,
                 content_hash=hashlib.sha256(text.encode()).hexdigest(),
             )
         )

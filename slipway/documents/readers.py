@@ -2,6 +2,12 @@
 
 Every reader yields :class:`RawDocument` or :class:`Skipped`; nothing disappears silently:
 an unreadable file or row is reported by name with the reason, and reading goes on.
+
+Access control (see :mod:`slipway.access`): a JSON line's ``acl`` field, a CSV's ``acl``
+column, or in a directory a ``<file>.acl`` sidecar (for that file) or an ``.acl`` file (for
+every file below its directory; the nearest one wins) list who may read a document: one
+principal per line or comma-separated, ``#`` starts a comment. A row whose ACL cannot be read
+is skipped, never indexed without one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
+
+from slipway.access import Acl, AclError, parse_acl
 
 SourceFormat = Literal["auto", "directory", "jsonl", "csv", "beir"]
 TEXT_SUFFIXES = {
@@ -38,6 +46,7 @@ class RawDocument:
     text: str
     title: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    acl: Acl = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class CsvColumns:
     text: str = "text"
     title: str | None = "title"
     metadata: tuple[str, ...] = ()
+    acl: str | None = None  # the ACL column; None: the "acl" column when the file has one
 
 
 Item = RawDocument | Skipped
@@ -104,19 +114,64 @@ def read_source(
         raise SourceError(f"Unknown source format {fmt!r}; use directory, jsonl, csv or beir.")
 
 
+ACL_SIDECAR = ".acl"
+
+
+def read_acl_file(path: Path) -> Acl:
+    """The principals of a sidecar ACL file (one a line or comma-separated; ``#`` comments)."""
+    lines = [line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()]
+    return parse_acl(",".join(lines), path.name) or ()  # an empty sidecar: nobody but '*'
+
+
+def directory_acl(root: Path, path: Path, found: dict[Path, Acl | None]) -> Acl:
+    """The ACL of ``path`` under ``root``: its ``<file>.acl``, else the nearest ``.acl`` of
+    its directory or one above it (up to ``root``); ``None`` without either. ``found``
+    caches the directories' ACLs."""
+    own = path.with_name(path.name + ACL_SIDECAR)
+    if own.is_file():
+        return read_acl_file(own)
+    directory = path.parent
+    chain: list[Path] = []
+    while True:
+        if directory in found:
+            acl = found[directory]
+            break
+        chain.append(directory)
+        sidecar = directory / ACL_SIDECAR
+        if sidecar.is_file():
+            acl = read_acl_file(sidecar)
+            break
+        if directory == root:
+            acl = None
+            break
+        directory = directory.parent
+    for seen in chain:
+        found[seen] = acl
+    return acl
+
+
 def read_directory(root: Path) -> Iterator[Item]:
-    """Every .txt, .md, .html and .pdf file under ``root``; ids are relative paths."""
+    """Every .txt, .md, .html and .pdf file under ``root``; ids are relative paths; ACLs from
+    sidecar files (see the module's text)."""
+    found: dict[Path, Acl | None] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         name = path.relative_to(root).as_posix()
         kind = TEXT_SUFFIXES.get(path.suffix.lower())
         if kind is None:
             continue
         try:
+            acl = directory_acl(root, path, found)
+        except (AclError, OSError, UnicodeDecodeError) as exc:
+            yield Skipped(name, f"unreadable ACL sidecar: {exc}")
+            continue
+        try:
             title, text = _read_file(path, kind)
         except Exception as exc:
             yield Skipped(name, f"unreadable {kind}: {type(exc).__name__}: {exc}")
             continue
-        yield RawDocument(id=name, title=title, text=text, metadata={"source": name, "type": kind})
+        yield RawDocument(
+            id=name, title=title, text=text, metadata={"source": name, "type": kind}, acl=acl
+        )
 
 
 def _read_file(path: Path, kind: str) -> tuple[str, str]:
@@ -154,7 +209,8 @@ def _read_pdf(path: Path) -> tuple[str, str]:
 
 
 def read_jsonl(path: Path) -> Iterator[Item]:
-    """JSON Lines with ``_id``/``id``, ``text`` and optional ``title`` and ``metadata``."""
+    """JSON Lines with ``_id``/``id``, ``text`` and optional ``title``, ``metadata`` and
+    ``acl``."""
     with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -175,11 +231,17 @@ def read_jsonl(path: Path) -> Iterator[Item]:
             doc_id = str(row.get("_id") or row.get("id") or where)
             meta = row.get("metadata")
             meta = meta if isinstance(meta, dict) else {}
+            try:
+                acl = parse_acl(row.get("acl"), f"{where} acl")
+            except AclError as exc:
+                yield Skipped(where, str(exc))
+                continue
             yield RawDocument(
                 id=doc_id,
                 title=str(row.get("title") or ""),
                 text=text,
                 metadata={k: str(v) for k, v in meta.items()},
+                acl=acl,
             )
 
 
@@ -189,7 +251,14 @@ def read_csv(path: Path, columns: CsvColumns) -> Iterator[Item]:
     with open_text(path) as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
-        missing = [c for c in (columns.id, columns.text, *columns.metadata) if c not in header]
+        acl_column = columns.acl or ("acl" if "acl" in header else None)
+        wanted = (
+            columns.id,
+            columns.text,
+            *columns.metadata,
+            *([columns.acl] if columns.acl else []),
+        )
+        missing = [c for c in wanted if c not in header]
         if missing:
             raise SourceError(
                 f"{path.name} has no column(s) {missing}; its columns are {header}. "
@@ -201,9 +270,19 @@ def read_csv(path: Path, columns: CsvColumns) -> Iterator[Item]:
                 yield Skipped(f"{path.name}:{number}", "row is shorter than the header")
                 continue
             title = row.get(columns.title, "") if columns.title else ""
+            try:
+                acl = (
+                    parse_acl(row.get(acl_column), f"{path.name}:{number} acl")
+                    if acl_column
+                    else None
+                )
+            except AclError as exc:
+                yield Skipped(f"{path.name}:{number}", str(exc))
+                continue
             yield RawDocument(
                 id=str(row[columns.id] or f"{path.name}:{number}"),
                 title=title or "",
                 text=text,
                 metadata={c: str(row.get(c) or "") for c in columns.metadata},
+                acl=acl,
             )

@@ -97,14 +97,18 @@ class InProcessService:
     generator: InProcessGenerator
 
     async def answer(self, request: AnswerRequest, unit: str = "-") -> AnswerResponse:
-        """``/v1/answer`` for ``request``, without credentials or rate limits (``unit`` picks
-        the answer prompt's variant where the bundle splits traffic)."""
+        """``/v1/answer`` for ``request``, without credentials or rate limits, over every
+        document (``unit`` picks the answer prompt's variant where the bundle splits
+        traffic)."""
+        from slipway.access import EVERY_DOCUMENT
         from slipway.rag.answer import answer
 
         async def free(_tokens: int) -> None:
             return None
 
-        return await answer(request, self.resources, free, request_id="evaluation", unit=unit)
+        return await answer(
+            request, self.resources, free, EVERY_DOCUMENT, request_id="evaluation", unit=unit
+        )
 
 
 def in_process_service(

@@ -8,8 +8,9 @@ entities and their neighbours lead to (graph expansion).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from slipway.config import GraphSettings
@@ -123,6 +124,32 @@ class GraphQueries:
     def neighbours(self, entity_id: str, limit: int = 10) -> list[Neighbour]:
         """The entities that co-occur most with ``entity_id``, with their chunk counts."""
         return self.graph.neighbours(entity_id, limit)
+
+    def find_within(self, name: str, readable: Callable[[str], bool]) -> list[EntityRow]:
+        """:meth:`find`, keeping only entities that a chunk in ``readable`` mentions; their
+        ``mentions`` are those chunks' count (document access control: what is known only
+        from documents a caller may not read stays unknown to it)."""
+        rows = self.find(name)
+        chunks = self.graph.mention_chunks(r.id for r in rows)
+        out = []
+        for row in rows:
+            seen = sum(1 for chunk in chunks.get(row.id, []) if readable(chunk))
+            if seen:
+                out.append(replace(row, mentions=seen))
+        return sorted(out, key=lambda r: (-r.mentions, r.id))
+
+    def neighbours_within(
+        self, entity_id: str, limit: int, readable: Callable[[str], bool]
+    ) -> list[Neighbour]:
+        """:meth:`neighbours` counted over the chunks in ``readable`` only."""
+        counts: Counter[str] = Counter()
+        rows: dict[str, EntityRow] = {}
+        for chunk, entity in self.graph.co_mentions(entity_id):
+            if readable(chunk):
+                counts[entity.id] += 1
+                rows[entity.id] = entity
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return [Neighbour(rows[e], n) for e, n in ranked]
 
     def expansion_weights(self, text: str) -> dict[str, float]:
         """Entities in the text (weight 1) and their strongest neighbours (weight scaled by

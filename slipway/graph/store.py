@@ -289,6 +289,28 @@ class Neo4jGraph:
         )
         return [Neighbour(_entity(row), int(row["weight"])) for row in rows]
 
+    def mention_chunks(self, entity_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The chunks that mention each of ``entity_ids``."""
+        rows = self.read(
+            "UNWIND $ids AS id MATCH (e:Entity {id: id})<-[:MENTIONS]-(c:Chunk) "
+            "RETURN e.id AS entity, c.id AS chunk",
+            ids=sorted(set(entity_ids)),
+        )
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            out.setdefault(row["entity"], []).append(row["chunk"])
+        return out
+
+    def co_mentions(self, entity_id: str) -> list[tuple[str, EntityRow]]:
+        """(chunk, entity) for every other entity a chunk mentioning ``entity_id`` mentions:
+        co-occurrence by chunk, for counting over a subset of chunks."""
+        rows = self.read(
+            "MATCH (x:Entity {id: $id})<-[:MENTIONS]-(c:Chunk)-[:MENTIONS]->(e:Entity) "
+            f"WHERE e.id <> $id RETURN c.id AS chunk, {_ENTITY_FIELDS}",
+            id=entity_id,
+        )
+        return [(row["chunk"], _entity(row)) for row in rows]
+
     def chunks_mentioning(
         self, weights: Mapping[str, float], limit: int
     ) -> list[tuple[str, float]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
 from langchain_core.callbacks import (
@@ -17,6 +17,8 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from slipway.access import Reader
 
 __all__ = ["SlipwayAPIError", "SlipwayEmbeddings", "SlipwayRetriever"]
 
@@ -91,11 +93,19 @@ def _one_mode(local: bool, base_url: str | None, what: str) -> None:
 
 class SlipwayRetriever(_HttpConfig, BaseRetriever):
     """Slipway hybrid search as a LangChain retriever: in-process (``searcher`` + ``index``)
-    or over HTTP (``base_url`` + ``api_key``, ``POST /v1/search``)."""
+    or over HTTP (``base_url`` + ``api_key``, ``POST /v1/search``).
+
+    Document access control holds in both: over HTTP the server reads documents as the API
+    key's principals; in-process as ``principals`` (none: only public documents, under
+    ``acl_default``), filtered in both retrievers and checked again on every hit."""
 
     k: int = Field(default=4, ge=1)
     filters: dict[str, str | list[str]] | None = None
     graph: bool = False
+    principals: list[str] = Field(
+        default_factory=list, description="Whom an in-process search reads documents as."
+    )
+    acl_default: Literal["public", "deny"] = "public"
     searcher: Any = None  # slipway.retrieval.hybrid.HybridSearcher
     index: Any = None  # slipway.retrieval.index.OpenIndex: hydrates the searcher's hits
 
@@ -137,9 +147,21 @@ class SlipwayRetriever(_HttpConfig, BaseRetriever):
     def _payload(self, query: str) -> dict[str, Any]:
         return {"query": query, "top_k": self.k, "filters": self.filters, "graph": self.graph}
 
+    def _reader(self) -> Reader:
+        return Reader(frozenset(self.principals), self.acl_default)
+
+    def _local_filters(self) -> Any:
+        reader = self._reader()
+        return reader.restrict(self.filters, self.index.open_to_all(reader)) or None
+
     def _local_documents(self, hits: Sequence[tuple[str, float]]) -> list[Document]:
         version = getattr(self.index, "version", None)
-        return [_document(h.model_dump(), version) for h in self.index.hydrate(hits)]
+        reader = self._reader()
+        return [
+            _document(h.model_dump(exclude_none=True), version)
+            for h in self.index.hydrate(hits)
+            if self.index.chunk_readable(h.id, reader)
+        ]
 
     @staticmethod
     def _http_documents(body: dict[str, Any]) -> list[Document]:
@@ -150,7 +172,8 @@ class SlipwayRetriever(_HttpConfig, BaseRetriever):
     ) -> list[Document]:
         """Search synchronously."""
         if self._local is not None:
-            return self._local_documents(self._local.search([query], self.k, self.filters)[0])
+            hits = self._local.search([query], self.k, self._local_filters())
+            return self._local_documents(hits[0])
         with httpx.Client(timeout=self.timeout) as client:
             response = client.post(
                 self._url("/v1/search"), json=self._payload(query), headers=self._headers()
@@ -162,7 +185,7 @@ class SlipwayRetriever(_HttpConfig, BaseRetriever):
     ) -> list[Document]:
         """Search without blocking the event loop."""
         if self._local is not None:
-            hits = await self._local.search_async([query], self.k, self.filters)
+            hits = await self._local.search_async([query], self.k, self._local_filters())
             return self._local_documents(hits[0])
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             response = await client.post(

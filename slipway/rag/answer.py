@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from slipway.access import Reader
 from slipway.api import metrics
 from slipway.api.errors import ApiError
 from slipway.api.schemas import AnswerRequest, AnswerResponse, Citation, SearchRequest, usage
@@ -22,17 +23,18 @@ async def answer(
     question: AnswerRequest,
     res: Resources,
     charge: Charge,
+    reader: Reader,
     request_id: str = "-",
     unit: str = "-",
     principal: str = "-",
 ) -> AnswerResponse:
-    """A cited answer to ``question``; ``charge`` is asked for the prompt and new tokens
-    before the generator runs. ``unit`` (a key, a user) picks the answer prompt's variant when
-    the bundle splits traffic between several. Traced to MLflow when sampled, and always when
-    feedback is on (feedback lands on the trace)."""
+    """A cited answer to ``question`` from the documents ``reader`` may read; ``charge`` is
+    asked for the prompt and new tokens before the generator runs. ``unit`` (a key, a user)
+    picks the answer prompt's variant when the bundle splits traffic between several. Traced
+    to MLflow when sampled, and always when feedback is on (feedback lands on the trace)."""
     template = res.prompts.pick("answer", unit)
     if not res.tracer.sample(always=True):
-        return await _answer(question, res, charge, template)
+        return await _answer(question, res, charge, template, reader)
     import mlflow
 
     with mlflow.start_span(name="answer", span_type="CHAIN") as root:
@@ -48,7 +50,7 @@ async def answer(
                 "slipway.route": "/v1/answer",
             }
         )
-        out = await _answer(question, res, charge, template)
+        out = await _answer(question, res, charge, template, reader)
         root.set_outputs(
             {
                 "answer": out.answer,
@@ -60,7 +62,7 @@ async def answer(
 
 
 async def _answer(
-    question: AnswerRequest, res: Resources, charge: Charge, template: Prompt
+    question: AnswerRequest, res: Resources, charge: Charge, template: Prompt, reader: Reader
 ) -> AnswerResponse:
     try:
         budget = prompts.prompt_budget(
@@ -81,6 +83,7 @@ async def _answer(
                 graph=question.graph,
             ),
             res,
+            reader,
         )
         if span is not None:
             span.set_outputs([h.id for h in found.results])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from slipway.access import Reader
 from slipway.api.errors import ApiError
 from slipway.api.schemas import EntitiesResponse, EntityOut, Neighbour
 from slipway.deadlines import bounded
@@ -12,20 +14,38 @@ from slipway.resources import Resources
 MAX_MATCHES = 5
 
 
-async def entities(name: str, limit: int, res: Resources) -> EntitiesResponse:
-    """Entities matching ``name``, in a worker thread within the graph deadline."""
+async def entities(name: str, limit: int, res: Resources, reader: Reader) -> EntitiesResponse:
+    """Entities matching ``name`` that ``reader`` may know of, in a worker thread within the
+    graph deadline."""
     return await bounded(
-        asyncio.to_thread(entity_lookup, res, name, limit),
+        asyncio.to_thread(entity_lookup, res, name, limit, reader),
         res.serve.graph_timeout_s,
         "graph",
         "knowledge graph",
     )
 
 
-def entity_lookup(res: Resources, name: str, limit: int) -> EntitiesResponse:
-    """Entities matching ``name`` with their neighbours; 404 when there is none."""
+def entity_lookup(res: Resources, name: str, limit: int, reader: Reader) -> EntitiesResponse:
+    """Entities matching ``name`` with their neighbours; 404 when there is none. A caller who
+    may not read every document of the served index version sees only entities mentioned in
+    chunks it may read, with mentions and neighbours counted over those chunks."""
     queries = res.graph()
-    rows = queries.find(name)[:MAX_MATCHES]
+    opened = res.index_state().opened
+    if opened.open_to_all(reader):
+        rows = queries.find(name)[:MAX_MATCHES]
+
+        def neighbours(entity_id: str) -> list[Any]:
+            return list(queries.neighbours(entity_id, limit))
+    else:
+
+        def readable(chunk_id: str) -> bool:
+            return opened.chunk_readable(chunk_id, reader)
+
+        rows = queries.find_within(name, readable)[:MAX_MATCHES]
+
+        def neighbours(entity_id: str) -> list[Any]:
+            return list(queries.neighbours_within(entity_id, limit, readable))
+
     if not rows:
         raise ApiError(
             404,
@@ -44,7 +64,7 @@ def entity_lookup(res: Resources, name: str, limit: int) -> EntitiesResponse:
                 Neighbour(
                     id=n.entity.id, name=n.entity.name, type=n.entity.type, weight=float(n.weight)
                 )
-                for n in queries.neighbours(r.id, limit)
+                for n in neighbours(r.id)
             ],
         )
         for r in rows

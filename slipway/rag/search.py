@@ -1,6 +1,11 @@
 """Search: the published index, hybrid (dense + BM25, fused), filtered, optionally re-ranked and
 graph-expanded; cached per model and index version. Queries are embedded first (through the
-encoder), then searched with their vectors, within the search deadline."""
+encoder), then searched with their vectors, within the search deadline.
+
+Access control: the caller's readable ACL tags join the filters (both retrievers pre-filter, so
+graph hits outside them are dropped too), the cache key holds them (a result cached for one
+principal set never serves another), and every hydrated hit is checked once more against the
+version's document ACLs (fail-closed, whatever a vector store did with the filter)."""
 
 from __future__ import annotations
 
@@ -9,24 +14,41 @@ from typing import Any
 
 import numpy as np
 
+from slipway.access import AclError, Reader
+from slipway.api.errors import ApiError
 from slipway.api.schemas import SearchRequest, SearchResponse
 from slipway.deadlines import bounded
 from slipway.rag.inference import embed_texts
 from slipway.resources import Resources
-from slipway.retrieval.index import ChunkHit, indexed_text
+from slipway.retrieval.dense import Filters
+from slipway.retrieval.index import ChunkHit, OpenIndex, group_by_document, indexed_text
 from slipway.retrieval.rerank import Reranker, rerank
 
+GROUP_CANDIDATES = 5  # chunks fetched per wanted document when results are grouped
 
-async def search(query: SearchRequest, res: Resources) -> SearchResponse:
-    """The top hits for ``query`` in the published index."""
+
+def access_filters(opened: OpenIndex, filters: Filters | None, reader: Reader) -> Filters:
+    """The caller's filters with the ACL tags ``reader`` may read (when the version needs
+    them); 400 for a filter on a reserved key."""
+    try:
+        return reader.restrict(filters, opened.open_to_all(reader))
+    except AclError as exc:
+        raise ApiError(400, str(exc), param="filters") from exc
+
+
+async def search(query: SearchRequest, res: Resources, reader: Reader) -> SearchResponse:
+    """The top hits for ``query`` in the published index that ``reader`` may read."""
     state = res.index_state()
+    opened = state.opened
+    filters = access_filters(opened, query.filters, reader)
     rerank_on = query.rerank and res.can_rerank
     payload: dict[str, Any] = {
         "q": query.query,
         "k": query.top_k,
-        "f": query.filters,
+        "f": filters,
         "r": rerank_on,
         "g": query.graph,
+        "by": query.group_by,
     }
     key, value = res.cached("search", res.versions(state), payload)
     if value is not None:
@@ -37,20 +59,22 @@ async def search(query: SearchRequest, res: Resources) -> SearchResponse:
         return await embed_texts(res, queries)
 
     top = res.fusion.rerank_top
-    candidates = max(query.top_k, top) if rerank_on else query.top_k
+    wanted = query.top_k * (GROUP_CANDIDATES if query.group_by else 1)
+    candidates = max(wanted, top) if rerank_on else wanted
     hits = (
         await bounded(
-            searcher.search_async([query.query], candidates, query.filters, embed=embed),
+            searcher.search_async([query.query], candidates, filters or None, embed=embed),
             res.serve.search_timeout_s,
             "search",
             "search",
         )
     )[0]
-    results = state.opened.hydrate(hits)
+    results = [h for h in opened.hydrate(hits) if opened.chunk_readable(h.id, reader)]
     if rerank_on:  # the one re-rank path of the service (answers take it too)
-        results = (await rerank_top(res, query.query, results, top))[: query.top_k]
+        results = (await rerank_top(res, query.query, results, top))[:wanted]
+    results = group_by_document(results, query.top_k) if query.group_by else results[: query.top_k]
     response = SearchResponse(
-        index_version=state.opened.version,
+        index_version=opened.version,
         model=res.model_id,
         reranked=rerank_on,
         graph_expanded=query.graph,

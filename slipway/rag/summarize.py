@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from slipway.access import Reader
 from slipway.api import metrics
 from slipway.api.errors import ApiError
 from slipway.api.schemas import SummarizeRequest, SummarizeResponse, usage
@@ -17,13 +18,18 @@ MAX_ROUNDS = 6  # map, then reduce until one text is left
 
 
 async def summarize(
-    request: SummarizeRequest, res: Resources, charge: Charge, unit: str = "-"
+    request: SummarizeRequest,
+    res: Resources,
+    charge: Charge,
+    reader: Reader,
+    unit: str = "-",
 ) -> SummarizeResponse:
-    """A summary of ``request``'s text or documents in about ``max_words`` words; ``unit``
-    picks the summarize prompt's variant when the bundle serves several."""
+    """A summary of ``request``'s text or documents (those ``reader`` may read) in about
+    ``max_words`` words; ``unit`` picks the summarize prompt's variant when the bundle serves
+    several."""
     template = res.prompts.pick("summarize", unit)
     if request.document_ids is not None:
-        text = document_text(res, request.document_ids)
+        text = document_text(res, request.document_ids, reader)
     else:
         assert request.text is not None
         text = request.text
@@ -73,12 +79,14 @@ async def summarize(
     )
 
 
-def document_text(res: Resources, doc_ids: list[str]) -> str:
-    """The indexed text of documents, in order; 404 naming the first unknown one."""
+def document_text(res: Resources, doc_ids: list[str], reader: Reader) -> str:
+    """The indexed text of documents, in order; 404 naming the first one that is unknown or
+    that ``reader`` may not read (the same answer: a restricted document's existence is not
+    told)."""
     opened = res.index_state().opened
     texts = []
     for doc_id in doc_ids:
-        chunks = opened.chunks_of(doc_id)
+        chunks = opened.chunks_of(doc_id) if opened.readable(doc_id, reader) else []
         if not chunks:
             raise ApiError(
                 404,

@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 # Metadata filters: every key must match; a list value matches any of its items.
 Filters = Mapping[str, str | Sequence[str]]
+# A chunk's filterable metadata: a list value (the ACL tags) matches a filter on any item.
+Metadata = Mapping[str, str | Sequence[str]]
+
+
+def values_of(value: str | Sequence[str]) -> list[str]:
+    """A metadata value as a list of strings."""
+    return [value] if isinstance(value, str) else list(value)
 
 
 def filter_values(filters: Filters | None) -> dict[str, list[str]]:
@@ -35,14 +42,18 @@ def filter_values(filters: Filters | None) -> dict[str, list[str]]:
     return out
 
 
-def matches(metadata: Mapping[str, str], filters: Filters | None) -> bool:
-    """Whether a chunk's metadata satisfies ``filters``."""
-    return all(metadata.get(k) in v for k, v in filter_values(filters).items())
+def matches(metadata: Metadata, filters: Filters | None) -> bool:
+    """Whether a chunk's metadata satisfies ``filters`` (a list value: any of its items)."""
+    return all(
+        not set(values_of(metadata.get(k, []))).isdisjoint(v)
+        for k, v in filter_values(filters).items()
+    )
 
 
-def metadata_tags(metadata: Mapping[str, str]) -> list[str]:
-    """``key=value`` strings, the form a filter is matched against in LanceDB."""
-    return [f"{k}={v}" for k, v in sorted(metadata.items())]
+def metadata_tags(metadata: Metadata) -> list[str]:
+    """``key=value`` strings (one per item of a list value), the form a filter is matched
+    against in LanceDB."""
+    return [f"{k}={v}" for k, value in sorted(metadata.items()) for v in values_of(value)]
 
 
 def sql_string(value: str) -> str:
@@ -83,7 +94,7 @@ class VectorStore(Protocol):
         version: str,
         ids: Sequence[str],
         vectors: np.ndarray,
-        metadata: Sequence[Mapping[str, str]],
+        metadata: Sequence[Metadata],
     ) -> None: ...
 
     def delete(self, version: str, ids: Sequence[str]) -> None: ...
@@ -201,7 +212,7 @@ class LanceDBStore:
         version: str,
         ids: Sequence[str],
         vectors: np.ndarray,
-        metadata: Sequence[Mapping[str, str]],
+        metadata: Sequence[Metadata],
     ) -> None:
         """Append rows (the refresh deletes a changed chunk's old row first)."""
         if len(ids) == 0:

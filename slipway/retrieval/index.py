@@ -30,11 +30,12 @@ from pydantic import BaseModel, Field
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from slipway.access import ACL_KEY, Acl, Reader, acl_tags, open_to_all
 from slipway.documents import Document
 from slipway.documents.chunking import Chunk
 from slipway.embedding import Embedder
 from slipway.embedding.cache import EmbeddingCache, embed_cached
-from slipway.retrieval.dense import DenseReader, VectorStore
+from slipway.retrieval.dense import DenseReader, Metadata, VectorStore
 from slipway.retrieval.fusion import Hit
 from slipway.retrieval.sparse import SparseIndex
 
@@ -52,6 +53,7 @@ class DocEntry(BaseModel):
     signature: str  # content, metadata and chunking together: what decides "changed"
     version: str
     chunks: list[str]
+    acl: tuple[str, ...] | None = None  # who may read it (slipway.access); None: no ACL
 
 
 class RefreshStats(BaseModel):
@@ -90,6 +92,7 @@ class Manifest(BaseModel):
     documents: dict[str, DocEntry]
     stats: RefreshStats
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    acl_tagged: bool = False  # its chunks carry ACL tags (versions before access control: no)
 
 
 class Pointer(BaseModel):
@@ -123,9 +126,9 @@ def chunk_text(chunk: Chunk) -> str:
     return indexed_text(chunk.title, chunk.text)
 
 
-def chunk_metadata(chunk: Chunk) -> dict[str, str]:
-    """A chunk's filterable metadata: the document's, plus ``doc_id``."""
-    return {**chunk.metadata, "doc_id": chunk.doc_id}
+def chunk_metadata(chunk: Chunk) -> Metadata:
+    """A chunk's filterable metadata: the document's, ``doc_id``, and its ACL tags."""
+    return {**chunk.metadata, "doc_id": chunk.doc_id, ACL_KEY: acl_tags(chunk.acl)}
 
 
 def _now() -> str:
@@ -219,6 +222,8 @@ def _signature(chunks: Sequence[Chunk]) -> str:
     for chunk in chunks:
         digest.update(f"{chunk.id}\x00{chunk.content_hash}\x00{chunk.title}\x00".encode())
         digest.update(json.dumps(chunk.metadata, sort_keys=True).encode())
+        if chunk.acl is not None:  # (absent: the signatures of versions before ACLs hold)
+            digest.update(json.dumps(["acl", *chunk.acl]).encode())
     return digest.hexdigest()
 
 
@@ -246,6 +251,12 @@ def plan_refresh(
     stats = RefreshStats(documents=len(by_doc), chunks=len(chunks))
     if base is None:
         stats.full_rebuild, stats.reason = True, "first version of this index"
+    elif not base.acl_tagged:
+        stats.full_rebuild = True
+        stats.reason = (
+            f"{base.version} predates access-control tags: every chunk is written again "
+            "(embeddings come from the cache)"
+        )
     elif base.embedder != embedder:
         stats.full_rebuild = True
         stats.reason = (
@@ -276,6 +287,7 @@ def plan_refresh(
             signature=signature,
             version=version,
             chunks=[c.id for c in doc_chunks],
+            acl=doc_chunks[0].acl,
         )
     for doc_id, previous in old.items():
         if doc_id not in by_doc:
@@ -462,6 +474,7 @@ def refresh_index(
         handle=handle,
         documents=plan.documents,
         stats=stats,
+        acl_tagged=True,
     )
     write_manifest(index, manifest)
     logger.info(
@@ -501,6 +514,14 @@ def verify_version(reader: DenseReader, expected_ids: Sequence[str]) -> None:
         )
 
 
+class OtherChunk(BaseModel):
+    """Another matching chunk of a result's document (results grouped by document)."""
+
+    id: str
+    score: float
+    position: int
+
+
 class ChunkHit(BaseModel):
     """One search result: a chunk with its score and provenance."""
 
@@ -511,6 +532,29 @@ class ChunkHit(BaseModel):
     text: str
     position: int
     metadata: dict[str, str]
+    other_chunks: list[OtherChunk] | None = Field(
+        default=None,
+        description='With group_by "document": the document\'s other matching chunks, best '
+        "first (this hit is its best one).",
+    )
+
+
+def group_by_document(hits: Sequence[ChunkHit], k: int) -> list[ChunkHit]:
+    """One hit per document, in the order of each document's best chunk, with its other
+    matching chunks listed; the first ``k`` documents."""
+    groups: dict[str, list[ChunkHit]] = {}
+    for hit in hits:
+        groups.setdefault(hit.doc_id, []).append(hit)
+    return [
+        best.model_copy(
+            update={
+                "other_chunks": [
+                    OtherChunk(id=h.id, score=h.score, position=h.position) for h in rest
+                ]
+            }
+        )
+        for best, *rest in list(groups.values())[:k]
+    ]
 
 
 class OpenIndex:
@@ -525,11 +569,31 @@ class OpenIndex:
         self.sparse = SparseIndex.load(directory / "sparse")
         table = pq.read_table(directory / CHUNKS)
         self._rows = {row["id"]: row for row in table.to_pylist()}
+        self._acls: dict[str, Acl] = {d: e.acl for d, e in self.manifest.documents.items()}
+        self._open = {
+            default: open_to_all(self._acls.values(), default) for default in ("public", "deny")
+        }
 
     @property
     def chunk_count(self) -> int:
         """Chunks in this version."""
         return len(self._rows)
+
+    def open_to_all(self, reader: Reader) -> bool:
+        """Whether ``reader`` (under its default) needs no ACL filter on this version: it
+        reads every document, or every document is open to anyone."""
+        return reader.sees_all or self._open[reader.default]
+
+    def readable(self, doc_id: str, reader: Reader) -> bool:
+        """Whether ``reader`` may read a document of this version (an unknown one: no)."""
+        if doc_id not in self._acls:
+            return False
+        return reader.sees_all or reader.may_read(self._acls[doc_id])
+
+    def chunk_readable(self, chunk_id: str, reader: Reader) -> bool:
+        """Whether ``reader`` may read a chunk of this version (an unknown one: no)."""
+        row = self._rows.get(chunk_id)
+        return row is not None and self.readable(str(row["doc_id"]), reader)
 
     def chunks_of(self, doc_id: str) -> list[str]:
         """A document's chunk texts in order (empty when it is not indexed)."""

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import string
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, unquote
@@ -27,7 +27,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from slipway.retrieval.dense import Filters, filter_values
+from slipway.retrieval.dense import Filters, Metadata, filter_values
 from slipway.retrieval.fusion import Hit
 
 logger = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class PineconeStore:
         version: str,
         ids: Sequence[str],
         vectors: np.ndarray,
-        metadata: Sequence[Mapping[str, str]],
+        metadata: Sequence[Metadata],
     ) -> None:
         """Upsert rows in batches of ``batch_size``; metadata carries ``doc_id``."""
         written = self._rows(version)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import bm25s
 import numpy as np
 
-from slipway.retrieval.dense import Filters, filter_values
+from slipway.retrieval.dense import Filters, Metadata, filter_values, values_of
 from slipway.retrieval.fusion import Hit
 
 IDS_FILE = "ids.json"
@@ -23,7 +23,7 @@ class SparseIndex:
         retriever: bm25s.BM25,
         ids: list[str],
         stopwords: str | None,
-        metadata: Sequence[Mapping[str, str]] | None = None,
+        metadata: Sequence[Metadata] | None = None,
     ) -> None:
         self.retriever = retriever
         self.ids = ids
@@ -32,7 +32,8 @@ class SparseIndex:
         self._postings: dict[tuple[str, str], list[int]] = {}
         for row, meta in enumerate(self.metadata):
             for key, value in meta.items():
-                self._postings.setdefault((key, value), []).append(row)
+                for item in values_of(value):
+                    self._postings.setdefault((key, item), []).append(row)
 
     @classmethod
     def build(
@@ -42,7 +43,7 @@ class SparseIndex:
         k1: float = 0.9,
         b: float = 0.4,
         stopwords: str | None = "english",
-        metadata: Sequence[Mapping[str, str]] | None = None,
+        metadata: Sequence[Metadata] | None = None,
     ) -> SparseIndex:
         """Index ``texts`` under ``ids``; ``metadata`` (one dict per text) enables filters."""
         if len(ids) != len(texts) or (metadata is not None and len(metadata) != len(ids)):

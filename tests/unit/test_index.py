@@ -119,7 +119,7 @@ def test_plan_counts_new_changed_removed_unchanged(refresher: Refresher) -> None
     edited = [*docs[:4], docs[4].model_copy(update={"text": docs[4].text + " extra words"})]
     edited += make_docs(1, seed=9, prefix="new")
     base = type("Base", (), {})  # only the fields plan_refresh reads
-    base.embedder, base.documents = "m1", first.documents
+    base.embedder, base.documents, base.acl_tagged = "m1", first.documents, True
     plan = plan_refresh(
         refresher.chunks(edited), document_hashes(edited), base, "m1", "v000002", carries_over=True
     )

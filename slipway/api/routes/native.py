@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from slipway.api import metrics
@@ -16,6 +17,7 @@ from slipway.api.deps import (
     Res,
     charger,
     check_context,
+    check_model,
     experiment_unit,
     guard,
     sse,
@@ -31,17 +33,21 @@ from slipway.api.schemas import (
     FeedbackResponse,
     GenerateRequest,
     GenerateResponse,
+    RerankRequest,
+    RerankResponse,
     SearchRequest,
     SearchResponse,
     SummarizeRequest,
     SummarizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
     usage,
 )
 from slipway.generation import Request as GenRequest
 from slipway.generation import Sampling
 from slipway.rag import answer as answers
 from slipway.rag import feedback as feedbacks
-from slipway.rag import graph
+from slipway.rag import graph, tools
 from slipway.rag import search as searches
 from slipway.rag import summarize as summaries
 from slipway.rag.inference import (
@@ -136,17 +142,40 @@ async def summarize(
     longer than the model's context is summarized piece by piece, then the pieces'
     summaries are summarized (map-reduce)."""
     return await summaries.summarize(
-        body, res, charger(request, res, who), experiment_unit(request, who)
+        body, res, charger(request, res, who), res.reader(who), experiment_unit(request, who)
     )
 
 
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
 async def search(
-    body: SearchRequest, res: Res, _: Annotated[Principal, Depends(guard(Scope.SEARCH))]
+    body: SearchRequest, res: Res, who: Annotated[Principal, Depends(guard(Scope.SEARCH))]
 ) -> SearchResponse:
     """Hybrid (dense + BM25, fused) search over the published index, with metadata filters,
-    re-ranking when a re-ranker is configured, and optional knowledge-graph expansion."""
-    return await searches.search(body, res)
+    re-ranking when a re-ranker is configured, and optional knowledge-graph expansion; only
+    documents the caller's principals may read; `group_by: "document"` collapses the hits to
+    one per document."""
+    return await searches.search(body, res, res.reader(who))
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, responses=ERRORS)
+async def rerank(
+    body: RerankRequest, res: Res, who: Annotated[Principal, Depends(guard(Scope.SEARCH))]
+) -> RerankResponse:
+    """Score `documents` (texts) or `ids` (chunks of the served index the caller may read)
+    against `query` with the bundle's re-ranker, best first (TEI's and Cohere's shape); 404
+    `model_not_found` when the served bundle has no re-ranker."""
+    check_model(res, body.model)
+    return await tools.rerank(body, res, res.reader(who))
+
+
+@router.post("/v1/tokenize", response_model=TokenizeResponse, responses=ERRORS)
+async def tokenize(
+    body: TokenizeRequest, res: Res, _: Annotated[Principal, Depends(guard())]
+) -> TokenizeResponse:
+    """Token ids and counts of texts under the generator's (default) or the embedder's
+    tokenizer, with the model's context length (vLLM's /tokenize)."""
+    check_model(res, body.model)
+    return await run_in_threadpool(tools.tokenize, body, res)
 
 
 @router.post("/v1/answer", response_model=AnswerResponse, responses=ERRORS)
@@ -162,6 +191,7 @@ async def answer(
         body,
         res,
         charger(request, res, who),
+        res.reader(who),
         getattr(request.state, "request_id", "-"),
         experiment_unit(request, who),
         who.id,
@@ -182,8 +212,9 @@ async def feedback(
 async def graph_entity(
     name: Annotated[str, Path(min_length=1, max_length=200, pattern=r"\S")],
     res: Res,
-    _: Annotated[Principal, Depends(guard(Scope.SEARCH))],
+    who: Annotated[Principal, Depends(guard(Scope.SEARCH))],
     limit: Annotated[int, Query(ge=1, le=50)] = 10,
 ) -> EntitiesResponse:
-    """Entities by id (`TYPE:name`) or name, each with its strongest neighbours."""
-    return await graph.entities(name, limit, res)
+    """Entities by id (`TYPE:name`) or name, each with its strongest neighbours; only those
+    mentioned in documents the caller may read, counted over those documents."""
+    return await graph.entities(name, limit, res, res.reader(who))
