@@ -817,6 +817,70 @@ def keys_rotate(
     print(token)
 
 
+@keys_app.command("usage")
+def keys_usage(
+    key: Annotated[str | None, typer.Option(help="Only this key id (and its rotations).")] = None,
+    month: Annotated[
+        bool, typer.Option(help="This calendar month instead of today (UTC).")
+    ] = False,
+) -> None:
+    """Requests, tokens in and out, and cost per key and model, today or this month (UTC), and
+    what each key's budget has left; from the configured usage store."""
+    from slipway.config import ApiSettings, get_settings
+    from slipway.routing.usage import budget_left, periods, usage_store
+    from slipway.secrets import REDIS, with_secret
+
+    settings = ApiSettings()
+    try:
+        settings = with_secret(settings, settings.redis_secret, REDIS, zenml_secret)
+        redis_url = settings.redis_url
+
+        def redis_client():  # type: ignore[no-untyped-def]
+            import redis
+
+            if not redis_url:
+                raise ValueError("SLIPWAY_USAGE_STORE=redis needs SLIPWAY_REDIS_URL.")
+            return redis.Redis.from_url(redis_url)
+
+        store = usage_store(
+            settings.usage_store,
+            settings.usage_file or get_settings().home / "usage.db",
+            redis_client,
+        )
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    day, this_month = periods(datetime.now(UTC))
+    period = this_month if month else day
+    records = {r.id: r for r in _key_store().all()}
+    account = None
+    if key is not None:
+        if key not in records:
+            fail(f"No API key with id {key!r} (see `slipway keys list`).")
+        account = f"key:{records[key].account or key}"
+    rows = store.rows(period, account)
+    print(f"usage {'this month' if month else 'today'} ({period[2:]}, UTC)")
+    print(
+        f"{'key':20s} {'model':32s} {'requests':>9s} {'tokens in':>10s} {'tokens out':>10s} "
+        f"{'cost':>10s}"
+    )
+    for row in rows:
+        print(
+            f"{row.account:20s} {row.model:32s} {row.requests:9d} {row.tokens_in:10d} "
+            f"{row.tokens_out:10d} {row.cost:10.6f}"
+        )
+    if not rows:
+        print("(no usage)")
+    accounts = sorted({row.account for row in rows} | ({account} if account else set()))
+    for name in accounts:
+        lineage = [r for r in records.values() if f"key:{r.account or r.id}" == name]
+        budget = next((r.budget for r in reversed(lineage) if r.budget is not None), None)
+        if budget is None:
+            print(f"{name}: no budget")
+            continue
+        left = budget_left(store, name, budget, datetime.now(UTC))
+        print(f"{name}: budget left " + ", ".join(f"{k} {v:g}" for k, v in left.items()))
+
+
 SCHEDULABLE = {
     "index_refresh": "pipelines.index_refresh.index_refresh",
     "kg_update": "pipelines.kg_update.kg_update",

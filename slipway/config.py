@@ -176,6 +176,15 @@ class ServeSettings(BaseSettings):
         description="Who reads a document without an ACL: everyone (public) or only callers "
         "whose principals hold '*' (deny).",
     )
+    models_file: Path | None = Field(
+        default=None,
+        description="YAML file of the models /v1 routes by `model`: aliases of the served "
+        "bundle and OpenAI-compatible upstreams, with prices and fallbacks (see "
+        "configs/models.yaml); unset: only the served bundle.",
+    )
+    upstream_max_connections: int = Field(
+        default=64, ge=1, description="Connections to upstream models per API worker."
+    )
     deprecated_routes: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Routes to mark deprecated: {"/v1/completions": {"since": "2026-11-01", '
@@ -328,11 +337,19 @@ class ApiSettings(BaseSettings):
     cache_max_mb: float = Field(
         default=32.0, gt=0, description="In-process cache bound: MB its stored values hold."
     )
+    usage_store: Literal["file", "redis"] = Field(
+        default="file",
+        description="Where token usage, cost and budgets are counted: a SQLite file shared by "
+        "this host's workers, or Redis/Valkey for replicas.",
+    )
+    usage_file: Path | None = Field(
+        default=None, description="SQLite file of the file usage store; default: <home>/usage.db."
+    )
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> ApiSettings:
         if self.profile == "production":
-            for name in ("key_store", "rate_limit_store", "cache"):
+            for name in ("key_store", "rate_limit_store", "cache", "usage_store"):
                 if name not in self.model_fields_set:
                     setattr(self, name, "redis")
         return self

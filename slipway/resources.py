@@ -31,6 +31,10 @@ from slipway.prompts import load_served
 from slipway.retrieval.hybrid import FusionConfig, HybridSearcher, load_fusion
 from slipway.retrieval.index import IndexDir, OpenIndex
 from slipway.retrieval.rerank import RERANKER_ROLE, Reranker, configured_reranker
+from slipway.routing.models import api_keys, load_models
+from slipway.routing.router import Router
+from slipway.routing.upstream import HttpUpstream
+from slipway.routing.usage import UsageRecorder, UsageStore, usage_store
 from slipway.serving import ServedBundle
 from slipway.tracing import Tracer
 
@@ -152,6 +156,8 @@ class Resources:
         self.auth = Authenticator(self._key_store(), self.api)
         self.limiter = self._limiter()
         self.cache = self._cache()
+        self.router = self._router()
+        metrics.usage_models(self.router.ids)
         self._index: IndexState | None = None
         self._index_checked = 0.0
         self._index_lock = threading.Lock()
@@ -204,6 +210,32 @@ class Resources:
             float(self.api.cache_ttl),
             max_bytes=int(self.api.cache_max_mb * 2**20),
         )
+
+    def _router(self) -> Router:
+        """The models a client may name: the served bundle's ids, and the models file's
+        aliases and upstreams (their keys read once, here)."""
+        config = load_models(self.serve.models_file) if self.serve.models_file else None
+        keys: dict[str, str] = {}
+        if config is not None:
+            fetch = None
+            if any(m.api_key_secret for m in config.models):
+                from slipway.cli import zenml_secret
+
+                fetch = zenml_secret
+            keys = api_keys(config, fetch)
+        upstream = HttpUpstream(keys, self.serve.upstream_max_connections)
+        return Router(config, (self.model_id, self.served.model_name), upstream)
+
+    @cached_property
+    def usage_store(self) -> UsageStore:
+        """Where usage and budgets are counted: the SQLite file, or Redis/Valkey."""
+        path = self.api.usage_file or get_settings().home / "usage.db"
+        return usage_store(self.api.usage_store, path, lambda: self._redis)
+
+    @cached_property
+    def usage(self) -> UsageRecorder:
+        """Records usage in a thread of its own (and counts it in the metrics)."""
+        return UsageRecorder(self.usage_store, metrics.usage)
 
     # --- the index ---------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ right status code, so OpenAI SDKs raise their usual exceptions and no client mis
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,16 @@ class ApiError(Exception):
     type: str = "invalid_request_error"
     param: str | None = None
     code: str | None = None
+    retry_after: float | None = None  # seconds; default for 503/504: RETRY_AFTER_SECONDS
 
     def __str__(self) -> str:
         return f"{self.status} {self.message}"
 
     def headers(self) -> dict[str, str]:
-        """``Retry-After`` for the statuses a client should retry (503, 504)."""
+        """``Retry-After`` for the statuses a client should retry (503, 504, and any error
+        that names when to retry)."""
+        if self.retry_after is not None:
+            return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
         return {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status in (503, 504) else {}
 
     def body(self) -> dict[str, Any]:

@@ -83,6 +83,18 @@ def _metrics() -> dict[str, Any]:
             documentation="Feedback on answers by rating and the answer prompt's version.",
             labelnames=["rating", "prompt_version"],
         ),
+        "usage_tokens": m.Counter(
+            name="slipway_usage_tokens_total",
+            documentation="Tokens of routed calls by key account and model (the first "
+            f"{MAX_KEY_LABELS} accounts a worker sees, then 'other'; configured models only) "
+            "and direction (in, out).",
+            labelnames=["key", "model", "direction"],
+        ),
+        "usage_cost": m.Counter(
+            name="slipway_usage_cost_total",
+            documentation="Cost of routed calls (the models' price unit) by key account and model.",
+            labelnames=["key", "model"],
+        ),
         "index_refused": m.Counter(
             name="slipway_index_refused_total",
             documentation="Published index versions a worker refused because another embedder "
@@ -244,3 +256,38 @@ def index_served(directory: IndexDir, version: str, previous: str | None = None)
 def index_refused(index: str) -> None:
     """Count a published version refused for its embedder (see ``Resources._paired``)."""
     _metrics()["index_refused"].labels(index=index).inc()
+
+
+# --- usage by key and model: bounded label sets --------------------------------------------
+
+MAX_KEY_LABELS = 200
+_key_labels: set[str] = set()
+_model_labels: frozenset[str] = frozenset()
+
+
+def usage_models(ids: Sequence[str]) -> None:
+    """The model ids usage may be labelled with (the configured ones); others are 'other'."""
+    global _model_labels
+    _model_labels = frozenset(ids)
+
+
+def _key_label(account: str) -> str:
+    if account in _key_labels:
+        return account
+    if len(_key_labels) >= MAX_KEY_LABELS:
+        return OTHER_PATH
+    _key_labels.add(account)
+    return account
+
+
+def usage(account: str, model: str, tokens_in: int, tokens_out: int, cost: float) -> None:
+    """Count a routed call's tokens and cost by key account and model (bounded labels)."""
+    metrics = _metrics()
+    key = _key_label(account)
+    model = model if model in _model_labels else OTHER_PATH
+    if tokens_in:
+        metrics["usage_tokens"].labels(key=key, model=model, direction="in").inc(tokens_in)
+    if tokens_out:
+        metrics["usage_tokens"].labels(key=key, model=model, direction="out").inc(tokens_out)
+    if cost > 0:
+        metrics["usage_cost"].labels(key=key, model=model).inc(cost)

@@ -701,3 +701,21 @@ class ChatChoice(BaseModel):
 class ChatResponse(OpenAIResponse):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
+
+
+# --- routing: the models of the models file ------------------------------------------------
+
+
+class RoutedModel(ModelCard):
+    """A model a client may name: the served bundle (or an alias of it) or an upstream."""
+
+    context_window: int | None = None
+    price_in: float = Field(default=0.0, description="Price per million prompt tokens.")
+    price_out: float = Field(default=0.0, description="Price per million output tokens.")
+    fallbacks: list[str] = Field(default_factory=list)
+
+
+class RoutedModelsResponse(ModelsResponse):
+    """The model list: every model the caller may name, plus what Slipway serves."""
+
+    data: list[RoutedModel]  # type: ignore[assignment]

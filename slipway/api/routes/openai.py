@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slipway import __version__
 from slipway.api import metrics
@@ -21,7 +22,6 @@ from slipway.api.deps import (
     Res,
     charger,
     check_context,
-    check_model,
     experiment_unit,
     guard,
     sse,
@@ -41,8 +41,8 @@ from slipway.api.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     FunctionCall,
-    ModelCard,
-    ModelsResponse,
+    RoutedModel,
+    RoutedModelsResponse,
     ToolCall,
     ToolChoiceFunction,
     usage,
@@ -66,6 +66,10 @@ from slipway.rag.inference import (
     generation_events,
 )
 from slipway.resources import Resources, manifest_brief
+from slipway.routing.accounting import Meter, budgeted, reserve
+from slipway.routing.models import ModelSpec
+from slipway.routing.router import Routed, relay
+from slipway.routing.upstream import UpstreamError, dumps
 
 router = APIRouter(tags=["openai"])
 DEFAULT_CHAT_TOKENS = 256
@@ -73,10 +77,10 @@ DEFAULT_COMPLETION_TOKENS = 16
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators of a chat message
 
 
-@router.get("/v1/models", response_model=ModelsResponse, responses=ERRORS)
-async def models(res: Res, _: Annotated[Principal, Depends(guard())]) -> ModelsResponse:
-    """Served model versions, precisions and providers, and the index version (also in
-    OpenAI's list shape)."""
+@router.get("/v1/models", response_model=RoutedModelsResponse, responses=ERRORS)
+async def models(res: Res, who: Annotated[Principal, Depends(guard())]) -> RoutedModelsResponse:
+    """The models the caller may name (the served bundle, its aliases, upstreams), the served
+    model versions, precisions and providers, and the index version (OpenAI's list shape)."""
     manifest = res.served.bundle.manifest
     embedder, generator = await res.embedder.describe(), await res.generator.describe()
     name = res.serve.index_name
@@ -90,12 +94,8 @@ async def models(res: Res, _: Annotated[Principal, Depends(guard())]) -> ModelsR
         }
     except ApiError:
         index = {"name": name, "version": None}
-    created = int(res.served.bundle.root.stat().st_mtime)
-    return ModelsResponse(
-        data=[
-            ModelCard(id=res.model_id, created=created),
-            ModelCard(id=res.served.model_name, created=created),
-        ],
+    return RoutedModelsResponse(
+        data=[model_card(res, spec) for spec in res.router.visible(who)],
         slipway_version=__version__,
         api_version=API_VERSION,
         registered_model=res.served.model_name,
@@ -109,11 +109,24 @@ async def models(res: Res, _: Annotated[Principal, Depends(guard())]) -> ModelsR
     )
 
 
-@router.get("/v1/models/{model}", response_model=ModelCard, responses=ERRORS)
-async def model(model: str, res: Res, _: Annotated[Principal, Depends(guard())]) -> ModelCard:
-    """One served model (OpenAI's ``models.retrieve``); 404 ``model_not_found`` otherwise."""
-    check_model(res, model)
-    return ModelCard(id=model, created=int(res.served.bundle.root.stat().st_mtime))
+@router.get("/v1/models/{model}", response_model=RoutedModel, responses=ERRORS)
+async def model(model: str, res: Res, who: Annotated[Principal, Depends(guard())]) -> RoutedModel:
+    """One model (OpenAI's ``models.retrieve``); 404 ``model_not_found`` when there is none,
+    403 ``model_not_allowed`` when the caller may not call it."""
+    return model_card(res, res.router.resolve(model, who))
+
+
+def model_card(res: Resources, spec: ModelSpec) -> RoutedModel:
+    """The card of one routed model."""
+    return RoutedModel(
+        id=spec.id,
+        created=int(res.served.bundle.root.stat().st_mtime),
+        owned_by="slipway" if spec.local else "upstream",
+        context_window=spec.context_window or (res.model_context if spec.local else None),
+        price_in=spec.price_in,
+        price_out=spec.price_out,
+        fallbacks=spec.fallbacks,
+    )
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
@@ -122,12 +135,29 @@ async def embeddings(
     request: Request,
     res: Res,
     who: Annotated[Principal, Depends(guard(Scope.EMBED))],
-) -> EmbeddingsResponse:
-    """OpenAI's embeddings route (float or base64 vectors)."""
-    check_model(res, body.model)
+) -> Any:
+    """OpenAI's embeddings route (float or base64 vectors), routed by ``model``."""
+    spec = res.router.resolve(body.model, who)
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
-    tokens = await embed_tokens(res, texts)
+    tokens = await embed_tokens(res, texts) if spec.local or counted(who) else 0
     await charger(request, res, who)(tokens)
+    meter = await reserve(res.usage_store, res.usage, who, spec, tokens, 0)
+
+    async def attempt(option: ModelSpec) -> Any:
+        if option.local:
+            reply = await local_embeddings(res, body, texts)
+            meter.settle(option, reply.usage.prompt_tokens, 0)
+            return reply
+        return await upstream_json(res, request, option, "/embeddings", meter)
+
+    return shaped(await routed(res, spec, attempt, who, meter))
+
+
+async def local_embeddings(
+    res: Resources, body: EmbeddingsRequest, texts: list[str]
+) -> EmbeddingsResponse:
+    """Embeddings from the served bundle."""
+    tokens = await embed_tokens(res, texts)
     vectors = await embed_texts(res, texts)
     if body.dimensions is not None and body.dimensions != vectors.shape[1]:
         raise ApiError(
@@ -156,19 +186,32 @@ async def completions(
     res: Res,
     who: Annotated[Principal, Depends(guard(Scope.GENERATE))],
 ) -> Any:
-    """OpenAI's legacy completions route (raw prompt, no chat template)."""
-    check_model(res, body.model)
+    """OpenAI's legacy completions route (raw prompt, no chat template), routed by ``model``."""
+    spec = res.router.resolve(body.model, who)
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    new = body.max_tokens or min(DEFAULT_COMPLETION_TOKENS, res.serve.max_new_tokens)
-    prompt_tokens = await gen_tokens(res, prompt)
-    check_context(res, prompt_tokens, new, "prompt")
-    await charger(request, res, who)(prompt_tokens + new)
-    call = GenRequest(
-        Sampling(new, body.temperature, body.top_p, tuple(body.stops()), body.seed),
-        prompt=prompt,
-        chat=False,
-    )
-    return await openai_generation(res, call, body.stream, chat=False)
+    local_new = body.max_tokens or min(DEFAULT_COMPLETION_TOKENS, res.serve.max_new_tokens)
+    new = local_new if spec.local else body.max_tokens or upstream_new_tokens(spec)
+    prompt_tokens = await gen_tokens(res, prompt) if spec.local or counted(who) else 0
+    if spec.local:
+        check_context(res, prompt_tokens, new, "prompt")
+    await charger(request, res, who)(prompt_tokens + new if prompt_tokens else 0)
+    meter = await reserve(res.usage_store, res.usage, who, spec, prompt_tokens, new)
+
+    async def attempt(option: ModelSpec) -> Any:
+        if option.local:
+            if option is not spec:  # a fallback: checked as the served model
+                check_context(res, await gen_tokens(res, prompt), local_new, "prompt")
+            call = GenRequest(
+                Sampling(local_new, body.temperature, body.top_p, tuple(body.stops()), body.seed),
+                prompt=prompt,
+                chat=False,
+            )
+            return await openai_generation(
+                res, call, body.stream, chat=False, meter=meter, spec=option
+            )
+        return await upstream_call(res, request, option, "/completions", body.stream, meter)
+
+    return shaped(await routed(res, spec, attempt, who, meter))
 
 
 @router.post("/v1/chat/completions", response_model=ChatResponse, responses=STREAMED)
@@ -179,8 +222,54 @@ async def chat_completions(
     who: Annotated[Principal, Depends(guard(Scope.GENERATE))],
 ) -> Any:
     """OpenAI's chat completions route, streamed with `stream: true`; `response_format` and
-    `tools` constrain the decoder (JSON, JSON schema, function calls)."""
-    check_model(res, body.model)
+    `tools` constrain the decoder (JSON, JSON schema, function calls); routed by ``model``."""
+    spec = res.router.resolve(body.model, who)
+    prepared = await local_chat(res, body, request, who) if spec.local else None
+    if prepared is not None:
+        prompt_tokens, new = prepared.prompt_tokens, prepared.call.sampling.max_new_tokens
+    else:
+        new = body.max_completion_tokens or body.max_tokens or upstream_new_tokens(spec)
+        prompt_tokens = (
+            await gen_tokens(
+                res, *(m.text() for m in body.messages), per_text=MESSAGE_OVERHEAD_TOKENS
+            )
+            if counted(who)
+            else 0
+        )
+    await charger(request, res, who)(prompt_tokens + new if prompt_tokens else 0)
+    meter = await reserve(res.usage_store, res.usage, who, spec, prompt_tokens, new)
+
+    async def attempt(option: ModelSpec) -> Any:
+        if option.local:
+            ready = prepared or await local_chat(res, body, request, who)
+            return await openai_generation(
+                res,
+                ready.call,
+                body.stream,
+                chat=True,
+                tools=ready.tools,
+                meter=meter,
+                spec=option,
+            )
+        return await upstream_call(res, request, option, "/chat/completions", body.stream, meter)
+
+    return shaped(await routed(res, spec, attempt, who, meter))
+
+
+@dataclass(frozen=True)
+class LocalChat:
+    """A chat request prepared for the served generator."""
+
+    call: GenRequest
+    tools: list[ToolSpec]
+    prompt_tokens: int
+
+
+async def local_chat(
+    res: Resources, body: ChatRequest, request: Request, who: Principal
+) -> LocalChat:
+    """The served generator's call for a chat request: its system prompt, constraints and
+    prompt tokens (a 400 when they do not fit the context)."""
     new = (
         body.max_completion_tokens
         or body.max_tokens
@@ -200,7 +289,6 @@ async def chat_completions(
         res, *(text for _, text in messages), per_text=MESSAGE_OVERHEAD_TOKENS
     )
     check_context(res, prompt_tokens, new, "messages")
-    await charger(request, res, who)(prompt_tokens + new)
     call = GenRequest(
         Sampling(
             new,
@@ -212,7 +300,98 @@ async def chat_completions(
         ),
         messages=messages,
     )
-    return await openai_generation(res, call, body.stream, chat=True, tools=tools)
+    return LocalChat(call, tools, prompt_tokens)
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+# New tokens an upstream call that sets no maximum is estimated to use (for its budget).
+UPSTREAM_NEW_TOKENS = 512
+
+
+def upstream_new_tokens(spec: ModelSpec) -> int:
+    """The estimate of an upstream call's new tokens when the request sets no maximum."""
+    return min(UPSTREAM_NEW_TOKENS, spec.context_window or UPSTREAM_NEW_TOKENS)
+
+
+def counted(who: Principal) -> bool:
+    """Whether an upstream call's prompt must be counted here: for the caller's budget or its
+    tokens per minute (else the upstream's usage is all that is needed)."""
+    return budgeted(who) or bool(who.limits.tokens_per_minute)
+
+
+async def routed(
+    res: Resources,
+    spec: ModelSpec,
+    attempt: Callable[[ModelSpec], Awaitable[Any]],
+    who: Principal,
+    meter: Meter,
+) -> Routed:
+    """``attempt`` along ``spec``'s fallback chain; the reservation is released when no
+    model answers."""
+    try:
+        return await res.router.call(spec, attempt, who)
+    except ApiError:
+        meter.release()
+        raise
+
+
+def shaped(answer: Routed) -> Any:
+    """The reply of a routed call, with ``X-Slipway-Model`` and ``X-Slipway-Fallbacks``."""
+    result = answer.result
+    if isinstance(result, bytes):
+        return Response(result, media_type="application/json", headers=answer.headers())
+    if isinstance(result, StreamingResponse):
+        result.headers.update(answer.headers())
+        return result
+    return JSONResponse(result.model_dump(mode="json"), headers=answer.headers())
+
+
+async def upstream_body(request: Request, spec: ModelSpec, stream: bool) -> dict[str, Any]:
+    """The client's request as it sent it, for ``spec``'s upstream: its model id, and a
+    stream that reports usage."""
+    body = dict(await request.json())  # parsed once already: Starlette keeps it
+    body["model"] = spec.upstream_model
+    if stream:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return body
+
+
+async def upstream_json(
+    res: Resources, request: Request, spec: ModelSpec, path: str, meter: Meter
+) -> bytes:
+    """An upstream's whole reply, naming ``spec``; its usage recorded."""
+    reply = await res.router.upstream.post(spec, path, await upstream_body(request, spec, False))
+    if not isinstance(reply, dict):
+        raise UpstreamError(502, "the reply is not a JSON object", True)
+    reply["model"] = spec.id
+    used = reply.get("usage")
+    used = used if isinstance(used, dict) else {}
+    meter.settle(spec, int(used.get("prompt_tokens") or 0), int(used.get("completion_tokens") or 0))
+    return await dumps(reply)
+
+
+async def upstream_call(
+    res: Resources, request: Request, spec: ModelSpec, path: str, stream: bool, meter: Meter
+) -> Any:
+    """An upstream's completion, whole or streamed through as its events come."""
+    if not stream:
+        return await upstream_json(res, request, spec, path, meter)
+    raw = await request.json()
+    wants_usage = bool((raw.get("stream_options") or {}).get("include_usage"))
+    opened = await res.router.upstream.open_stream(
+        spec, path, await upstream_body(request, spec, True)
+    )
+
+    def done(used: tuple[int, int] | None, pieces: int, broken: bool) -> None:
+        if broken:
+            res.router.cooldowns.failed(spec)
+        prompt, completion = used or (0, pieces)
+        meter.settle(spec, prompt, completion)
+
+    return StreamingResponse(
+        relay(opened, spec.id, wants_usage, done), media_type="text/event-stream"
+    )
 
 
 # Roles the chat templates know: a developer message is a system one; a tool's result is
@@ -256,10 +435,23 @@ async def constrained(
 
 
 async def openai_generation(
-    res: Resources, call: GenRequest, stream: bool, chat: bool, tools: list[ToolSpec] | None = None
+    res: Resources,
+    call: GenRequest,
+    stream: bool,
+    chat: bool,
+    tools: list[ToolSpec] | None = None,
+    meter: Meter | None = None,
+    spec: ModelSpec | None = None,
 ) -> Any:
-    """A completion or chat completion, whole or as OpenAI's server-sent chunks; with
-    ``tools``, a guided output that is a call comes back as ``tool_calls``."""
+    """A completion or chat completion of the served generator, whole or as OpenAI's
+    server-sent chunks; with ``tools``, a guided output that is a call comes back as
+    ``tool_calls``; its usage goes to ``meter`` (at ``spec``'s prices)."""
+    served = spec or res.router.default
+
+    def settle(prompt: int, completion: int) -> None:
+        if meter is not None:
+            meter.settle(served, prompt, completion)
+
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     route = "/v1/chat/completions" if chat else "/v1/completions"
@@ -268,6 +460,7 @@ async def openai_generation(
     if not stream or tools or call.sampling.guidance is not None:
         out = await generate_text(res, call)
         metrics.tokens(route, out["prompt_tokens"], out["completion_tokens"])
+        settle(out["prompt_tokens"], out["completion_tokens"])
         used = usage(out["prompt_tokens"], out["completion_tokens"])
         if not chat:
             return CompletionResponse(
@@ -318,19 +511,27 @@ async def openai_generation(
     pieces = await generation_events(res, call)  # 503/504 here, before the headers
 
     async def events() -> AsyncIterator[bytes]:
-        if chat:
-            yield sse(chunk({"role": "assistant", "content": ""}, None))
-        async for event in pieces:
-            if "text" in event:
-                yield sse(chunk({"content": event["text"]}, None))
-            else:
-                metrics.tokens(route, event["prompt_tokens"], event["completion_tokens"])
-                final = chunk({}, event["finish_reason"])
-                final["usage"] = usage(
-                    event["prompt_tokens"], event["completion_tokens"]
-                ).model_dump()
-                yield sse(final)
-        yield sse("[DONE]")
+        written, settled = 0, False
+        try:
+            if chat:
+                yield sse(chunk({"role": "assistant", "content": ""}, None))
+            async for event in pieces:
+                if "text" in event:
+                    written += 1
+                    yield sse(chunk({"content": event["text"]}, None))
+                else:
+                    metrics.tokens(route, event["prompt_tokens"], event["completion_tokens"])
+                    settle(event["prompt_tokens"], event["completion_tokens"])
+                    settled = True
+                    final = chunk({}, event["finish_reason"])
+                    final["usage"] = usage(
+                        event["prompt_tokens"], event["completion_tokens"]
+                    ).model_dump()
+                    yield sse(final)
+            yield sse("[DONE]")
+        finally:
+            if not settled:  # cut off: what is known of it
+                settle(0, written)
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
