@@ -23,6 +23,9 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = {"generator": {"quantization": "int8"}}
 XQUAD = ROOT.parent / "shared" / "data" / "xquad_en" / "beir"  # used after shared_data checked it
+# The main job indexes XQuAD with two articles restricted (document-level access control):
+# the session's role keys read as '*', the "engineer" and "outsider" keys do not.
+RESTRICTED = {"Nikola_Tesla": ["group:engineering"], "Genghis_Khan": ["user:ann"]}
 DEPRECATED = {
     "/v1/completions": {
         "since": "2026-11-01",
@@ -32,9 +35,30 @@ DEPRECATED = {
 }
 
 
+def acl_rows() -> list[dict[str, Any]]:
+    """XQuAD's documents, those of the RESTRICTED articles with their ACL."""
+    rows = [json.loads(line) for line in (XQUAD / "corpus.jsonl").open()]
+    for row in rows:
+        if row["title"] in RESTRICTED:
+            row["acl"] = RESTRICTED[row["title"]]
+    return rows
+
+
+@pytest.fixture(scope="session")
+def acl_corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The main job's corpus: XQuAD's documents with RESTRICTED's ACLs (a JSONL)."""
+    path = tmp_path_factory.mktemp("acl") / "corpus.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in acl_rows()))
+    return path
+
+
 @pytest.fixture(scope="session")
 def registered(
-    zenml_stack: str, tiny_embedder: Path, tiny_generator: Path, shared_data: Path
+    zenml_stack: str,
+    tiny_embedder: Path,
+    tiny_generator: Path,
+    shared_data: Path,
+    acl_corpus: Path,
 ) -> dict[str, str]:
     """Run the main job end to end (documents, model build, index refresh) and return the
     model_build's registered_model output."""
@@ -47,7 +71,7 @@ def registered(
         build=BUILD,
         model_name="slipway-e2e",
         bento=True,
-        corpus=str(XQUAD),
+        corpus=str(acl_corpus),
         index={"index_name": "e2e", "eval_dir": str(XQUAD)},
         chunk_tokens=48,
         overlap_tokens=8,
@@ -107,20 +131,28 @@ def _create_keys(home: Path) -> dict[str, str]:
     from slipway.api.keys import FileKeyStore, Scope, create_key
 
     store = FileKeyStore(home / "api_keys.json")
+    every = [Scope.SEARCH, Scope.GENERATE, Scope.EMBED]
     specs = {
-        "admin": ([Scope.ADMIN], 100_000, None),
-        "embed": ([Scope.EMBED], 100_000, None),
-        "generate": ([Scope.GENERATE], 100_000, None),
-        "search": ([Scope.SEARCH], 100_000, None),
-        "limited": ([Scope.EMBED], 3, None),
-        "tokens": ([Scope.EMBED], 100_000, 40),
-        "fuzz": ([Scope.ADMIN], 1_000_000, None),
+        "admin": ([Scope.ADMIN], 100_000, None, ["*"]),
+        "embed": ([Scope.EMBED], 100_000, None, ["*"]),
+        "generate": ([Scope.GENERATE], 100_000, None, ["*"]),
+        "search": ([Scope.SEARCH], 100_000, None, ["*"]),
+        "limited": ([Scope.EMBED], 3, None, ["*"]),
+        "tokens": ([Scope.EMBED], 100_000, 40, ["*"]),
+        "fuzz": ([Scope.ADMIN], 1_000_000, None, ["*"]),
+        "engineer": (every, 100_000, None, ["group:engineering", "user:bob"]),
+        "outsider": (every, 100_000, None, []),
     }
     return {
         role: create_key(
-            store, f"e2e-{role}", scopes, requests_per_minute=rpm, tokens_per_minute=tpm
+            store,
+            f"e2e-{role}",
+            scopes,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+            principals=principals,
         )[0]
-        for role, (scopes, rpm, tpm) in specs.items()
+        for role, (scopes, rpm, tpm, principals) in specs.items()
     }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import XQUAD, Server
+from tests.e2e.conftest import XQUAD, Server, acl_rows
 
 
 def test_pipeline_registered_a_champion_and_tracked_it(registered: dict[str, str]) -> None:
@@ -42,7 +42,7 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(
 
     index = index_dir("e2e")
     assert index.published() == "v000001"  # published by the main job
-    rows = [json.loads(line) for line in (XQUAD / "corpus.jsonl").open()]
+    rows = acl_rows()  # the main job's corpus
     rows[0]["text"] += " An added sentence."
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows[1:2] + rows[0:1] + rows[3:]))

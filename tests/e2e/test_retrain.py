@@ -1,16 +1,18 @@
 """The retraining loop end to end on the main job's published index: labelled and feedback
 pairs, a fine-tuned embedder and a trained re-ranker (tiny models, a few steps), the candidate
 judgement, a challenger built through model_build, a new index version built beside the
-published one (blue/green), the whole-bundle gate, and the pair published together."""
+published one (blue/green), the whole-bundle gate, and the pair published together; then the
+new champion served, its re-ranker on /v1/search and /v1/rerank."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import XQUAD
+from tests.e2e.conftest import XQUAD, Server, _create_keys, post, serving
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +20,7 @@ MODEL = "slipway-e2e-retrain"  # its own registered model: the session's service
 
 
 def test_retrain_builds_gates_and_publishes_the_pair(
-    registered: dict[str, str], tiny_embedder: Path, tmp_path: Path
+    registered: dict[str, str], tiny_embedder: Path, tmp_path: Path, acl_corpus: Path
 ) -> None:
     from zenml import Model
     from zenml.client import Client
@@ -48,7 +50,7 @@ def test_retrain_builds_gates_and_publishes_the_pair(
     )
     train = {"epochs": 1, "batch_size": 8, "max_seq_length": 64, "checkpoint_steps": 5}
     run = retrain.with_options(enable_cache=False, model=Model(name=MODEL))(
-        corpus=str(XQUAD),
+        corpus=str(acl_corpus),
         model_name=MODEL,
         base_path=str(tiny_embedder),
         data={
@@ -97,3 +99,58 @@ def test_retrain_builds_gates_and_publishes_the_pair(
     assert index.manifest(published).model_name == MODEL
     assert paired_version(index, new_fingerprint) == published
     assert paired_version(index, old_fingerprint) == before
+
+    served_reranker(registered, published)
+
+
+def served_reranker(registered: dict[str, str], published: str) -> None:
+    """The new champion served as a user starts it: its re-ranker orders /v1/search and
+    answers /v1/rerank (texts, or chunk ids the caller may read)."""
+    home = Path(os.environ["SLIPWAY_HOME"])
+    keys = _create_keys(home)
+    with serving(
+        registered["tracking_uri"],
+        home.parent / "serve-retrain.log",
+        registered_model_name=MODEL,
+        index_name="e2e",
+    ) as base:
+        server = Server(base, keys, home.parent / "serve-retrain.log", registered["tracking_uri"])
+        question = "How many points did the Panthers defense surrender?"
+        found = post(server, "/v1/search", {"query": question, "top_k": 5}, role="search")
+        assert found.status_code == 200, found.text
+        assert found.json()["reranked"] and found.json()["index_version"] == published
+        hits = found.json()["results"]
+        texts = [h["text"] for h in hits]
+        reply = post(
+            server,
+            "/v1/rerank",
+            {"query": question, "documents": texts, "top_n": 3, "return_documents": True},
+            role="search",
+        )
+        assert reply.status_code == 200, reply.text
+        results = reply.json()["results"]
+        scores = [r["relevance_score"] for r in results]
+        assert len(results) == 3 and scores == sorted(scores, reverse=True)
+        assert all(texts[r["index"]] == r["document"]["text"] for r in results)
+        assert reply.json()["usage"]["prompt_tokens"] > 0
+        by_ids = post(
+            server,
+            "/v1/rerank",
+            {"query": question, "ids": [h["id"] for h in hits]},
+            role="search",
+        ).json()["results"]
+        assert [r["id"] for r in by_ids] == [hits[r["index"]]["id"] for r in by_ids]
+        # a restricted chunk is as unknown as a missing one to a caller who may not read it
+        for chunk in ("Nikola_Tesla#0#0", "no-such-doc#0#0"):
+            refused = post(
+                server, "/v1/rerank", {"query": question, "ids": [chunk]}, role="outsider"
+            )
+            assert refused.status_code == 404, refused.text
+            assert refused.json()["error"]["code"] == "chunk_not_found"
+        allowed = post(
+            server,
+            "/v1/rerank",
+            {"query": question, "ids": ["Nikola_Tesla#0#0"]},
+            role="engineer",
+        )
+        assert allowed.status_code == 200, allowed.text

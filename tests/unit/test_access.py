@@ -37,6 +37,7 @@ from slipway.retrieval.index import (
 from slipway.retrieval.sparse import SparseIndex
 from tests.unit.test_index import Refresher, make_docs
 
+
 @pytest.fixture()
 def refresher(tiny_onnx_embedder: Path, tmp_path: Path) -> Refresher:
     return Refresher(tmp_path, tiny_onnx_embedder)
@@ -148,7 +149,10 @@ def test_an_acl_change_rewrites_the_document_and_tags_every_chunk(refresher: Ref
     assert plan.documents["d1"].acl == ("group:finance",)
     assert {c.doc_id for c in plan.write} == {"d1"}
     assert all(chunk_metadata(c)[ACL_KEY] == ["group:finance"] for c in plan.write)
-    base.acl_tagged, base.version = False, "v000001"  # a version from before ACLs: everything is written (and tagged)
+    base.acl_tagged, base.version = (
+        False,
+        "v000001",
+    )  # a version from before ACLs: everything is written (and tagged)
     again = plan_refresh(
         refresher.chunks(docs), document_hashes(docs), base, "m1", "v000002", carries_over=True
     )
