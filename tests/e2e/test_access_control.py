@@ -66,6 +66,9 @@ def test_no_restricted_text_reaches_an_unauthorized_caller(server: Server) -> No
             for extra in SEARCHES:
                 reply = post(server, "/v1/search", {"query": question, **extra}, role="admin")
                 assert reply.status_code == 200, reply.text
+                if "group_by" in extra:  # one hit per document, its other chunks listed
+                    docs = [h["doc_id"] for h in reply.json()["results"]]
+                    assert len(docs) == len(set(docs)) == extra["top_k"], docs
         shown = {
             article(d)
             for q in asked
