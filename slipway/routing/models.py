@@ -87,14 +87,19 @@ class ModelsConfig(BaseModel):
         twice = sorted({i for i in ids if ids.count(i) > 1})
         if twice:
             raise ValueError(f"model ids must be unique; listed twice: {', '.join(twice)}")
+        return self
+
+    def check_fallbacks(self, served_ids: tuple[str, ...]) -> None:
+        """A ``ValueError`` for a fallback that names neither a model of this file nor the
+        served bundle (whose ids are known only once it is loaded)."""
+        known = {m.id for m in self.models} | set(served_ids)
         for n, spec in enumerate(self.models):
-            unknown = [f for f in spec.fallbacks if f not in ids]
+            unknown = [f for f in spec.fallbacks if f not in known]
             if unknown:
                 raise ValueError(
-                    f"models.{n}.fallbacks: {', '.join(map(repr, unknown))} is not a model id "
-                    "of this file"
+                    f"SLIPWAY_MODELS_FILE: models.{n}.fallbacks: {', '.join(map(repr, unknown))} "
+                    f"is neither a model of the file nor the served {' or '.join(served_ids)}"
                 )
-        return self
 
     def by_id(self) -> dict[str, ModelSpec]:
         """The models by id."""

@@ -84,6 +84,7 @@ class Router:
         self.served_ids = served_ids
         self.models: dict[str, ModelSpec] = {i: ModelSpec(id=i) for i in served_ids}
         if config is not None:
+            config.check_fallbacks(served_ids)
             self.models.update(config.by_id())
         self.default = self.models[served_ids[0]]
 

@@ -120,6 +120,11 @@ class UsageStore(Protocol):
     def totals(self, account: str, period: str) -> Totals: ...
 
 
+# a bound is passed only beyond this factor of it: a hundred calls of 0.01 spend 1.0, not
+# 1.0000000000000007 (floating-point sums)
+SLACK = 1 + 1e-9
+
+
 def _limits(budget: Budget) -> list[float]:
     return [float(getattr(budget, name) or 0) for _, _, name in BOUNDS]
 
@@ -190,8 +195,8 @@ class FileUsageStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._db().executescript(_SCHEMA)  # (its own transaction)
         with self._tx() as db:
-            db.executescript(_SCHEMA)
             cutoff = datetime.now(UTC) - timedelta(days=KEEP_DAYS)
             for table in ("totals", "usage"):
                 db.execute(
@@ -230,7 +235,7 @@ class FileUsageStore:
             for i, (measure, period, _) in enumerate(BOUNDS):
                 have = used[day if period == "day" else month][0 if measure == "tokens" else 1]
                 add = tokens if measure == "tokens" else cost
-                if limits[i] and have + add > limits[i]:
+                if limits[i] and have + add > limits[i] * SLACK:
                     return _refusal(i, budget, have, day, month)
             for period in (day, month):
                 db.execute(_ADD_TOTAL, (account, period, tokens, cost))
@@ -296,7 +301,7 @@ class _Transaction:
 # --- Redis / Valkey ------------------------------------------------------------------------
 
 # KEYS: the account's day and month totals (hashes {tokens, cost}). ARGV: tokens, cost, the
-# four limits (0 = none, in BOUNDS order), and the Unix times the day and month end.
+# four limits (0 = none, in BOUNDS order), the Unix times the day and month end, SLACK.
 _RESERVE = """
 local add = {tonumber(ARGV[1]), tonumber(ARGV[2])}
 local used = {}
@@ -308,7 +313,7 @@ local bounds = {{1, 1}, {1, 2}, {2, 1}, {2, 2}}  -- {measure, period}
 for i = 1, 4 do
   local limit = tonumber(ARGV[2 + i])
   local m, p = bounds[i][1], bounds[i][2]
-  if limit > 0 and used[p][m] + add[m] > limit then
+  if limit > 0 and used[p][m] + add[m] > limit * tonumber(ARGV[9]) then
     return {i, tostring(used[p][m])}
   end
 end
@@ -349,7 +354,14 @@ class RedisUsageStore:
         day, month = periods(now)
         index, used = self._reserve(
             keys=[self._totals_key(account, day), self._totals_key(account, month)],
-            args=[tokens, repr(cost), *_limits(budget), self._expiry(day), self._expiry(month)],
+            args=[
+                tokens,
+                repr(cost),
+                *_limits(budget),
+                self._expiry(day),
+                self._expiry(month),
+                repr(SLACK),
+            ],
         )
         if int(index):
             return _refusal(int(index) - 1, budget, float(used), day, month)
