@@ -148,7 +148,13 @@ class Upstreams:
         self.app.post("/{mode}/v1/{kind:path}")(self.answer)
         self.port = free_port()
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                timeout_graceful_shutdown=1,
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -166,7 +172,7 @@ class Upstreams:
             error = {"message": "bad messages", "type": "invalid_request_error", "param": "x"}
             return JSONResponse({"error": {**error, "code": "nope"}}, 400)
         if mode == "slow":
-            await asyncio.sleep(30)
+            await asyncio.sleep(2)  # past every timeout here
         if body.get("stream"):
             return StreamingResponse(self.events(mode, body), media_type="text/event-stream")
         return {
@@ -501,3 +507,31 @@ def test_usage_metric_labels_are_bounded() -> None:
         metrics.usage(f"key:{n}", "m" if n % 2 else "rogue", 1, 1, 0.5)
     assert len(metrics._key_labels) == metrics.MAX_KEY_LABELS
     assert metrics._key_label("key:brand-new") == "other"
+
+
+def test_keys_usage_prints_usage_and_budget_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from slipway.api.keys import FileKeyStore, create_key
+    from slipway.cli import app
+
+    monkeypatch.setenv("SLIPWAY_API_KEYS_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("SLIPWAY_USAGE_FILE", str(tmp_path / "usage.db"))
+    _, record = create_key(
+        FileKeyStore(tmp_path / "keys.json"),
+        "k",
+        [Scope.GENERATE],
+        budget=Budget(tokens_per_day=500),
+    )
+    store = FileUsageStore(tmp_path / "usage.db")
+    got = store.reserve(f"key:{record.id}", Budget(tokens_per_day=500), 100, 0.0, NOW)
+    assert isinstance(got, Reservation)
+    store.settle(got, "remote", 30, 20, 0.25)
+    out = CliRunner().invoke(app, ["keys", "usage", "--key", record.id])
+    assert out.exit_code == 0, out.output
+    row = next(line for line in out.output.splitlines() if "remote" in line)
+    assert row.split()[2:] == ["1", "30", "20", "0.250000"]
+    assert f"key:{record.id}: budget left tokens_per_day 450" in out.output
+    assert CliRunner().invoke(app, ["keys", "usage", "--key", "nope"]).exit_code == 1
