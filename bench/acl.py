@@ -96,7 +96,10 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         for i in range(min(20, len(queries))):  # warm-up, both paths
             searcher.search_vectors([queries[i]], vectors[i : i + 1], 10, flt)
             searcher.search_vectors([queries[i]], vectors[i : i + 1], 10)
-        open_ms, acl_ms, open_e2e, acl_e2e = [], [], [], []
+        open_ms: list[float] = []
+        acl_ms: list[float] = []
+        open_e2e: list[float] = []
+        acl_e2e: list[float] = []
         violations = hits = 0
         for i, query in enumerate(queries):
             pair = [

@@ -389,6 +389,11 @@ class _Api:
         api_app.app = create_app(serve, self.resources)
         self.resources.ready()  # open the published index now, not on the first request
 
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        """Usage records written and upstream connections closed before the worker exits."""
+        await self.resources.close()
+
     async def __is_ready__(self) -> bool:
         """Ready when the published index is loaded (the models are, once this exists) and a
         concurrency slot is free: a saturated worker leaves the load balancer for a while."""

@@ -226,6 +226,13 @@ class Resources:
         upstream = HttpUpstream(keys, self.serve.upstream_max_connections)
         return Router(config, (self.model_id, self.served.model_name), upstream)
 
+    async def close(self) -> None:
+        """At shutdown: every usage record written (none is lost to a restart), the upstream
+        connections closed."""
+        if "usage" in self.__dict__:  # a recorder was made: wait for what it holds
+            await asyncio.to_thread(self.usage.flush)
+        await self.router.upstream.aclose()
+
     @cached_property
     def usage_store(self) -> UsageStore:
         """Where usage and budgets are counted: the SQLite file, or Redis/Valkey."""

@@ -163,12 +163,14 @@ def serving(
     ready: bool = True,
     args: tuple[str, ...] = (),
     started: list[subprocess.Popen[bytes]] | None = None,
+    port: int | None = None,
     **settings: str,
 ) -> Iterator[str]:
     """`slipway serve` on the registered e2e champion with ``SLIPWAY_*`` ``settings`` (and
     more ``args``), as a user starts it; yields its URL once it is live (and ready, unless
-    ``ready`` is false). ``started`` receives the `slipway serve` process."""
-    port = free_port()
+    ``ready`` is false). ``started`` receives the `slipway serve` process; ``port``: a port
+    reserved beforehand (default: a free one)."""
+    port = port or free_port()
     # its own BentoML home: a starting server empties the Prometheus multiprocess directory
     # under BENTOML_HOME, which would wipe the metrics of another server sharing it
     env = {

@@ -24,7 +24,6 @@ import pytest
 
 from slipway.api.keys import Budget, FileKeyStore, Scope, create_key
 from slipway.routing.usage import FileUsageStore, periods
-from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ROOT, serving
 from tests.servers import free_port, wait_until
 
@@ -58,7 +57,7 @@ def kill_hard(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_router_with_a_real_upstream_budgets_and_fallback(
-    registered: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    registered: dict[str, str], tmp_path: Path
 ) -> None:
     keys_file, usage_file = tmp_path / "keys.json", tmp_path / "usage.db"
     store = FileKeyStore(keys_file)
@@ -74,16 +73,6 @@ def test_router_with_a_real_upstream_budgets_and_fallback(
     models_file.write_text(MODELS.format(port=port))
     common = {"index_name": "e2e", "api_keys_file": str(keys_file)}
     upstream_started: list[subprocess.Popen[bytes]] = []
-    # `serving` picks its server's port itself: the upstream's first pick is the port reserved
-    # above (which the router's models file names), so both servers can start at once
-    taken = threading.Event()
-
-    def reserved() -> int:
-        monkeypatch.setattr(e2e, "free_port", free_port)
-        taken.set()
-        return port
-
-    monkeypatch.setattr(e2e, "free_port", reserved)
     with ExitStack() as stack, ThreadPoolExecutor(2) as pool:
         # both servers start at once (each loads its models for ~40 s)
         up = pool.submit(
@@ -92,10 +81,10 @@ def test_router_with_a_real_upstream_budgets_and_fallback(
                 registered["tracking_uri"],
                 tmp_path / "upstream.log",
                 started=upstream_started,
+                port=port,  # the one the router's models file names
                 **common,
             ),
         )
-        assert taken.wait(60)
         router = pool.submit(
             stack.enter_context,
             serving(
