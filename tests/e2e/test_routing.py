@@ -56,6 +56,19 @@ def kill_hard(proc: subprocess.Popen[bytes]) -> None:
     psutil.wait_procs(family, timeout=30)
 
 
+def usage_cli(env: dict[str, str], key_id: str) -> subprocess.CompletedProcess[str]:
+    """`slipway keys usage --key ID` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "slipway.cli", "keys", "usage", "--key", key_id],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
 def test_router_with_a_real_upstream_budgets_and_fallback(
     registered: dict[str, str], tmp_path: Path
 ) -> None:
@@ -162,15 +175,7 @@ def test_router_with_a_real_upstream_budgets_and_fallback(
             "SLIPWAY_API_KEYS_FILE": str(keys_file),
             "SLIPWAY_USAGE_FILE": str(usage_file),
         }
-        cli = subprocess.run(
-            [sys.executable, "-m", "slipway.cli", "keys", "usage", "--key", admin_record.id],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
+        cli = usage_cli(env, admin_record.id)
         assert "remote" in cli.stdout and "local" in cli.stdout and account in cli.stdout
 
         # a budget: spent within it, then a 429 naming the bound and its reset
@@ -185,15 +190,7 @@ def test_router_with_a_real_upstream_budgets_and_fallback(
             "tokens per day" in over.json()["error"]["message"]
             and int(over.headers["retry-after"]) > 0
         )
-        cli = subprocess.run(
-            [sys.executable, "-m", "slipway.cli", "keys", "usage", "--key", budget_record.id],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
+        cli = usage_cli(env, budget_record.id)
         assert "budget left tokens_per_day" in cli.stdout
 
         # a model the key may not call: 403, and hidden from its list
