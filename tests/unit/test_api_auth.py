@@ -101,3 +101,45 @@ def test_claim_scopes_accepts_oauth_string_or_list() -> None:
     assert claim_scopes({"scope": "embed admin x"}) == {Scope.EMBED, Scope.ADMIN}
     assert claim_scopes({"scopes": ["search", 3]}) == {Scope.SEARCH}
     assert claim_scopes({}) == frozenset()
+
+
+def test_keys_and_jwts_carry_principals_models_and_budgets(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from slipway.api.keys import Budget, rotate
+
+    store = FileKeyStore(tmp_path / "keys.json")
+    token, record = create_key(
+        store,
+        "fin",
+        [Scope.SEARCH],
+        principals=["group:finance", "user:ann", "group:finance"],
+        models=["local"],
+        budget=Budget(tokens_per_day=100),
+    )
+    auth = Authenticator(store, ApiSettings(jwt_secret=SECRET))
+    who = auth.authenticate(token)
+    assert who.principals == {"group:finance", "user:ann"} and who.account == f"key:{record.id}"
+    assert who.allows_model("local") and not who.allows_model("remote")
+    assert who.budget == Budget(tokens_per_day=100)
+    # a rotated key keeps them, and spends the same account's budget
+    new_token, new = rotate(store, record.id, timedelta(hours=1))
+    rotated = auth.authenticate(new_token)
+    assert rotated.principals == who.principals and rotated.models == who.models
+    assert rotated.account == who.account and new.id != record.id
+    # an unbounded budget is no budget; no models list: every model
+    _, open_record = create_key(store, "open", [Scope.SEARCH], budget=Budget())
+    assert open_record.budget is None and open_record.models is None
+
+    bearer = jwt.encode(
+        claims(groups=["eng", 3], principals=["team:x"], models=["local"]),
+        SECRET,
+        algorithm="HS256",
+    )
+    caller = auth.authenticate(bearer)
+    assert caller.principals == {"user:svc-1", "group:eng", "team:x"}
+    assert caller.models == {"local"} and caller.account == "jwt:svc-1"
+    plain = auth.authenticate(jwt.encode(claims(), SECRET, algorithm="HS256"))
+    assert plain.models is None and plain.principals == {"user:svc-1"}
+    bad = auth.authenticate(jwt.encode(claims(models="local"), SECRET, algorithm="HS256"))
+    assert bad.models == frozenset()  # a malformed claim allows nothing, never everything
