@@ -122,7 +122,14 @@ def entity_weights(mentions: sp.csr_matrix) -> np.ndarray:
 class PersonalizedPageRank:
     """PPR from seed entities over a snapshot, factored once (see the module's text)."""
 
-    def __init__(self, graph: EntityChunkGraph, damping: float = 0.5) -> None:
+    def __init__(
+        self,
+        graph: EntityChunkGraph,
+        damping: float = 0.5,
+        lookup_types: Iterable[str] | None = None,
+    ) -> None:
+        """``lookup_types``: the entity types whose names are looked up in a question's words
+        (e.g. page titles); ``None``: every type."""
         if not 0.0 < damping < 1.0:
             raise ValueError(f"damping must be between 0 and 1, not {damping}.")
         self.graph = graph
@@ -139,7 +146,12 @@ class PersonalizedPageRank:
         self._lu = splu(system)
         self._keys = graph.keys()
         self._weights = entity_weights(graph.mentions)
-        self.names = name_index(self._keys)
+        wanted = None if lookup_types is None else set(lookup_types)
+        self.names = name_index(
+            split_entity_id(e)[1]
+            for e in graph.entity_ids
+            if wanted is None or split_entity_id(e)[0] in wanted
+        )
 
     def seed_columns(self, keys: Iterable[str]) -> list[int]:
         """The entity columns of the given normalised names (every type the name has)."""

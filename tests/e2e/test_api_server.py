@@ -29,6 +29,8 @@ ROUTE_SCOPES: dict[str, set[str]] = {
     "/v1/answer": {"search", "generate"},
     "/v1/feedback": {"feedback"},
     "/v1/graph/entities/{name}": {"search"},
+    "/v1/rerank": {"search"},
+    "/v1/tokenize": set(),  # any valid key
     "/v1/models": set(),  # any valid key
     "/v1/models/{model}": set(),
 }
