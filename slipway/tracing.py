@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
 logger = logging.getLogger(__name__)
+RECENT_TRACES = 10_000  # request ids of traces this worker wrote, remembered for feedback
 TRACED: ContextVar[bool] = ContextVar("traced", default=False)  # this request is sampled
 SPAN_TYPES = {
     "retrieve": "RETRIEVER",
@@ -36,6 +39,8 @@ class Tracer:
             )
             self.rate = 0.0
         self.experiment_id: str | None = None
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_lock = threading.Lock()
         if self.rate > 0 or self.always:
             import mlflow
 
@@ -53,6 +58,20 @@ class Tracer:
         sampled = (always and self.always) or (self.rate > 0 and random.random() < self.rate)
         TRACED.set(sampled)
         return sampled
+
+    def traced(self, request_id: str) -> None:
+        """Remember that this worker wrote the trace of ``request_id`` (the newest
+        RECENT_TRACES are kept): feedback on it flushes this worker's export queue first."""
+        with self._recent_lock:
+            self._recent[request_id] = None
+            self._recent.move_to_end(request_id)
+            while len(self._recent) > RECENT_TRACES:
+                self._recent.popitem(last=False)
+
+    def wrote(self, request_id: str) -> bool:
+        """Whether this worker wrote the trace of ``request_id`` recently."""
+        with self._recent_lock:
+            return request_id in self._recent
 
     def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
         """An MLflow span inside a sampled request, else nothing (``None``)."""

@@ -289,5 +289,5 @@ def usage(account: str, model: str, tokens_in: int, tokens_out: int, cost: float
         metrics["usage_tokens"].labels(key=key, model=model, direction="in").inc(tokens_in)
     if tokens_out:
         metrics["usage_tokens"].labels(key=key, model=model, direction="out").inc(tokens_out)
-    if cost > 0:
-        metrics["usage_cost"].labels(key=key, model=model).inc(cost)
+    # a free model's calls still show in the cost panel, at zero
+    metrics["usage_cost"].labels(key=key, model=model).inc(max(cost, 0.0))

@@ -50,6 +50,7 @@ async def answer(
                 "slipway.route": "/v1/answer",
             }
         )
+        res.tracer.traced(request_id)
         out = await _answer(question, res, charge, template, reader)
         root.set_outputs(
             {

@@ -33,16 +33,17 @@ async def record(request: FeedbackRequest, res: Resources, principal: str) -> Fe
             "set (`slipway serve` sets it from the active ZenML stack).",
             code="feedback_unavailable",
         )
-    return await asyncio.to_thread(_record, request, res.tracer.experiment_id, principal)
+    local = res.tracer.wrote(request.request_id)
+    return await asyncio.to_thread(_record, request, res.tracer.experiment_id, principal, local)
 
 
 def _record(
-    request: FeedbackRequest, experiment_id: str | None, principal: str
+    request: FeedbackRequest, experiment_id: str | None, principal: str, local: bool
 ) -> FeedbackResponse:
     import mlflow
     from mlflow.entities import AssessmentSource, AssessmentSourceType
 
-    trace = _answer_trace(experiment_id, request.request_id, principal)
+    trace = _answer_trace(experiment_id, request.request_id, principal, local)
     tags = trace.info.tags
     prompt_version = tags.get("prompt_version", "unknown")
     source = AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=principal)
@@ -96,7 +97,6 @@ def _find_trace(experiment_id: str | None, request_id: str, principal: str) -> A
         max_results=20,
         return_type="list",
         include_spans=False,
-        flush=True,  # this worker's queued traces first
     )
     mine = [t for t in traces if t.info.tags.get("principal") == principal]
     if not mine:
@@ -104,9 +104,15 @@ def _find_trace(experiment_id: str | None, request_id: str, principal: str) -> A
     return mine[0]
 
 
-def _answer_trace(experiment_id: str | None, request_id: str, principal: str) -> Any:
+def _answer_trace(experiment_id: str | None, request_id: str, principal: str, local: bool) -> Any:
     """The newest answer trace of ``request_id`` that ``principal`` asked for; a 404 otherwise
-    (also for someone else's answer: ids are not secrets, answers are)."""
+    (also for someone else's answer: ids are not secrets, answers are). ``local``: this worker
+    wrote it, and its export queue is flushed first (a flush takes a second or two); another
+    worker's queue exports on its own, so the search is retried for a moment."""
+    if local:
+        import mlflow
+
+        mlflow.flush_trace_async_logging()
     try:
         return _find_trace(experiment_id, request_id, principal)
     except _NotYet:
