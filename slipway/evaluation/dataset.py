@@ -9,6 +9,10 @@ One object per line::
 ``answers`` may be one string or a list (``[]``: unanswerable); the gold documents may be given
 as ``doc_ids`` (a list) or ``passage_id`` (one id, XQuAD's ``qa.jsonl``); ``id`` defaults to the
 line number. Document ids are the corpus's document ids (what ``citations[].doc_id`` carries).
+
+A BEIR folder whose queries carry answers (``queries.jsonl`` rows ``{"_id", "text",
+"answers"}``, gold documents in ``qrels/test.tsv``; 2WikiMultihopQA's layout) is read as a QA
+set too: ``qa_path`` may name the folder.
 """
 
 from __future__ import annotations
@@ -72,8 +76,55 @@ def parse_example(row: Any, where: str, default_id: str) -> QAExample:
     )
 
 
+def read_beir_qa(root: Path, split: str = "test") -> list[QAExample]:
+    """The questions of a BEIR folder whose ``queries.jsonl`` rows carry ``answers``, with
+    their judged documents (relevance > 0 in ``qrels/<split>.tsv``) as gold documents."""
+    queries, qrels = root / "queries.jsonl", root / "qrels" / f"{split}.tsv"
+    for needed in (queries, qrels):
+        if not needed.is_file():
+            raise FileNotFoundError(
+                f"{QA_SETTING}: {root} is a folder without {needed.relative_to(root)}; a QA set "
+                "folder needs the BEIR layout (queries.jsonl with answers, qrels/test.tsv)."
+            )
+    gold: dict[str, list[str]] = {}
+    with qrels.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle):
+            parts = line.rstrip("\n").split("\t")
+            if (number == 0 and parts[0] == "query-id") or len(parts) < 3:
+                continue
+            if float(parts[2]) > 0:
+                gold.setdefault(parts[0], []).append(parts[1])
+    examples = []
+    with queries.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{queries}:{number}"
+            row = json.loads(line)
+            if "answers" not in row:
+                raise ValueError(f"{where}: a QA set's queries need 'answers'.")
+            qid = str(row.get("_id", number))
+            examples.append(
+                parse_example(
+                    {
+                        "question": row.get("text"),
+                        "answers": row["answers"],
+                        "doc_ids": gold.get(qid),
+                    },
+                    where,
+                    qid,
+                )
+            )
+    if not examples:
+        raise ValueError(f"{QA_SETTING}: {queries} holds no question.")
+    return examples
+
+
 def read_qa_set(path: Path) -> list[QAExample]:
-    """Every example of a JSON Lines QA set (blank lines skipped); ids must be unique."""
+    """Every example of a JSON Lines QA set (blank lines skipped), or of a BEIR folder with
+    answers (:func:`read_beir_qa`); ids must be unique."""
+    if path.is_dir():
+        return _unique(path, read_beir_qa(path))
     if not path.is_file():
         raise FileNotFoundError(
             f"{QA_SETTING}: {path} is not a file. Point it at a JSON Lines QA set "
@@ -92,6 +143,10 @@ def read_qa_set(path: Path) -> list[QAExample]:
             examples.append(parse_example(row, where, str(number)))
     if not examples:
         raise ValueError(f"{QA_SETTING}: {path} holds no question.")
+    return _unique(path, examples)
+
+
+def _unique(path: Path, examples: list[QAExample]) -> list[QAExample]:
     seen: set[str] = set()
     for example in examples:
         if example.id in seen:

@@ -263,6 +263,23 @@ def test_read_qa_set_accepts_doc_ids_passage_id_and_unanswerable(tmp_path: Path)
     assert not third.answerable and first.answerable
 
 
+def test_a_beir_folder_with_answers_is_a_qa_set(shared_data: Path, tmp_path: Path) -> None:
+    wiki = read_qa_set(shared_data / "2wikimqa")
+    assert len(wiki) == 374 and all(e.answerable for e in wiki)
+    first = json.loads((shared_data / "2wikimqa" / "queries.jsonl").read_text().splitlines()[0])
+    assert (wiki[0].id, wiki[0].question) == (first["_id"], first["text"])
+    assert wiki[0].answers == tuple(first["answers"]) and len(wiki[0].doc_ids) == 2
+    # a folder without qrels, or queries without answers, is refused with what to add
+    (tmp_path / "set").mkdir()
+    write_jsonl(tmp_path / "set" / "queries.jsonl", [{"_id": "q", "text": "Who?"}])
+    with pytest.raises(FileNotFoundError, match=r"qrels/test.tsv"):
+        read_qa_set(tmp_path / "set")
+    (tmp_path / "set" / "qrels").mkdir()
+    (tmp_path / "set" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\t1\n")
+    with pytest.raises(ValueError, match=r"queries.jsonl:1: a QA set's queries need 'answers'"):
+        read_qa_set(tmp_path / "set")
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
