@@ -1,11 +1,9 @@
 """Retrieval quality on the shared sets (Cranfield, XQuAD-en): BM25, dense and hybrid nDCG@10,
 Recall@10/100, through the index path (refresh -> open -> search). With ``--reranker PATH`` the
-hybrid ranking is also re-ranked by that cross-encoder, to measure whether it helps. With
-``--graph`` the corpus's knowledge graph is built on an embedded graph server and hybrid search
-is also fused with graph expansion (query entities -> related entities -> chunks).
+hybrid ranking is also re-ranked by that cross-encoder, to measure whether it helps. Graph
+retrieval and the index gate's decision on these sets: ``bench/multihop.py``.
 
-    python -m bench.retrieval_quality [--bundle DIR] [--reranker PATH] [--graph]
-                                      [--sets cranfield,xquad_en]
+    python -m bench.retrieval_quality [--bundle DIR] [--reranker PATH] [--sets cranfield,xquad_en]
 """
 
 from __future__ import annotations
@@ -29,50 +27,8 @@ from slipway.retrieval.rerank import CrossEncoderReranker
 SETS = {"cranfield": DATA / "cranfield", "xquad_en": DATA / "xquad_en" / "beir"}
 
 
-def graph_metrics(
-    root: Path,
-    docs,
-    chunks,
-    embedder,
-    opened,
-    judged,
-    tmp: str,  # type: ignore[no-untyped-def]
-) -> dict[str, dict[str, float]]:
-    """Hybrid fused with graph expansion, at two graph weights, on a graph built here."""
-    from slipway.config import GraphSettings
-    from slipway.graph import GraphQueries, connect
-    from slipway.graph.extraction import load_nlp
-    from slipway.graph.server import start_server, stop_server
-    from slipway.graph.update import update_graph
-    from slipway.retrieval.hybrid import FusionConfig
-
-    settings = GraphSettings(graph_dir=Path(tmp) / "graph")
-    start_server(settings)
-    try:
-        with connect(settings) as graph:
-            nlp = load_nlp(settings.ner_model)
-            stats = update_graph(graph, docs, chunks, nlp)
-            print(f"  graph: {stats.counts} in {stats.seconds:.0f}s")
-            queries = GraphQueries(graph, nlp)
-            out = {}
-            for weight in (0.5, 1.0):
-                searcher = HybridSearcher(
-                    embedder,
-                    opened.dense,
-                    opened.sparse,
-                    FusionConfig(graph_weight=weight),
-                    expander=queries.expand_many,
-                )
-                out[f"hybrid_graph{weight:g}"] = evaluate_searcher(searcher, judged, opened.doc_of)[
-                    "hybrid"
-                ]
-            return out
-    finally:
-        stop_server(settings)
-
-
 def measure(
-    root: Path, model_dir: Path, reranker_path: Path | None, threads: int, graph: bool = False
+    root: Path, model_dir: Path, reranker_path: Path | None, threads: int
 ) -> dict[str, dict[str, float]]:
     """Metrics of dense, sparse, hybrid (and hybrid+rerank) on one BEIR set."""
     docs = read_corpus(root, min_chars=1).documents
@@ -103,15 +59,12 @@ def measure(
                 text_of=opened.text_of,
             )
             metrics["hybrid_rerank"] = evaluate_searcher(reranked, judged, opened.doc_of)["hybrid"]
-        if graph:
-            metrics.update(graph_metrics(root, docs, chunks, embedder, opened, judged, tmp))
     return metrics
 
 
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--reranker", type=Path, help="A local cross-encoder directory to measure.")
-    p.add_argument("--graph", action="store_true", help="Also measure graph-expanded hybrid.")
     p.add_argument("--sets", default="cranfield,xquad_en")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -120,7 +73,7 @@ def main() -> None:
     result = []
     for name in args.sets.split(","):
         started = time.perf_counter()
-        metrics = measure(SETS[name], model_dir, args.reranker, args.threads, args.graph)
+        metrics = measure(SETS[name], model_dir, args.reranker, args.threads)
         print(f"{name} ({time.perf_counter() - started:.0f}s):")
         for kind, values in metrics.items():
             print(f"  {kind:14s} " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))

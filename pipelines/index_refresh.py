@@ -12,18 +12,26 @@ from steps.documents import (
     evaluation_set,
     preprocess_documents,
 )
-from steps.index import evaluate_index_version, publish_index_version, refresh_index_version
+from steps.index import (
+    build_graph_snapshot,
+    evaluate_index_version,
+    publish_index_version,
+    refresh_index_version,
+)
 
 
 def refresh_and_publish(
     documents: Any, chunks: Any, index: dict[str, Any] | None, after: str | None = None
 ) -> Any:
-    """Wire the three index steps (shared by this pipeline and the main job); the retrieval
+    """Wire the index steps (shared by this pipeline and the main job): refresh, graph
+    snapshot (``graph: false`` writes none), evaluation and the gated publish; the retrieval
     metrics out."""
     index = dict(index or {})
     eval_dir = index.pop("eval_dir", None)
+    graph = bool(index.pop("graph", True))
     publish = {k: index.pop(k) for k in ("margin", "retain") if k in index}
     version = refresh_index_version(documents, chunks, after=after, **index)
+    version = build_graph_snapshot(version, chunks, enabled=graph)
     metrics = evaluate_index_version(version, eval_dir=eval_dir)
     publish_index_version(version, metrics, **publish)
     return metrics
@@ -38,10 +46,11 @@ def index_refresh(
     embedder_path: str | None = None,
     index: dict[str, Any] | None = None,
 ) -> None:
-    """Keep the published index of ``corpus`` up to date; ``index`` holds the refresh, evaluation
-    and publish parameters (index_name, model_name, model_version, bundle_dir, write_batch,
-    eval_dir, margin, retain); ``embedder_path`` is the model directory whose tokenizer cuts
-    the chunks (default: the packaged embedder; it must be the registered embedder's source).
+    """Keep the published index of ``corpus`` up to date; ``index`` holds the refresh, graph
+    snapshot, evaluation and publish parameters (index_name, model_name, model_version,
+    bundle_dir, write_batch, graph, eval_dir, margin, retain); ``embedder_path`` is the model
+    directory whose tokenizer cuts the chunks (default: the packaged embedder; it must be the
+    registered embedder's source).
     ``index.eval_dir`` unset: the packaged judgements gate the packaged demo corpus, another
     corpus is published without a gate (logged), as in the main job."""
     index = dict(index or {})

@@ -487,15 +487,17 @@ def index_search(
         ),
     ] = None,
     graph: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--graph",
-            help="Also fuse knowledge-graph expansion (query entities -> neighbours -> chunks).",
+            "--graph/--no-graph",
+            help="Fuse graph retrieval (PageRank from the query's entities over the version's "
+            "entity graph); default: as the index gate decided for the version.",
         ),
-    ] = False,
+    ] = None,
 ) -> None:
     """Hybrid search over the published version, with the embedder that built it."""
     from slipway.embedding import OnnxEmbedder, model_fingerprint
+    from slipway.retrieval.hybrid import FusionConfig
     from slipway.retrieval.stores import index_dir, published_searcher
 
     index = index_dir(name)
@@ -518,17 +520,26 @@ def index_search(
         if not sep or not key:
             fail(f"--filter {item!r}: use key=value.")
         filters.setdefault(key, []).append(value)
-    expander = None
-    if graph:
-        from slipway.graph import GraphQueries, connect
+    retriever = None
+    if graph or (graph is None and manifest.graph is not None and manifest.graph.enabled):
         from slipway.graph.extraction import load_nlp
+        from slipway.graph.snapshot import GraphRetriever
 
-        settings = _graph_settings()
         try:
-            expander = GraphQueries(connect(settings), load_nlp(settings.ner_model)).expand_many
-        except RuntimeError as exc:
+            nlp = load_nlp(_graph_settings().ner_model)
+            retriever = GraphRetriever.load(index.version_dir(version), nlp)
+        except (RuntimeError, FileNotFoundError) as exc:
             fail(str(exc))
-    opened, searcher = published_searcher(name, OnnxEmbedder(model_dir), expander=expander)
+    opened, searcher = published_searcher(
+        name,
+        OnnxEmbedder(model_dir),
+        fusion=(
+            FusionConfig(graph_weight=manifest.graph.weight, rrf_k=manifest.graph.rrf_k)
+            if manifest.graph and retriever
+            else None
+        ),
+        expander=retriever.search_many if retriever else None,
+    )
     for q, hits in zip(query, searcher.search(query, k, filters or None), strict=True):
         print(f"# {q}")
         for hit in opened.hydrate(hits):
@@ -658,7 +669,7 @@ def graph_entity(
     except (RuntimeError, ValueError) as exc:
         fail(str(exc))
     with graph:
-        queries = GraphQueries(graph, nlp=None)
+        queries = GraphQueries(graph)
         found = queries.find(name)
         if not found:
             fail(f"No entity named {name!r} in the graph (ids look like PERSON:jeff skilling).")

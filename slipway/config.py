@@ -227,6 +227,12 @@ class IndexSettings(BaseSettings):
     reranker_path: Path | None = Field(
         default=None, description="Local cross-encoder directory; no re-ranking when unset."
     )
+    graph_min_gain: float = Field(
+        default=0.005,
+        ge=0.0,
+        description="Smallest gain of hybrid nDCG@10 on the evaluation set for which the index "
+        "gate turns graph retrieval on for a version (it stays off without an evaluation set).",
+    )
 
 
 class GraphSettings(BaseSettings):

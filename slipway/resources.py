@@ -10,8 +10,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from slipway.cache import MemoryCache, RedisCache, ResultCache, cache_key
 from slipway.config import ApiSettings, GraphSettings, IndexSettings, ServeSettings, get_settings
 from slipway.documents.chunking import load_tokenizer
 from slipway.generation import Request, context_length
+from slipway.graph.snapshot import GraphRetriever, has_snapshot
 from slipway.prompts import load_served
 from slipway.retrieval.hybrid import FusionConfig, HybridSearcher, load_fusion
 from slipway.retrieval.index import IndexDir, OpenIndex
@@ -123,10 +124,32 @@ class Coalescer:
 
 @dataclass
 class IndexState:
-    """The opened published version and searchers over it."""
+    """The opened published version, its graph retriever (read from the same version) and
+    searchers over them: swapped together when a newer version is published."""
 
     opened: OpenIndex
-    searchers: dict[bool, HybridSearcher] = field(default_factory=dict)  # by graph expansion
+    searchers: dict[bool, HybridSearcher] = field(default_factory=dict)  # by graph retrieval
+    retriever: GraphRetriever | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def graph_default(self) -> bool:
+        """Whether the index gate turned graph retrieval on for this version."""
+        gate = self.opened.manifest.graph
+        return gate is not None and gate.enabled
+
+    @property
+    def has_graph(self) -> bool:
+        """Whether this version has a graph snapshot."""
+        return has_snapshot(self.opened.index.version_dir(self.opened.version))
+
+    def graph_retriever(self, nlp: Callable[[], Any]) -> GraphRetriever:
+        """The version's graph retriever, loaded once (its PageRank factors with it)."""
+        with self.lock:
+            if self.retriever is None:
+                directory = self.opened.index.version_dir(self.opened.version)
+                self.retriever = GraphRetriever.load(directory, nlp())
+            return self.retriever
 
 
 class Resources:
@@ -164,6 +187,9 @@ class Resources:
         self._refused: set[str] = set()
         self._generator_info: dict[str, Any] | None = None
         self._graph: Any = None
+        self._nlp: Any = None
+        self._vectors: Any = None
+        self._nlp_lock = threading.Lock()
         self._graph_lock = threading.Lock()
         self.tracer = Tracer(
             self.serve.trace_sample_rate,
@@ -327,9 +353,12 @@ class Resources:
             if self._index is None or version != self._index.opened.version:
                 store = vector_store(directory, self.index_settings)
                 opened = OpenIndex(directory, version, store)
+                state = IndexState(opened)
+                if state.graph_default:  # ready before the version serves its first query
+                    state.graph_retriever(self.nlp)
                 logger.info("Serving index %s version %s", directory.name, opened.version)
                 previous = self._index.opened.version if self._index is not None else None
-                self._index = IndexState(opened)
+                self._index = state
                 metrics.index_served(directory, opened.version, previous)
         except (LookupError, OSError, ValueError, RuntimeError) as exc:
             self._index_checked = now
@@ -358,20 +387,59 @@ class Resources:
         return True
 
     def searcher(self, state: IndexState, graph: bool) -> HybridSearcher:
-        """A hybrid searcher over ``state`` with or without graph expansion; it searches with
-        query vectors the caller embedded (``search_async(embed=...)``). Re-ranking is the use
-        case's (``slipway.rag.search.rerank_top``), one path for searches and answers."""
+        """A hybrid searcher over ``state`` with or without graph retrieval (fused at the
+        weight the index gate chose); it searches with query vectors the caller embedded
+        (``search_async(embed=...)``). Re-ranking is the use case's
+        (``slipway.rag.search.rerank_top``), one path for searches and answers."""
         if graph not in state.searchers:
-            expander = self.graph().expand_many if graph else None
+            fusion, expander = self.fusion, None
+            if graph:
+                expander = state.graph_retriever(self.nlp).search_many
+                gate = state.opened.manifest.graph
+                if gate is not None:
+                    fusion = replace(fusion, graph_weight=gate.weight, rrf_k=gate.rrf_k)
             state.searchers[graph] = HybridSearcher(
                 None,
                 state.opened.dense,
                 state.opened.sparse,
-                fusion=self.fusion,
+                fusion=fusion,
                 text_of=state.opened.text_of,
                 expander=expander,
             )
         return state.searchers[graph]
+
+    def use_graph(self, state: IndexState, requested: bool | None) -> bool:
+        """Whether a search fuses graph retrieval: as asked, else as the index gate decided
+        for the version; 400 when asked of a version without a graph snapshot."""
+        if requested is None:
+            return state.graph_default
+        if requested and not state.has_graph:
+            raise ApiError(
+                400,
+                f"Index version {state.opened.version} has no graph snapshot; refresh the "
+                "index with its graph on (index.graph: true) or leave `graph` unset.",
+                param="graph",
+                code="graph_unavailable",
+            )
+        return requested
+
+    def entity_vectors(self) -> Any:
+        """The entity vector table the kg_update pipeline writes (graph embeddings)."""
+        with self._graph_lock:
+            if self._vectors is None:
+                from slipway.graph.vectors import EntityVectors
+
+                self._vectors = EntityVectors(get_settings().home / "entity_vectors")
+            return self._vectors
+
+    def nlp(self) -> Any:
+        """The spaCy NER pipeline questions are read with (loaded once)."""
+        with self._nlp_lock:
+            if self._nlp is None:
+                from slipway.graph.extraction import load_nlp
+
+                self._nlp = load_nlp(GraphSettings().ner_model)
+            return self._nlp
 
     @cached_property
     def fusion(self) -> FusionConfig:
@@ -399,7 +467,6 @@ class Resources:
         with self._graph_lock:
             if self._graph is None:
                 from slipway.graph import GraphQueries, connect
-                from slipway.graph.extraction import load_nlp
                 from slipway.graph.server import running_server
 
                 settings = GraphSettings()
@@ -412,7 +479,7 @@ class Resources:
                         code="graph_unavailable",
                     )
                 try:
-                    self._graph = GraphQueries(connect(settings), load_nlp(settings.ner_model))
+                    self._graph = GraphQueries(connect(settings))
                 except (RuntimeError, OSError) as exc:
                     raise ApiError(
                         503,

@@ -213,7 +213,12 @@ class SearchRequest(Strict):
     top_k: Annotated[int, Field(ge=1, le=50)] = 10
     filters: Filters | None = Field(default=None, description="metadata key -> value(s)")
     rerank: bool = Field(default=True, description="Re-rank when a re-ranker is configured.")
-    graph: bool = Field(default=False, description="Fuse knowledge-graph expansion.")
+    graph: bool | None = Field(
+        default=None,
+        description="Fuse graph retrieval (Personalized PageRank from the query's entities over "
+        "the index version's entity graph); unset: as the index gate decided for the version "
+        "(`graph_retrieval` in /v1/models).",
+    )
     group_by: Literal["document"] | None = Field(
         default=None,
         description='"document": one result per document (its best chunk), with its other '
@@ -225,7 +230,7 @@ class SearchResponse(BaseModel):
     index_version: str
     model: str
     reranked: bool
-    graph_expanded: bool
+    graph_expanded: bool = Field(description="Whether graph retrieval was fused.")
     results: list[ChunkHit]
 
 
@@ -311,7 +316,11 @@ class AnswerRequest(Strict):
     question: Text
     top_k: Annotated[int, Field(ge=1, le=20)] = 4
     filters: Filters | None = None
-    graph: bool = False
+    graph: bool | None = Field(
+        default=None,
+        description="Retrieve through graph retrieval too (see /v1/search); unset: as the index "
+        "gate decided.",
+    )
     max_new_tokens: NewTokens = 128
     temperature: Temperature = 0.0
     seed: Seed | None = None
@@ -395,6 +404,21 @@ class EntityOut(BaseModel):
 class EntitiesResponse(BaseModel):
     query: str
     entities: list[EntityOut]
+
+
+class SimilarEntity(BaseModel):
+    id: str
+    name: str
+    type: str
+    similarity: float = Field(description="Cosine similarity of the two graph embeddings.")
+
+
+class SimilarEntitiesResponse(BaseModel):
+    id: str
+    similar: list[SimilarEntity] = Field(
+        description="Entities whose GNN embeddings (trained by the kg_update pipeline to "
+        "predict co-occurrence links) are closest, most similar first."
+    )
 
 
 class ModelCard(BaseModel):

@@ -444,18 +444,28 @@ async def answer_all(
 
 
 def retrieval_metrics(service: InProcessService, examples: Sequence[QAExample]) -> dict[str, float]:
-    """The index gate's metrics (nDCG@10, Recall@10/100 of dense, sparse, hybrid) on the
+    """The index gate's metrics (nDCG@10, Recall@10/100 of dense, sparse, hybrid; with a graph
+    snapshot also of graph retrieval and hybrid + graph at the gate's weight) on the
     answerable questions that name their gold documents; empty when none does."""
     judged = [e for e in examples if e.answerable and e.doc_ids]
     if not judged:
         return {}
-    opened = service.resources.check_index().opened
+    res = service.resources
+    state = res.check_index()
+    opened = state.opened
     searcher = HybridSearcher(service.encoder, opened.dense, opened.sparse)
     queries = JudgedQueries(
         queries={e.id: e.question for e in judged},
         qrels={e.id: dict.fromkeys(e.doc_ids, 1) for e in judged},
     )
-    measured = evaluate_searcher(searcher, queries, opened.doc_of)
+    gate = opened.manifest.graph
+    measured = evaluate_searcher(
+        searcher,
+        queries,
+        opened.doc_of,
+        graph=state.graph_retriever(res.nlp).search_many if state.has_graph else None,
+        fusions=[(gate.weight, gate.rrf_k) if gate is not None else (1.0, 60)],
+    )
     return {f"retrieval_{k}": v for k, v in flat_metrics(measured).items()}
 
 

@@ -2,20 +2,18 @@
 
 ``connect()`` reaches the graph: the Neo4j server of ``SLIPWAY_NEO4J_URI`` when set, else the
 embedded ArcadeDB Bolt server (started on first use). ``GraphQueries`` answers what the service
-and the retriever ask: the entities of a text, an entity's neighbours, and the chunks a query's
-entities and their neighbours lead to (graph expansion).
+asks of it: entities by name and their neighbours. Graph retrieval reads the index version's own
+snapshot of the entity-chunk graph (``slipway.graph.snapshot``), not the store.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from slipway.config import GraphSettings
-from slipway.graph.extraction import entity_key, extract_mentions
-from slipway.graph.linking import split_entity_id
+from slipway.graph.extraction import entity_key
 from slipway.graph.store import EntityRow, Neighbour, Neo4jGraph
 
 
@@ -76,42 +74,12 @@ def connect(settings: GraphSettings | None = None) -> Neo4jGraph:
     return Neo4jGraph(driver, target.database)
 
 
-@dataclass(frozen=True)
-class FoundEntity:
-    """An entity found in a text and its graph record."""
-
-    surface: str
-    entity: EntityRow
-
-
 class GraphQueries:
-    """Graph reads for retrieval and the API: entities of a text, neighbours, expansion."""
+    """Graph reads for the API: entities by name or id, their neighbours (within what a
+    caller may read)."""
 
-    def __init__(
-        self, graph: Neo4jGraph, nlp: Any, neighbours: int = 5, neighbour_weight: float = 0.5
-    ) -> None:
+    def __init__(self, graph: Neo4jGraph) -> None:
         self.graph = graph
-        self.nlp = nlp
-        self.neighbour_count = neighbours
-        self.neighbour_weight = neighbour_weight
-
-    def entities_of(self, text: str) -> list[FoundEntity]:
-        """The graph's entities named in ``text`` (NER, then the same normalisation as linking;
-        a name the graph holds under several types resolves to the NER label's type first)."""
-        mentions = extract_mentions(self.nlp, [("query", text)])
-        if not mentions:
-            return []
-        keyed = [(m, entity_key(m.surface, m.type)) for m in mentions]
-        rows = self.graph.entities_by_key({key for _, key in keyed})
-        found: list[FoundEntity] = []
-        seen: set[str] = set()
-        for mention, key in keyed:
-            candidates = [r for r in rows if split_entity_id(r.id)[1] == key]
-            candidates.sort(key=lambda r: (r.type != mention.type, -r.mentions))
-            if candidates and candidates[0].id not in seen:
-                seen.add(candidates[0].id)
-                found.append(FoundEntity(mention.surface, candidates[0]))
-        return found
 
     def find(self, name: str) -> list[EntityRow]:
         """Entities by id (``TYPE:name``) or by name under any type, most mentioned first."""
@@ -150,25 +118,3 @@ class GraphQueries:
                 rows[entity.id] = entity
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
         return [Neighbour(rows[e], n) for e, n in ranked]
-
-    def expansion_weights(self, text: str) -> dict[str, float]:
-        """Entities in the text (weight 1) and their strongest neighbours (weight scaled by
-        co-occurrence relative to the strongest, times ``neighbour_weight``)."""
-        weights: dict[str, float] = {}
-        for found in self.entities_of(text):
-            weights[found.entity.id] = 1.0
-            related = self.graph.neighbours(found.entity.id, self.neighbour_count)
-            top = max((n.weight for n in related), default=1)
-            for n in related:
-                share = self.neighbour_weight * n.weight / top
-                weights[n.entity.id] = max(weights.get(n.entity.id, 0.0), share)
-        return weights
-
-    def expand(self, text: str, k: int = 100) -> list[tuple[str, float]]:
-        """Chunks reached from the query's entities and their neighbours, best first."""
-        weights = self.expansion_weights(text)
-        return self.graph.chunks_mentioning(weights, k) if weights else []
-
-    def expand_many(self, texts: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-        """:meth:`expand` for several queries (the hybrid searcher's third ranking)."""
-        return [self.expand(text, k) for text in texts]

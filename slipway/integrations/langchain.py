@@ -101,7 +101,11 @@ class SlipwayRetriever(_HttpConfig, BaseRetriever):
 
     k: int = Field(default=4, ge=1)
     filters: dict[str, str | list[str]] | None = None
-    graph: bool = False
+    graph: bool | None = Field(
+        default=None,
+        description="Fuse graph retrieval; None: over HTTP as the index gate decided, "
+        "in-process when the searcher has a graph retriever.",
+    )
     principals: list[str] = Field(
         default_factory=list, description="Whom an in-process search reads documents as."
     )
@@ -121,8 +125,8 @@ class SlipwayRetriever(_HttpConfig, BaseRetriever):
         if self.graph and getattr(self.searcher, "expander", None) is None:
             raise ValueError("graph=True needs a searcher with a graph expander.")
         self._local = self.searcher
-        if not self.graph and getattr(self.searcher, "expander", None) is not None:
-            self._local = copy.copy(self.searcher)  # the same searcher, without the expansion
+        if self.graph is False and getattr(self.searcher, "expander", None) is not None:
+            self._local = copy.copy(self.searcher)  # the same searcher, without the graph
             self._local.expander = None
         return self
 

@@ -1,5 +1,6 @@
-"""Search: the published index, hybrid (dense + BM25, fused), filtered, optionally re-ranked and
-graph-expanded; cached per model and index version. Queries are embedded first (through the
+"""Search: the published index, hybrid (dense + BM25 and, when the index gate turned it on or
+the caller asks, graph retrieval; fused), filtered, optionally re-ranked; cached per model and
+index version. Queries are embedded first (through the
 encoder), then searched with their vectors, within the search deadline.
 
 Access control: the caller's readable ACL tags join the filters (both retrievers pre-filter, so
@@ -42,18 +43,21 @@ async def search(query: SearchRequest, res: Resources, reader: Reader) -> Search
     opened = state.opened
     filters = access_filters(opened, query.filters, reader)
     rerank_on = query.rerank and res.can_rerank
+    graph = res.use_graph(state, query.graph)
     payload: dict[str, Any] = {
         "q": query.query,
         "k": query.top_k,
         "f": filters,
         "r": rerank_on,
-        "g": query.graph,
+        "g": graph,
         "by": query.group_by,
     }
     key, value = res.cached("search", res.versions(state), payload)
     if value is not None:
         return SearchResponse.model_validate(value)
-    searcher = res.searcher(state, query.graph)
+    searcher = state.searchers.get(graph)
+    if searcher is None:  # built once per version (graph retrieval loads its snapshot)
+        searcher = await asyncio.to_thread(res.searcher, state, graph)
 
     async def embed(queries: list[str]) -> np.ndarray:
         return await embed_texts(res, queries)
@@ -77,7 +81,7 @@ async def search(query: SearchRequest, res: Resources, reader: Reader) -> Search
         index_version=opened.version,
         model=res.model_id,
         reranked=rerank_on,
-        graph_expanded=query.graph,
+        graph_expanded=graph,
         results=results,
     )
     res.remember(key, response.model_dump())

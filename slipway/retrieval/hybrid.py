@@ -1,4 +1,4 @@
-"""Hybrid search: dense and sparse retrieval (and graph expansion) are fused, then maybe
+"""Hybrid search: dense and sparse retrieval (and graph retrieval) are fused, then maybe
 re-ranked; queries are embedded first, then searched with their vectors."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class FusionConfig:
     sparse_weight: float = 1.0
     candidates: int = 100  # per retriever, before fusion
     rerank_top: int = 20  # fused hits the re-ranker re-orders, when there is one
-    graph_weight: float = 1.0  # weight of the graph-expansion ranking, when there is one
+    graph_weight: float = 1.0  # weight of the graph ranking (the index gate may set its own)
 
 
 RETRIEVAL_FILE = "retrieval.json"  # a bundle's tuned fusion (written by the retraining loop)
@@ -59,7 +59,7 @@ def save_fusion(bundle_root: Path, config: FusionConfig, **extra: object) -> Pat
     return path
 
 
-# Chunks a graph expansion reaches from the queries' entities: (queries, k) -> rankings.
+# Chunks graph retrieval reaches from the queries' entities: (queries, k) -> rankings.
 Expander = Callable[[Sequence[str], int], list[list[Hit]]]
 
 # Embeds queries for an event loop: (queries) -> vectors, awaited before the search proper.
@@ -67,7 +67,7 @@ AsyncEmbed = Callable[[list[str]], Awaitable[np.ndarray]]
 
 
 class HybridSearcher:
-    """Dense + sparse (+ optionally knowledge-graph expansion) search over the same chunk ids.
+    """Dense + sparse (+ optionally graph) retrieval over the same chunk ids.
 
     The retrieval seam: queries are embedded first, then searched with their vectors. Each part
     of a search is a leaf task: nothing here submits work to a pool and then waits on it from

@@ -74,6 +74,17 @@ class RefreshStats(BaseModel):
     seconds: float = 0.0
 
 
+class GraphGate(BaseModel):
+    """The index gate's decision on graph retrieval for one version."""
+
+    enabled: bool
+    weight: float  # the graph ranking's fusion weight that scored best
+    rrf_k: int = 60  # and the RRF constant it was fused with
+    hybrid: float | None = None  # nDCG@10 on the evaluation set without the graph
+    hybrid_graph: float | None = None  # and with it, at ``weight``
+    reason: str
+
+
 class Manifest(BaseModel):
     """One complete index version."""
 
@@ -93,6 +104,7 @@ class Manifest(BaseModel):
     stats: RefreshStats
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
     acl_tagged: bool = False  # its chunks carry ACL tags (versions before access control: no)
+    graph: GraphGate | None = None  # the gate's graph retrieval decision (None: not evaluated)
 
 
 class Pointer(BaseModel):

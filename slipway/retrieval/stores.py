@@ -44,8 +44,8 @@ def published_searcher(
     expander: Expander | None = None,
 ) -> tuple[OpenIndex, HybridSearcher]:
     """The published version of index ``name`` and a hybrid searcher over it, re-ranking with
-    ``SLIPWAY_RERANKER_PATH`` when set and fusing ``expander``'s graph expansion when given
-    (e.g. ``GraphQueries.expand_many``). The embedder must be the one that built the index."""
+    ``SLIPWAY_RERANKER_PATH`` when set and fusing ``expander``'s graph ranking when given
+    (e.g. ``GraphRetriever.search_many``). The embedder must be the one that built the index."""
     settings = settings or IndexSettings()
     index = index_dir(name, settings)
     opened = open_published(index, vector_store(index, settings))

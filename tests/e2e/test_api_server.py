@@ -5,16 +5,19 @@ limits and the cache in a real Valkey and traces in MLflow."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 
+from slipway.graph.vectors import EntityVectors
 from tests.e2e.conftest import DEPRECATED, ROOT, XQUAD, Server, post, serving
 
 # The scopes each route needs; a new route must be added here (the sweep checks the spec).
@@ -29,6 +32,7 @@ ROUTE_SCOPES: dict[str, set[str]] = {
     "/v1/answer": {"search", "generate"},
     "/v1/feedback": {"feedback"},
     "/v1/graph/entities/{name}": {"search"},
+    "/v1/graph/entities/{id}/similar": {"search"},
     "/v1/rerank": {"search"},
     "/v1/tokenize": set(),  # any valid key
     "/v1/models": set(),  # any valid key
@@ -241,10 +245,29 @@ def test_search_filters_and_caches_per_index_version(server: Server) -> None:
     assert filtered.status_code == 200 and filtered.json()["results"] == []
 
 
-def test_search_with_graph_expansion(server: Server) -> None:
-    r = post(server, "/v1/search", {"query": "Where is Warsaw?", "top_k": 3, "graph": True})
-    assert r.status_code == 200, r.text
-    assert r.json()["graph_expanded"] is True and len(r.json()["results"]) == 3
+def test_graph_retrieval_follows_the_index_gate_unless_asked(server: Server) -> None:
+    listed = httpx.get(f"{server.base}/v1/models", headers=server.headers(), timeout=30).json()
+    index = listed["index"]
+    # the main job wrote the version's graph snapshot and the gate decided on the eval set
+    assert index["graph_snapshot"] is True, index
+    gate = index["graph_gate"]
+    assert gate is not None and gate["hybrid"] is not None and gate["hybrid_graph"] is not None
+    assert (
+        index["graph_retrieval"]
+        == gate["enabled"]
+        == (gate["hybrid_graph"] >= gate["hybrid"] + 0.005)
+    )
+    query = {"query": "Where is Warsaw?", "top_k": 3}
+    default = post(server, "/v1/search", query)
+    assert default.status_code == 200 and default.json()["graph_expanded"] is gate["enabled"]
+    for asked in (True, False):
+        r = post(server, "/v1/search", {**query, "graph": asked})
+        assert r.status_code == 200, r.text
+        assert r.json()["graph_expanded"] is asked and len(r.json()["results"]) == 3
+    answer = post(
+        server, "/v1/answer", {"question": "Where is Warsaw?", "graph": True, "max_new_tokens": 8}
+    )
+    assert answer.status_code == 200, answer.text
 
 
 def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
@@ -255,6 +278,7 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
     r = post(server, "/v1/answer", {"question": question, **always})
     assert r.status_code == 200, r.text
     body = r.json()
+    request_id = r.headers["x-request-id"]
     # every [n] marker of the answer names a citation marked cited, and every cited one is there
     marked = {int(n) for n in re.findall(r"\[(\d+)\]", body["answer"])}
     assert marked == {c["n"] for c in body["citations"] if c["cited"]}, body
@@ -295,7 +319,7 @@ def test_answer_cites_the_chunks_it_used_and_is_traced(server: Server) -> None:
         )
         for trace in traces:
             names = {s.name: s for s in trace.data.spans}
-            if "answer" in names and names["answer"].inputs.get("question") == question:
+            if trace.info.tags.get("request_id") == request_id:
                 spans = names
         time.sleep(1)
     assert {"answer", "retrieve", "rerank", "prompt", "relevance", "generate"} <= set(spans)
@@ -337,6 +361,30 @@ def test_graph_entity_with_neighbours(server: Server) -> None:
     assert 0 < len(entity["neighbours"]) <= 3 and entity["mentions"] > 0
     missing = httpx.get(f"{server.base}/v1/graph/entities/Nobody Atall", headers=server.headers())
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "entity_not_found"
+
+    # nearest entities by GNN embedding: the same order the entity vector table gives
+    similar = httpx.get(
+        f"{server.base}/v1/graph/entities/{quote(entity_id, safe='')}/similar",
+        params={"limit": 5},
+        headers=server.headers("search"),
+        timeout=60,
+    )
+    assert similar.status_code == 200, similar.text
+    near = similar.json()["similar"]
+    expected = EntityVectors(Path(os.environ["SLIPWAY_HOME"]) / "entity_vectors").similar(
+        entity_id, 5
+    )
+    assert [(e["id"], e["name"]) for e in near] == [(i, n) for i, n, _ in expected]
+    assert entity_id not in {e["id"] for e in near}
+    assert all(-1.0 <= e["similarity"] <= 1.0 for e in near)
+    assert [e["similarity"] for e in near] == sorted((e["similarity"] for e in near), reverse=True)
+    for bad, status in (("PERSON:nobody atall", 404), ("lowercase:x", 400)):
+        r = httpx.get(
+            f"{server.base}/v1/graph/entities/{quote(bad, safe='')}/similar",
+            headers=server.headers("search"),
+            timeout=60,
+        )
+        assert r.status_code == status, r.text
 
 
 def test_openai_sdk_works_unchanged(server: Server) -> None:
@@ -555,6 +603,7 @@ def test_authorization_sweep(server: Server) -> None:
     roles = ("embed", "generate", "search")
     for path, operations in spec["paths"].items():
         url = server.base + path.replace("{name}", "Warsaw").replace("{model}", "slipway-e2e")
+        url = url.replace("{id}", "PLACE:warsaw")
         for method in operations:
             anonymous = httpx.request(method, url, json={}, timeout=60)
             assert anonymous.status_code == 401, (method, path, anonymous.text)

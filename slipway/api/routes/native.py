@@ -37,6 +37,7 @@ from slipway.api.schemas import (
     RerankResponse,
     SearchRequest,
     SearchResponse,
+    SimilarEntitiesResponse,
     SummarizeRequest,
     SummarizeResponse,
     TokenizeRequest,
@@ -218,3 +219,18 @@ async def graph_entity(
     """Entities by id (`TYPE:name`) or name, each with its strongest neighbours; only those
     mentioned in documents the caller may read, counted over those documents."""
     return await graph.entities(name, limit, res, res.reader(who))
+
+
+@router.get(
+    "/v1/graph/entities/{id}/similar", response_model=SimilarEntitiesResponse, responses=ERRORS
+)
+async def graph_similar(
+    id: Annotated[str, Path(min_length=3, max_length=200, pattern=r"^[A-Z_]+:\S")],
+    res: Res,
+    who: Annotated[Principal, Depends(guard(Scope.SEARCH))],
+    limit: Annotated[int, Query(ge=1, le=50)] = 10,
+) -> SimilarEntitiesResponse:
+    """The entities whose graph embeddings (the GNN trained on the co-occurrence graph) are
+    closest to entity `id` (`TYPE:name`); only entities mentioned in documents the caller may
+    read."""
+    return await graph.similar(id, limit, res, res.reader(who))

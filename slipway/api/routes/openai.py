@@ -80,17 +80,23 @@ MESSAGE_OVERHEAD_TOKENS = 4  # role and separators of a chat message
 @router.get("/v1/models", response_model=RoutedModelsResponse, responses=ERRORS)
 async def models(res: Res, who: Annotated[Principal, Depends(guard())]) -> RoutedModelsResponse:
     """The models the caller may name (the served bundle, its aliases, upstreams), the served
-    model versions, precisions and providers, and the index version (OpenAI's list shape)."""
+    model versions, precisions and providers, and the index version with the index gate's
+    graph retrieval decision (OpenAI's list shape)."""
     manifest = res.served.bundle.manifest
     embedder, generator = await res.embedder.describe(), await res.generator.describe()
     name = res.serve.index_name
     try:
-        opened = res.index_state().opened
+        state = res.index_state()
+        opened = state.opened
+        gate = opened.manifest.graph
         index = {
             "name": name,
             "version": opened.version,
             "documents": len(opened.manifest.documents),
             "chunks": opened.chunk_count,
+            "graph_retrieval": state.graph_default,
+            "graph_snapshot": state.has_graph,
+            "graph_gate": gate.model_dump() if gate is not None else None,
         }
     except ApiError:
         index = {"name": name, "version": None}
