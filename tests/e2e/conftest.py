@@ -92,6 +92,9 @@ def registered(
     assert "not measured" in gate["gates"]["answers"]["reason"], gate
     bento_tag = run.steps["build_bento"].outputs["bento_tag"][0].load()
     assert bento_tag.startswith(f"slipway:v{out['version']}-")
+    # the published version carries its own graph snapshot, and the gate decided on it
+    snapshot = run.steps["build_graph_snapshot"].outputs["graph_snapshot_version"][0].load()
+    assert snapshot.version == "v000001"
     graph_stats = run.steps["update_knowledge_graph"].outputs["graph_stats"][0].load()
     # earlier tests of the session may have left other chunkings of these passages in the graph
     assert graph_stats.new + graph_stats.changed + graph_stats.unchanged == 240
