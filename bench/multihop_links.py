@@ -13,8 +13,12 @@ the graph retrieval that ships (``bench/multihop.py``)?
 
 Each is measured on all 374 questions against the entity-chunk graph (R@5 and all-gold@5 of graph
 alone and of hybrid + graph at the fusion the gate chose in ``bench/multihop.py``: weight 2,
-RRF k 10). Sentence links are kept (``slipway.graph.snapshot.SENTENCE_WEIGHT``); the others
-changed nothing worth their cost. Relation extraction through an OpenAI-compatible endpoint
+RRF k 10). None is shipped. Name-embedding linking and SVO links change nothing worth their
+cost. Sentence links do best here (+0.013 R@5, +0.024 all-gold@5 at weight 0.3), but built into
+the snapshot and served (tried on 2026-12-03, ``bench/multihop.py``) they gave +0.005 R@5 and
++0.011 all-gold@5, no gain on the gate's held-out nDCG@10 (0.849 against 0.850), and the
+entity-entity block's fill-in more than doubled the PageRank solve (graph p50 15 -> 37 ms) and
+added 17 s of factorization per version. Relation extraction through an OpenAI-compatible endpoint
 is not measured here: no model worth asking runs on this machine.
 
     python -m bench.multihop_links

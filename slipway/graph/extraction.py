@@ -49,7 +49,6 @@ class Mention:
     surface: str
     type: str
     context: str
-    sentence: int = -1  # where its sentence starts (token index), when the pipeline splits them
 
 
 def load_nlp(name: str) -> Any:
@@ -120,24 +119,18 @@ def extract_mentions(
     batch_size: int = 64,
     types: dict[str, str] | None = None,
 ) -> list[Mention]:
-    """Mentions of named entities in ``(chunk_id, text)`` pairs, with ``nlp.pipe`` in batches
-    (each with its sentence when the pipeline splits sentences)."""
+    """Mentions of named entities in ``(chunk_id, text)`` pairs, with ``nlp.pipe`` in batches."""
     types = ENTITY_TYPES if types is None else types
     mentions: list[Mention] = []
     texts = (text for _, text in chunks)
     for (chunk_id, text), doc in zip(chunks, nlp.pipe(texts, batch_size=batch_size), strict=True):
-        split = doc.has_annotation("SENT_START")  # a sentencizer or parser ran
         for ent in doc.ents:
             entity_type = types.get(ent.label_)
             if entity_type is None or not usable(display_name(ent.text, entity_type)):
                 continue
             mentions.append(
                 Mention(
-                    chunk_id,
-                    ent.text,
-                    entity_type,
-                    _context(text, ent.start_char, ent.end_char),
-                    ent.sent.start if split else -1,
+                    chunk_id, ent.text, entity_type, _context(text, ent.start_char, ent.end_char)
                 )
             )
     return mentions

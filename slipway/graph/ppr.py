@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,58 +62,37 @@ def names_in(text: str, index: Mapping[str, list[str]]) -> set[str]:
     return found
 
 
-ChunkPairs = Mapping[str, Mapping[tuple[str, str], int]]  # chunk -> (entity, entity) -> sentences
-
-
-def _no_pairs() -> np.ndarray:
-    return np.zeros((0, 4), dtype=np.int64)
-
-
 @dataclass(frozen=True)
 class EntityChunkGraph:
-    """Chunks, entities and the mention counts between them (a snapshot for retrieval), and
-    which entities each chunk names in one sentence."""
+    """Chunks, entities and the mention counts between them (a snapshot for retrieval)."""
 
     chunk_ids: list[str]
     entity_ids: list[str]
     mentions: sp.csr_matrix  # (chunks, entities): how often a chunk mentions an entity
-    # rows (chunk row, entity column a < b, sentences of that chunk naming both)
-    pairs: np.ndarray = field(default_factory=_no_pairs)
 
     @classmethod
     def from_mentions(
-        cls,
-        chunk_entities: Mapping[str, Mapping[str, int]],
-        chunk_ids: Sequence[str],
-        chunk_pairs: ChunkPairs | None = None,
+        cls, chunk_entities: Mapping[str, Mapping[str, int]], chunk_ids: Sequence[str]
     ) -> EntityChunkGraph:
         """The graph of ``chunk_entities`` (chunk id → entity id → count) over ``chunk_ids``
-        (chunks without entities stay, unreachable), with ``chunk_pairs`` (chunk id →
-        entity pair → sentences naming both)."""
+        (chunks without entities stay, unreachable)."""
         entity_ids = sorted({e for counts in chunk_entities.values() for e in counts})
         column = {e: i for i, e in enumerate(entity_ids)}
         rows, cols, counts = [], [], []
-        pairs = []
         for row, chunk in enumerate(chunk_ids):
             for entity, n in chunk_entities.get(chunk, {}).items():
                 rows.append(row)
                 cols.append(column[entity])
                 counts.append(float(n))
-            for (a, b), n in (chunk_pairs or {}).get(chunk, {}).items():
-                first, second = sorted((column[a], column[b]))
-                pairs.append((row, first, second, int(n)))
         mentions = sp.csr_matrix(
             (counts, (rows, cols)), shape=(len(chunk_ids), len(entity_ids)), dtype=np.float64
         )
-        table = np.asarray(pairs, dtype=np.int64).reshape(-1, 4)
-        return cls(list(chunk_ids), entity_ids, mentions, table)
+        return cls(list(chunk_ids), entity_ids, mentions)
 
     def save(self, directory: Path) -> None:
-        """Write the snapshot into ``directory`` (``ids.json``, ``mentions.npz``,
-        ``pairs.npy``)."""
+        """Write the snapshot into ``directory`` (``ids.json`` and ``mentions.npz``)."""
         directory.mkdir(parents=True, exist_ok=True)
         sp.save_npz(directory / "mentions.npz", self.mentions)
-        np.save(directory / "pairs.npy", self.pairs)
         (directory / "ids.json").write_text(
             json.dumps({"chunks": self.chunk_ids, "entities": self.entity_ids})
         )
@@ -123,30 +102,7 @@ class EntityChunkGraph:
         """A snapshot written by :meth:`save`."""
         ids = json.loads((directory / "ids.json").read_text())
         mentions = sp.load_npz(directory / "mentions.npz").tocsr()
-        pairs = np.load(directory / "pairs.npy") if (directory / "pairs.npy").is_file() else None
-        return cls(
-            ids["chunks"], ids["entities"], mentions, _no_pairs() if pairs is None else pairs
-        )
-
-    def chunk_pairs(self, chunks: Iterable[str]) -> dict[str, dict[tuple[str, str], int]]:
-        """The sentence pairs of ``chunks`` by entity id (for carrying them to a new version)."""
-        wanted = {c: i for i, c in enumerate(self.chunk_ids)}
-        rows = {wanted[c] for c in chunks if c in wanted}
-        out: dict[str, dict[tuple[str, str], int]] = {}
-        for row, a, b, n in self.pairs:
-            if int(row) in rows:
-                key = (self.entity_ids[int(a)], self.entity_ids[int(b)])
-                out.setdefault(self.chunk_ids[int(row)], {})[key] = int(n)
-        return out
-
-    def sentence_links(self) -> sp.csr_matrix:
-        """(entities, entities), symmetric: the sentences naming both, over all chunks."""
-        size = len(self.entity_ids)
-        if not len(self.pairs):
-            return sp.csr_matrix((size, size), dtype=np.float64)
-        _, a, b, n = self.pairs.T
-        upper = sp.csr_matrix((n.astype(np.float64), (a, b)), shape=(size, size))
-        return (upper + upper.T).tocsr()
+        return cls(ids["chunks"], ids["entities"], mentions)
 
     def keys(self) -> dict[str, list[int]]:
         """Entity columns by normalised name (an entity id's part after its type)."""
@@ -171,25 +127,16 @@ class PersonalizedPageRank:
         graph: EntityChunkGraph,
         damping: float = 0.5,
         lookup_types: Iterable[str] | None = None,
-        sentence_weight: float = 0.0,
     ) -> None:
         """``lookup_types``: the entity types whose names are looked up in a question's words
-        (e.g. page titles); ``None``: every type. ``sentence_weight``: the weight of
-        entity-entity edges between entities named in one sentence (their sentence count
-        times both entities' inverse chunk frequency, square-rooted), relative to the
-        chunk-entity edges; 0 leaves them out."""
+        (e.g. page titles); ``None``: every type."""
         if not 0.0 < damping < 1.0:
             raise ValueError(f"damping must be between 0 and 1, not {damping}.")
         self.graph = graph
         self.damping = damping
         self.n_chunks, self.n_entities = graph.mentions.shape
-        idf = entity_weights(graph.mentions)
-        weighted = graph.mentions @ sp.diags(idf)
-        links = None
-        if sentence_weight > 0 and len(graph.pairs):
-            root = sp.diags(np.sqrt(idf))
-            links = sentence_weight * (root @ graph.sentence_links() @ root)
-        adjacency = sp.bmat([[None, weighted], [weighted.T, links]], format="csc")
+        weighted = graph.mentions @ sp.diags(entity_weights(graph.mentions))
+        adjacency = sp.bmat([[None, weighted], [weighted.T, None]], format="csc")
         out = np.asarray(adjacency.sum(axis=0)).ravel()  # each node's weighted degree
         # column-stochastic transitions (a node without edges keeps its mass: a self-loop)
         transitions = adjacency @ sp.diags(1.0 / np.where(out > 0, out, 1.0))

@@ -8,9 +8,6 @@ query walks always belongs to the version it searches: the served searcher opens
 same directory and they are swapped together. A refresh carries the mentions of unchanged
 documents over from the version it starts from and runs NER on new and changed ones only.
 
-Entities named in one sentence are linked to each other too (entity-entity edges weighted by
-their sentence count; measured in ``bench/multihop_links.py``).
-
 The retriever (:class:`GraphRetriever`) seeds Personalized PageRank (``slipway.graph.ppr``) with
 a question's entities (its NER mentions' normalised names, and page titles that occur in it
 as whole words) and ranks chunks by visit probability.
@@ -46,10 +43,7 @@ logger = logging.getLogger(__name__)
 PAGE = "PAGE"  # the entity type of a page title
 INFO_FILE = "snapshot.json"
 LOOKUP_TYPES = (PAGE,)  # entity names looked up in a question's words (NER finds the rest)
-DAMPING = 0.5  # HippoRAG's; 0.3-0.85 moved 2Wiki R@5 by less than 0.01
-# entity-entity edges between entities named in one sentence, relative to chunk-entity edges:
-# +0.013 R@5 and +0.024 all-gold@5 for hybrid + graph on 2Wiki at 0.3 (bench/multihop_links.py)
-SENTENCE_WEIGHT = 0.3
+DAMPING = 0.5  # chosen on 2WikiMultihopQA (bench/multihop.py --damping)
 _DISAMBIGUATION = re.compile(r"\s*\([^)]*\)\s*$")  # "Mercury (planet)" -> "Mercury"
 Hit = tuple[str, float]
 
@@ -58,11 +52,9 @@ class SnapshotInfo(BaseModel):
     """What a snapshot holds and how it was made."""
 
     ner: str  # the spaCy pipeline (name-version) that extracted the mentions
-    sentences: bool = False  # it records which entities each sentence names together
     chunks: int
     entities: int
     edges: int
-    pairs: int = 0  # (chunk, entity pair) sentence links
     extracted: int  # chunks run through NER for this version
     carried: int  # chunks whose mentions came from the base version's snapshot
     seconds: float
@@ -85,22 +77,12 @@ def page_title(title: str) -> str:
     return name if usable(name) else ""
 
 
-def sentence_nlp(nlp: Any) -> Any:
-    """``nlp`` with sentence boundaries (a sentencizer first, unless it has a parser or one)."""
-    if not {"parser", "senter", "sentencizer"} & set(nlp.pipe_names):
-        nlp.add_pipe("sentencizer", first=True)
-    return nlp
-
-
 def chunk_entities(
     nlp: Any, chunks: Sequence[Chunk], batch: int = 256, progress: bool = True
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[tuple[str, str], int]]]:
+) -> dict[str, dict[str, int]]:
     """Entity mention counts of each chunk (chunk id -> entity id -> count): NER mentions
-    linked (``link_mentions``; surnames resolved within a document) and the page title; and
-    per chunk, the pairs of entities named in one sentence, with their sentence counts
-    (``nlp`` must split sentences: :func:`sentence_nlp`)."""
-    counts: dict[str, dict[str, int]] = {}
-    pairs: dict[str, dict[tuple[str, str], int]] = {}
+    linked (``link_mentions``; surnames resolved within a document) and the page title."""
+    out: dict[str, dict[str, int]] = {}
     with tqdm(
         total=len(chunks),
         desc="Graph snapshot: NER",
@@ -115,19 +97,9 @@ def chunk_entities(
                 Mention(c.id, name, PAGE, "") for c in part if (name := page_title(c.title))
             ]
             linked = link_mentions(mentions, {c.id: c.doc_id for c in part})
-            counts.update(linked.chunk_entities)
-            together: dict[tuple[str, int], set[str]] = {}
-            for mention, entity in zip(mentions, linked.mention_entity, strict=True):
-                if mention.sentence >= 0:
-                    together.setdefault((mention.chunk_id, mention.sentence), set()).add(entity)
-            for (chunk, _), entities in together.items():
-                named = sorted(entities)
-                for i, a in enumerate(named):
-                    for b in named[i + 1 :]:
-                        seen = pairs.setdefault(chunk, {})
-                        seen[(a, b)] = seen.get((a, b), 0) + 1
+            out.update(linked.chunk_entities)
             bar.update(len(part))
-    return counts, pairs
+    return out
 
 
 def _carried(base: EntityChunkGraph, chunk_ids: Iterable[str]) -> dict[str, dict[str, int]]:
@@ -158,35 +130,29 @@ def build_snapshot(
     snapshot (``base_dir``) holds, extracted by the same NER pipeline, are carried over; the
     rest go through NER."""
     started = time.perf_counter()
-    nlp = sentence_nlp(nlp)
     ner = nlp_label(nlp)
     carry: list[str] = []
     base: EntityChunkGraph | None = None
     if base_dir is not None and has_snapshot(base_dir) and fresh_docs is not None:
         info = SnapshotInfo.model_validate_json((snapshot_dir(base_dir) / INFO_FILE).read_text())
-        if info.ner == ner and info.sentences:
+        if info.ner == ner:
             base = EntityChunkGraph.load(snapshot_dir(base_dir))
             known = set(base.chunk_ids)
             carry = [c.id for c in chunks if c.doc_id not in fresh_docs and c.id in known]
         else:
-            logger.info("graph snapshot: NER or links changed since %s, extracting all", base_dir)
+            logger.info("graph snapshot: NER changed (%s -> %s), extracting all", info.ner, ner)
     carried = set(carry)
     todo = [c for c in chunks if c.id not in carried]
     counts = _carried(base, carry) if base is not None else {}
-    pairs = base.chunk_pairs(carry) if base is not None else {}
-    fresh_counts, fresh_pairs = chunk_entities(nlp, todo, progress=progress)
-    counts.update(fresh_counts)
-    pairs.update(fresh_pairs)
-    graph = EntityChunkGraph.from_mentions(counts, [c.id for c in chunks], pairs)
+    counts.update(chunk_entities(nlp, todo, progress=progress))
+    graph = EntityChunkGraph.from_mentions(counts, [c.id for c in chunks])
     target = snapshot_dir(version_dir)
     graph.save(target)
     info = SnapshotInfo(
         ner=ner,
-        sentences=True,
         chunks=len(chunks),
         entities=len(graph.entity_ids),
         edges=int(graph.mentions.nnz),
-        pairs=len(graph.pairs),
         extracted=len(todo),
         carried=len(carry),
         seconds=round(time.perf_counter() - started, 3),
@@ -215,13 +181,10 @@ class GraphRetriever:
         nlp: Any,
         damping: float = DAMPING,
         lookup_types: Iterable[str] | None = LOOKUP_TYPES,
-        sentence_weight: float = SENTENCE_WEIGHT,
     ) -> None:
         self.graph = graph
         self.nlp = nlp
-        self.ppr = PersonalizedPageRank(
-            graph, damping=damping, lookup_types=lookup_types, sentence_weight=sentence_weight
-        )
+        self.ppr = PersonalizedPageRank(graph, damping=damping, lookup_types=lookup_types)
         self._ner = threading.Lock()
 
     @classmethod

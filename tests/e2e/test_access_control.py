@@ -146,7 +146,7 @@ def graph_only_restricted_entities(limit: int = 3) -> tuple[list[str], dict[str,
 
 
 def test_the_graph_tells_no_restricted_entity(server: Server) -> None:
-    secret, mixed = graph_only_restricted_entities()
+    secret, mixed = graph_only_restricted_entities(limit=10)
     assert secret, "the restricted articles mention entities of their own"
 
     def lookup(name: str, role: str) -> httpx.Response:

@@ -73,14 +73,6 @@ def test_snapshot_links_pages_and_the_retriever_walks_to_the_second_hop(
     assert has_snapshot(tmp_path / "v1")
     assert (info.chunks, info.extracted, info.carried) == (4, 4, 0)
     graph = EntityChunkGraph.load(snapshot_dir(tmp_path / "v1"))
-    # entities named in one sentence are linked (the film and its director), not those of
-    # two sentences (the director and his birthplace, named in the next one)
-    named_together = {
-        " & ".join(pair) for pairs in graph.chunk_pairs(graph.chunk_ids).values() for pair in pairs
-    }
-    assert info.sentences and info.pairs == len(graph.pairs) > 0
-    assert any("moonlit harbour" in p and "oskar brandt" in p for p in named_together)
-    assert not any("lübeck" in p and "oskar brandt" in p for p in named_together)
     assert {"PAGE:moonlit harbour", "PAGE:oskar brandt", "PERSON:oskar brandt"} <= set(
         graph.entity_ids
     )
@@ -110,7 +102,6 @@ def test_a_refresh_carries_unchanged_documents_and_matches_a_full_build(
     ref = EntityChunkGraph.load(snapshot_dir(tmp_path / "full"))
     assert inc.chunk_ids == ref.chunk_ids and inc.entity_ids == ref.entity_ids
     assert (inc.mentions != ref.mentions).nnz == 0
-    assert sorted(map(tuple, inc.pairs)) == sorted(map(tuple, ref.pairs))
     assert "PERSON:thomas mann" in inc.entity_ids and "PLACE:chicago" not in inc.entity_ids
 
 

@@ -81,34 +81,3 @@ def test_names_are_found_as_whole_words_and_seed_by_rarity() -> None:
     by_name = {ppr.graph.entity_ids[c]: w for c, w in seeds.items()}
     assert set(by_name) == {"WORK:the film", "OTHER:film"}
     assert by_name["WORK:the film"] > by_name["OTHER:film"]  # rare outweighs common
-
-
-def test_sentence_links_join_the_walk_as_networkx_weighs_them() -> None:
-    chunk_entities = random_graph(1)
-    chunk_ids = sorted(chunk_entities)
-    pairs = {
-        chunk: {tuple(sorted(counts)[:2]): 2}  # type: ignore[misc]
-        for chunk, counts in chunk_entities.items()
-        if len(counts) >= 2
-    }
-    graph = EntityChunkGraph.from_mentions(chunk_entities, chunk_ids, pairs)  # type: ignore[arg-type]
-    assert len(graph.pairs) == len(pairs)
-    ppr = PersonalizedPageRank(graph, damping=0.6, sentence_weight=0.5)
-    idf = dict(zip(graph.entity_ids, entity_weights(graph.mentions), strict=True))
-    g = nx.Graph()
-    for chunk, counts in chunk_entities.items():
-        for entity, n in counts.items():
-            g.add_edge(("c", chunk), ("e", entity), weight=n * idf[entity])
-    linked: dict[tuple[str, str], float] = {}
-    for named in pairs.values():
-        for (a, b), n in named.items():
-            linked[(a, b)] = linked.get((a, b), 0.0) + n
-    for (a, b), n in linked.items():
-        g.add_edge(("e", a), ("e", b), weight=0.5 * n * np.sqrt(idf[a] * idf[b]))
-    seed = graph.entity_ids[0]
-    personal = {node: 0.0 for node in g}
-    personal[("e", seed)] = 1.0
-    expected = nx.pagerank(g, alpha=0.6, personalization=personal, weight="weight", tol=1e-12)
-    ours = ppr.scores({0: 1.0})
-    for row, chunk in enumerate(graph.chunk_ids):
-        assert ours[row] == pytest.approx(expected[("c", chunk)], rel=1e-6, abs=1e-9)
