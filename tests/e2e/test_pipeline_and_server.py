@@ -38,6 +38,7 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(
     from zenml.client import Client
 
     from pipelines.index_refresh import index_refresh
+    from slipway.graph.snapshot import INFO_FILE, SnapshotInfo, snapshot_dir
     from slipway.retrieval.stores import index_dir
 
     index = index_dir("e2e")
@@ -74,7 +75,15 @@ def test_index_refresh_pipeline_is_incremental_and_tracked(
         time.sleep(1)
     assert seen == "v000002"
     metrics = run.steps["evaluate_index_version"].outputs["retrieval_metrics"][0].load()
-    assert set(metrics) == {"dense", "sparse", "hybrid"}
+    assert {"dense", "sparse", "hybrid", "graph", "hybrid+graph"} <= set(metrics)
+    # the graph snapshot, like the vectors: only the changed document went through NER
+    snapshot = SnapshotInfo.model_validate_json(
+        (snapshot_dir(index.version_dir("v000002")) / INFO_FILE).read_text()
+    )
+    changed = index.manifest("v000002").documents[rows[0]["_id"]]
+    assert snapshot.extracted == len(changed.chunks) < snapshot.carried
+    assert snapshot.chunks == snapshot.extracted + snapshot.carried
+    assert index.manifest("v000002").graph is not None
 
     again = Client().get_pipeline_run(refresh(corpus=str(corpus), index=params, **tiny).id)
     assert again.steps["preprocess_documents"].status == "cached"
