@@ -116,11 +116,14 @@ def test_main_job_runs_in_a_clone_without_shared_data(
     # the quality gate judged the index with the clone's packaged judgements
     assert output("evaluation_set", "eval_dir") == str(demo)
     metrics = output("evaluate_index_version", "retrieval_metrics")
-    assert set(metrics) == {"dense", "sparse", "hybrid"}
+    assert {"dense", "sparse", "hybrid", "graph", "hybrid+graph"} <= set(metrics)
     assert 0 < metrics["sparse"]["ndcg@10"] <= 1  # BM25 finds XQuAD's passages (0.96 on MiniLM's)
     assert output("publish_index_version", "published_index_version") == "v000001"
     index = index_dir("clone")
     assert index.published() == "v000001" and index.manifest("v000001").metrics == metrics
+    # the version has its graph snapshot and the gate's decision on graph retrieval
+    gate = index.manifest("v000001").graph
+    assert gate is not None and gate.hybrid_graph == metrics["hybrid+graph"]["ndcg@10"]
     # the parity gate embedded a sample of this corpus's chunks
     calibration = output("calibration_sample", "calibration_set")
     chunk_texts = {c.text for c in output("chunk_corpus", "chunks").chunks}
