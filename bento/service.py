@@ -37,7 +37,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from slipway.api import metrics
 from slipway.api.app import api_routes, create_app
 from slipway.api.errors import ApiError, overloaded, starting
-from slipway.api.middleware import configure_json_logging
+from slipway.api.middleware import PathGuard, configure_json_logging
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
 from slipway.embedding.batcher import ContinuousBatcher
@@ -441,3 +441,7 @@ class SlipwayRemoteEncoder(_Api):
 
     def _encoder(self, serve: ServeSettings) -> EmbedClient:
         return Coalescer(_RemoteEmbedder(self.embedder), serve.embed_max_batch)
+
+
+for _service in (Slipway, SlipwayRemoteEncoder):  # before routing: see PathGuard
+    _service.add_asgi_middleware(PathGuard)

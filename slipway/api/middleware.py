@@ -368,6 +368,25 @@ async def _send_error(send: Any, error: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class PathGuard:
+    """Outermost ASGI middleware: a path with a control character (a decoded ``%0A``,
+    ``%00``...) is a JSON 400 before any routing (the server's outer router cannot route it
+    and would answer with a plain-text 404)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+            error = ApiError(
+                400, "The path holds a control character; encode it out.", code="invalid_path"
+            )
+            await _send_error(send, error)
+            return
+        await self.app(scope, receive, send)
+
+
 class RequestIdFilter(logging.Filter):
     """Adds the current request id to every log record."""
 

@@ -378,6 +378,9 @@ def test_graph_entity_with_neighbours(server: Server) -> None:
     assert entity_id not in {e["id"] for e in near}
     assert all(-1.0 <= e["similarity"] <= 1.0 for e in near)
     assert [e["similarity"] for e in near] == sorted((e["similarity"] for e in near), reverse=True)
+    # a control character in the path: a JSON 400 from the server, not its router's text 404
+    raw = httpx.get(f"{server.base}/v1/graph/entities/a%0Ab/similar", headers=server.headers())
+    assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_path"
     for bad, status in (("PERSON:nobody atall", 404), ("lowercase:x", 400)):
         r = httpx.get(
             f"{server.base}/v1/graph/entities/{quote(bad, safe='')}/similar",

@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from slipway.api.middleware import ApiMiddleware, Deprecated, RequestIdFilter
+from slipway.api.middleware import ApiMiddleware, Deprecated, PathGuard, RequestIdFilter
 
 pytestmark = pytest.mark.anyio
 GATE = asyncio.Event()
@@ -129,3 +129,26 @@ def test_log_records_carry_the_request_id() -> None:
     record = logging.LogRecord("slipway.x", logging.INFO, __file__, 1, "m", None, None)
     assert RequestIdFilter().filter(record) and record.request_id == "-"
     assert json.dumps({"id": record.request_id})
+
+
+async def test_a_path_with_a_control_character_is_a_json_400_before_routing() -> None:
+    async def found(request: Request) -> JSONResponse:
+        return JSONResponse({"path": request.url.path})
+
+    inner = Starlette(routes=[Route("/v1/{rest:path}", found)])
+
+    def served(guarded: bool) -> httpx.AsyncClient:
+        outer = Starlette(
+            routes=[Mount("/", inner)], middleware=[Middleware(PathGuard)] if guarded else []
+        )
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://t")
+
+    async with served(False) as bare:  # what BentoML's outer router does with such a path
+        r = await bare.get("/v1/graph/entities/a%0Ab/similar")
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/plain")
+    async with served(True) as guarded:
+        for path in ("/v1/graph/entities/a%0Ab/similar", "/v1/x%00", "/v1/%7F"):
+            r = await guarded.get(path)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_path", path
+        ok = await guarded.get("/v1/graph/entities/a%20b")
+        assert ok.status_code == 200 and ok.json()["path"] == "/v1/graph/entities/a b"
