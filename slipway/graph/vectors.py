@@ -14,6 +14,10 @@ from slipway.retrieval.dense import sql_string
 TABLE = "entities"
 
 
+class NoEmbeddings(LookupError):
+    """No entity embeddings have been written yet (the table does not exist)."""
+
+
 class EntityVectors:
     """One LanceDB table of entity ids, names, types and graph embeddings (cosine search)."""
 
@@ -42,7 +46,7 @@ class EntityVectors:
 
     def _table(self):  # type: ignore[no-untyped-def]
         if TABLE not in self.db.table_names():
-            raise LookupError(
+            raise NoEmbeddings(
                 f"No entity embeddings under {self.root}: run the kg_update "
                 "pipeline (its train_graph_embeddings step writes them)."
             )

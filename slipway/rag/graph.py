@@ -16,6 +16,7 @@ from slipway.api.schemas import (
     SimilarEntity,
 )
 from slipway.deadlines import bounded
+from slipway.graph.vectors import NoEmbeddings
 from slipway.resources import Resources
 
 MAX_MATCHES = 5
@@ -110,9 +111,9 @@ def similar_lookup(
     )
     try:
         hits = vectors.similar(entity_id, limit if open_to_all else limit * 4)
+    except NoEmbeddings as exc:
+        raise ApiError(503, str(exc), type="server_error", code="graph_unavailable") from exc
     except LookupError as exc:
-        if "No entity embeddings" in str(exc):
-            raise ApiError(503, str(exc), type="server_error", code="graph_unavailable") from exc
         raise missing from exc
     if not open_to_all:
         chunks = res.graph().graph.mention_chunks([entity_id, *(h[0] for h in hits)])
