@@ -28,7 +28,7 @@ from typing import Any, Literal
 import aiohttp
 import bentoml
 import numpy as np
-from bentoml._internal.server.http import instruments
+from bentoml._internal.server.http import instruments, traffic
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -37,7 +37,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from slipway.api import metrics
 from slipway.api.app import api_routes, create_app
 from slipway.api.errors import ApiError, overloaded, starting
-from slipway.api.middleware import PathGuard, configure_json_logging
+from slipway.api.middleware import PathGuard, StartDeadline, configure_json_logging
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
 from slipway.embedding.batcher import ContinuousBatcher
@@ -119,8 +119,11 @@ def _real_path(app: Any) -> Any:
     return restored
 
 
-# BentoML imports the middleware class when it builds each service's app (after this module).
+# BentoML imports the middleware classes when it builds each service's app (after this module).
 instruments.RunnerTrafficMetricsMiddleware = BoundedTrafficMetrics  # type: ignore[misc]
+# BentoML's TimeoutMiddleware holds every request's objects for the whole traffic timeout
+# (its timer is never cancelled): see StartDeadline.
+traffic.TimeoutMiddleware = StartDeadline  # type: ignore[misc]
 
 
 # BentoML's client recycles its connection pool every 100 requests or 300 s and closes the old

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from datetime import date
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from slipway.api.middleware import ApiMiddleware, Deprecated, PathGuard, RequestIdFilter
+from slipway.api.middleware import (
+    ApiMiddleware,
+    Deprecated,
+    PathGuard,
+    RequestIdFilter,
+    StartDeadline,
+)
 
 pytestmark = pytest.mark.anyio
 GATE = asyncio.Event()
@@ -152,3 +159,87 @@ async def test_a_path_with_a_control_character_is_a_json_400_before_routing() ->
             assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_path", path
         ok = await guarded.get("/v1/graph/entities/a%20b")
         assert ok.status_code == 200 and ok.json()["path"] == "/v1/graph/entities/a b"
+
+
+def _live_timers(loop: asyncio.AbstractEventLoop) -> int:
+    """Timers still armed on an asyncio loop (cancelled ones wait there until cleaned up)."""
+    return sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+
+async def _plain(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_the_start_deadline_leaves_no_timer_behind_a_finished_request() -> None:
+    loop = asyncio.get_running_loop()
+    before = _live_timers(loop)
+    app = StartDeadline(_plain, timeout=300)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        for _ in range(50):
+            assert (await client.get("/")).text == "ok"
+    # BentoML's TimeoutMiddleware left 50 timers here, each holding its request for 300 s
+    assert _live_timers(loop) == before
+
+
+async def test_a_response_that_does_not_start_in_time_is_a_json_504_and_is_cancelled() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        await _plain(scope, receive, send)
+
+    app = StartDeadline(slow, timeout=0.05)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        r = await client.get("/")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    assert "Retry-After" in r.headers
+    await asyncio.wait_for(cancelled.wait(), 10)  # the app was cancelled, not left running
+
+
+async def test_a_started_response_runs_past_the_start_deadline() -> None:
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (b"a", b"b", b"c"):
+            await asyncio.sleep(0.05)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = StartDeadline(streaming, timeout=0.02)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        r = await client.get("/")
+    assert r.status_code == 200 and r.text == "abc"
+
+
+async def test_an_app_that_ends_without_answering_does_not_wait_for_the_deadline() -> None:
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    app = StartDeadline(silent, timeout=3600)
+    # a hang check, not a timing: without the fix this waits the whole hour
+    await asyncio.wait_for(app({"type": "http"}, None, send), 10)
+    assert sent == []
+    await app({"type": "lifespan"}, None, send)  # other scopes pass straight through
+
+
+def test_bentoml_builds_its_services_with_the_start_deadline() -> None:
+    from bentoml._internal.server.http import traffic
+
+    import bento.service  # noqa: F401  (replaces BentoML's middleware on import)
+
+    assert traffic.TimeoutMiddleware is StartDeadline
