@@ -41,6 +41,7 @@ from slipway.api.middleware import PathGuard, StartDeadline, configure_json_logg
 from slipway.config import ServeSettings, get_settings
 from slipway.embedding import OnnxEmbedder
 from slipway.embedding.batcher import ContinuousBatcher
+from slipway.gcwatch import PauseWatch, freeze_startup_objects
 from slipway.generation import (
     Admission,
     DecoderBusy,
@@ -391,6 +392,11 @@ class _Api:
         )
         api_app.app = create_app(serve, self.resources)
         self.resources.ready()  # open the published index now, not on the first request
+        PauseWatch(metrics.gc_pause).install()
+        if serve.gc_freeze:
+            logger.info(
+                "%d start-up objects frozen out of garbage collection", freeze_startup_objects()
+            )
 
     @bentoml.on_shutdown
     async def close(self) -> None:

@@ -147,6 +147,12 @@ class ServeSettings(BaseSettings):
         description="Niceness of the encoder's and decoder's threads: the event loops that "
         "accept, check and shed requests go first when the CPU is short (0: equal shares).",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        description="Exempt what an API worker built at start-up (index, tokenizers, graph) "
+        "from Python's garbage collector, whose full collections otherwise walk it with "
+        "every thread stopped.",
+    )
     embed_max_batch_tokens: int = Field(
         default=8192,
         ge=1,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from slipway.retrieval.index import IndexDir
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -94,6 +95,13 @@ def _metrics() -> dict[str, Any]:
             name="slipway_usage_cost_total",
             documentation="Cost of routed calls (the models' price unit) by key account and model.",
             labelnames=["key", "model"],
+        ),
+        "gc_pause": m.Histogram(
+            name="slipway_gc_pause_seconds",
+            documentation="Pauses of Python's garbage collector (every thread of the worker "
+            "waits) by generation.",
+            labelnames=["generation"],
+            buckets=GC_BUCKETS,
         ),
         "index_refused": m.Counter(
             name="slipway_index_refused_total",
@@ -201,6 +209,11 @@ def answered(outcome: str, prompt_version: str) -> None:
 def feedback(rating: str, prompt_version: str) -> None:
     """Count one feedback on an answer (``rating`` positive or negative)."""
     _metrics()["feedback"].labels(rating=rating, prompt_version=prompt_version).inc()
+
+
+def gc_pause(generation: int, seconds: float) -> None:
+    """One garbage collection (generation 0, 1 or 2) and how long it held the worker."""
+    _metrics()["gc_pause"].labels(generation=str(min(generation, 2))).observe(seconds)
 
 
 def batch_size(size: int) -> None:
