@@ -232,8 +232,8 @@ class Generator:
         served = resolve_bundle(serve)
         model_dir = served.bundle.role_dir("generator")
         self.runtime = served.bundle.runtime("generator")
-        self.model = built_below_event_loops(  # decoding threads below the event loop
-            serve.compute_niceness,
+        self.model = built_below_event_loops(  # decoding threads below the encoder's
+            serve.decoder_niceness,
             lambda: load_generator(
                 model_dir,
                 self.runtime,
@@ -241,6 +241,7 @@ class Generator:
                 providers=default_providers(serve.providers),
                 concurrent=Admission(serve.gen_max_batch, serve.gen_max_waiting),
             ),
+            idle=serve.decoder_idle,
         )
         self.context = context_length(model_dir)
         # Every stream waits in a thread for its tokens while the engine decodes them all.

@@ -144,14 +144,29 @@ class ServeSettings(BaseSettings):
         default=10,
         ge=0,
         le=19,
-        description="Niceness of the encoder's and decoder's threads: the event loops that "
-        "accept, check and shed requests go first when the CPU is short (0: equal shares).",
+        description="Niceness of the encoder's threads: the event loops that accept, check "
+        "and shed requests go first when the CPU is short (0: equal shares).",
     )
     gc_freeze: bool = Field(
         default=True,
         description="Exempt what an API worker built at start-up (index, tokenizers, graph) "
         "from Python's garbage collector, whose full collections otherwise walk it with "
         "every thread stopped.",
+    )
+    decoder_idle: bool = Field(
+        default=True,
+        description="Run the decoder's threads under Linux's SCHED_IDLE: they get the CPU "
+        "that nothing else on the host wants, and any other thread that wakes takes their "
+        "core at once. A search or an embedding then never waits behind a prefill on a "
+        "shared host (generation takes seconds anyway); on a node of its own the decoder "
+        "runs as fast as before. false: decoder_niceness instead (also where SCHED_IDLE "
+        "does not exist).",
+    )
+    decoder_niceness: int = Field(
+        default=19,
+        ge=0,
+        le=19,
+        description="Niceness of the decoder's threads when decoder_idle is false.",
     )
     embed_max_batch_tokens: int = Field(
         default=8192,

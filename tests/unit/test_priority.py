@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -39,3 +40,23 @@ def test_a_failed_build_raises_in_the_caller() -> None:
 
     with pytest.raises(ValueError, match="no model here"):
         built_below_event_loops(3, fail)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_an_idle_build_runs_every_thread_it_starts_under_sched_idle(
+    tiny_onnx_embedder: Path,
+) -> None:
+    caller = os.sched_getscheduler(0)
+    before = _tasks()
+
+    def build() -> ContinuousBatcher:
+        return ContinuousBatcher(OnnxEmbedder(tiny_onnx_embedder, threads=2), 512)
+
+    batcher = built_below_event_loops(19, build, idle=True)
+    started = _tasks() - before
+    assert started
+    assert {os.sched_getscheduler(t) for t in started} == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) == caller  # the caller keeps its own policy
+    vectors = asyncio.run(batcher.embed(["runs at idle priority"]))
+    assert vectors.shape[0] == 1
+    batcher.close()
