@@ -233,6 +233,18 @@ def create_app(state: State) -> FastAPI:
                 matches.append(match)
         return {"matches": matches, "namespace": namespace, "usage": {"readUnits": 1}}
 
+    @app.get("/vectors/fetch")
+    async def fetch(request: Request) -> Any:
+        namespace = request.query_params.get("namespace", "")
+        rows = state.namespaces.get(namespace, {})
+        wanted = request.query_params.getlist("ids")
+        vectors = {
+            i: {"id": i, "values": rows[i].values.tolist(), "metadata": rows[i].metadata}
+            for i in wanted
+            if i in rows
+        }
+        return {"vectors": vectors, "namespace": namespace, "usage": {"readUnits": 1}}
+
     @app.post("/vectors/delete")
     async def delete(request: Request) -> Any:
         body = await request.json()

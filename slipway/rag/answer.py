@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
+
 from slipway.access import Reader
 from slipway.api import metrics
 from slipway.api.errors import ApiError
 from slipway.api.schemas import AnswerRequest, AnswerResponse, Citation, SearchRequest, usage
+from slipway.deadlines import bounded
 from slipway.generation import Request, Sampling
 from slipway.prompts import Prompt
 from slipway.rag import grounding, prompts
 from slipway.rag.inference import Charge, embed_texts, gen_tokens, generate_text
-from slipway.rag.search import rerank_top, search
+from slipway.rag.search import rerank_top, search_embedded
 from slipway.resources import Resources
 from slipway.retrieval.index import ChunkHit, indexed_text
 
@@ -75,7 +78,7 @@ async def _answer(
     candidates = max(question.top_k, top) if res.can_rerank else question.top_k
     tracer = res.tracer
     with tracer.span("retrieve", top_k=candidates, graph=question.graph) as span:
-        found = await search(
+        found, question_vector = await search_embedded(
             SearchRequest(
                 query=question.question,
                 top_k=candidates,
@@ -118,7 +121,7 @@ async def _answer(
         res.serve.answer_min_relevance if question.min_relevance is None else question.min_relevance
     )
     with tracer.span("relevance", threshold=threshold) as span:
-        relevance = await passage_relevance(res, question.question, hits)
+        relevance = await passage_relevance(res, question.question, hits, question_vector)
         if span is not None:
             span.set_outputs(relevance)
     if grounding.should_abstain(relevance, threshold):
@@ -178,9 +181,29 @@ async def _answer(
     )
 
 
-async def passage_relevance(res: Resources, question: str, hits: list[ChunkHit]) -> list[float]:
-    """Cosine similarity of each hit's indexed text to the question (one encoder call)."""
+async def passage_relevance(
+    res: Resources,
+    question: str,
+    hits: list[ChunkHit],
+    question_vector: np.ndarray | None = None,
+) -> list[float]:
+    """Cosine similarity of each hit's indexed text to the question. The passages' vectors are
+    the ones the served index stores (its embedder is the served one), read in a worker
+    thread; the encoder embeds only what is missing: the question when the search did not
+    (a cached result), and any passage the vector store lacks. Embedding the passages again
+    here would put a batch of long texts in front of every query waiting for the encoder."""
     if not hits:
         return []
-    vectors = await embed_texts(res, [question, *(indexed_text(h.title, h.text) for h in hits)])
-    return grounding.relevance(vectors[0], vectors[1:])
+    dense = res.index_state().opened.dense
+    stored = await bounded(
+        asyncio.to_thread(dense.vectors, [h.id for h in hits]),
+        res.serve.search_timeout_s,
+        "search",
+        "vector store",
+    )
+    texts = [] if question_vector is not None else [question]
+    texts += [indexed_text(h.title, h.text) for h in hits if h.id not in stored]
+    fresh = iter(await embed_texts(res, texts) if texts else [])
+    query = question_vector if question_vector is not None else next(fresh)
+    passages = [stored[h.id] if h.id in stored else next(fresh) for h in hits]
+    return grounding.relevance(query, np.stack(passages))

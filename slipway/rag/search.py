@@ -39,6 +39,14 @@ def access_filters(opened: OpenIndex, filters: Filters | None, reader: Reader) -
 
 async def search(query: SearchRequest, res: Resources, reader: Reader) -> SearchResponse:
     """The top hits for ``query`` in the published index that ``reader`` may read."""
+    return (await search_embedded(query, res, reader))[0]
+
+
+async def search_embedded(
+    query: SearchRequest, res: Resources, reader: Reader
+) -> tuple[SearchResponse, np.ndarray | None]:
+    """:func:`search`, and the query's unit vector when the encoder embedded it for this call
+    (``None`` when the result came from the cache)."""
     state = res.index_state()
     opened = state.opened
     filters = access_filters(opened, query.filters, reader)
@@ -54,13 +62,17 @@ async def search(query: SearchRequest, res: Resources, reader: Reader) -> Search
     }
     key, value = res.cached("search", res.versions(state), payload)
     if value is not None:
-        return SearchResponse.model_validate(value)
+        return SearchResponse.model_validate(value), None
     searcher = state.searchers.get(graph)
     if searcher is None:  # built once per version (graph retrieval loads its snapshot)
         searcher = await asyncio.to_thread(res.searcher, state, graph)
 
+    embedded: list[np.ndarray] = []
+
     async def embed(queries: list[str]) -> np.ndarray:
-        return await embed_texts(res, queries)
+        vectors = await embed_texts(res, queries)
+        embedded.append(vectors[0])
+        return vectors
 
     top = res.fusion.rerank_top
     wanted = query.top_k * (GROUP_CANDIDATES if query.group_by else 1)
@@ -85,7 +97,7 @@ async def search(query: SearchRequest, res: Resources, reader: Reader) -> Search
         results=results,
     )
     res.remember(key, response.model_dump())
-    return response
+    return response, embedded[0] if embedded else None
 
 
 async def rerank_top(

@@ -81,6 +81,8 @@ class DenseReader(Protocol):
 
     def ids(self) -> set[str]: ...
 
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
+
 
 class VectorStore(Protocol):
     """What the index refresh needs from a vector database."""
@@ -163,6 +165,22 @@ class LanceDBReader:
     def ids(self) -> set[str]:
         """Every chunk id in this version."""
         return set(self.table.to_arrow().column("id").to_pylist())
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of the chunks ``ids`` that this version holds."""
+        if not ids:
+            return {}
+        listed = ", ".join(sql_string(i) for i in dict.fromkeys(ids))
+        table = (
+            self.table.search()
+            .where(f"id IN ({listed})")
+            .select(["id", "vector"])
+            .limit(len(ids))
+            .to_arrow()
+        )
+        rows = table["vector"].combine_chunks()
+        matrix = rows.values.to_numpy(zero_copy_only=False).reshape(len(rows), -1)
+        return dict(zip(table["id"].to_pylist(), matrix.astype(np.float32), strict=True))
 
 
 class LanceDBStore:

@@ -36,6 +36,7 @@ DELETE_MAX = 1000  # ids per delete request, Pinecone's limit
 UPSERT_MAX = 1000  # vectors per upsert request, Pinecone's limit
 TOP_K_MAX = 10_000  # Pinecone's largest top_k
 QUERY_THREADS = 8  # concurrent queries of one search() call
+FETCH_MAX = 1_000  # ids per fetch (Pinecone serverless allows up to 1,000)
 
 _KEY_HINT = "Set SLIPWAY_PINECONE_API_KEY to a valid key of the project that owns the index."
 _INDEX_HINT = (
@@ -165,6 +166,18 @@ class PineconeReader:
             return [self._query(vectors[0], k, flt)]
         with ThreadPoolExecutor(min(QUERY_THREADS, len(vectors))) as pool:
             return list(pool.map(lambda v: self._query(v, k, flt), vectors))
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of the chunks ``ids`` that this namespace holds (one fetch per
+        ``FETCH_MAX`` ids)."""
+        unique = list(dict.fromkeys(ids))
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(unique), FETCH_MAX):
+            part = [wire_id(i) for i in unique[start : start + FETCH_MAX]]
+            response = self.index("fetch", ids=part, namespace=self.namespace)
+            for key, vector in response.vectors.items():
+                out[chunk_id(key)] = np.asarray(vector.values, dtype=np.float32)
+        return out
 
     def count(self) -> int:
         """Vectors in this version, as Pinecone's index stats report them."""

@@ -25,6 +25,7 @@ from slipway.retrieval.index import (
     IndexDir,
     IndexVersion,
     document_hashes,
+    indexed_text,
     open_published,
     paired_version,
     plan_refresh,
@@ -253,6 +254,25 @@ def test_filters_and_hybrid_search_on_a_published_version(refresher: Refresher) 
         searcher.search(["paris"], 5, {"lang": []})
     top = opened.hydrate(hits[0][:1])[0]
     assert top.text and top.doc_id and top.metadata["lang"] in {"en", "fr"}
+
+
+def test_a_version_hands_back_the_vectors_it_stores(refresher: Refresher) -> None:
+    docs = make_docs(12)
+    refresher.publish(refresher.refresh(docs))
+    opened = open_published(refresher.index, refresher.store)
+    hits = opened.hydrate(
+        HybridSearcher(refresher.embedder, opened.dense, opened.sparse).search(
+            ["paris capital"], 4
+        )[0]
+    )
+    wanted = [h.id for h in hits]
+    stored = opened.dense.vectors([*wanted, "nowhere#0", "it's#1"])
+    assert set(stored) == set(wanted)  # unknown ids (quotes too) are just absent
+    fresh = refresher.embedder.embed([indexed_text(h.title, h.text) for h in hits])
+    for hit, vector in zip(hits, fresh, strict=True):  # what the refresh embedded, as stored
+        assert stored[hit.id].dtype == np.float32
+        assert float(stored[hit.id] @ vector) == pytest.approx(1.0, abs=1e-3)
+    assert opened.dense.vectors([]) == {}
 
 
 def test_quality_gate_refuses_a_worse_version(refresher: Refresher) -> None:

@@ -112,6 +112,19 @@ def test_search_is_exact_cosine_ranking(store: PineconeStore, standin: PineconeS
     assert stored.values.dtype == np.float32
 
 
+def test_stored_vectors_are_fetched_by_id(
+    store: PineconeStore, standin: PineconeStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("slipway.retrieval.pinecone.FETCH_MAX", 100)
+    ids, vectors, _ = write(store, "v1", 240)
+    reader = store.reader(store.commit("v1"))
+    got = reader.vectors([*ids, "not-there#0", ids[0]])
+    assert set(got) == set(ids)
+    assert all(np.allclose(got[i], vectors[j]) for j, i in enumerate(ids))
+    assert requests(standin, "GET", "/vectors/fetch") == 3  # 240 ids, 100 a fetch
+    assert reader.vectors([]) == {}
+
+
 def test_filters(store: PineconeStore) -> None:
     ids, vectors, metadata = write(store, "v1", 90)
     reader = store.reader(store.commit("v1"))
@@ -167,6 +180,8 @@ def test_non_ascii_ids_round_trip(store: PineconeStore, standin: PineconeStandIn
     assert reader.search(vectors[:1], k=5, filters={"doc_id": "日本語"})[0][0][0] == "日本語#0"
     stored = set(standin.state.namespaces["slipway-v1"])
     assert all(i.isascii() for i in stored) and "plain#0" in stored
+    fetched = reader.vectors(["日本語#0", "résumé.pdf#1"])  # the second was deleted
+    assert list(fetched) == ["日本語#0"] and np.allclose(fetched["日本語#0"], vectors[3])
 
 
 def test_restage_discards_an_unfinished_attempt(
