@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +362,7 @@ class Driver:
         self.records: list[Record] = []
         self.errors: dict[str, str] = {}  # first message of each kind of failure
         self.t0 = time.perf_counter()
+        self.wall0 = time.time()  # wall-clock time at t0 (to line records up with server logs)
         # idle connections are dropped before the server's keep-alive timeout (uvicorn's 5 s)
         # ends them: a request sent on a connection the server is closing fails for nothing
         self.client = aiohttp.ClientSession(
@@ -496,6 +497,25 @@ class Snapshot:
     rss: list[tuple[str, int, float]] = field(default_factory=list)
 
 
+def gc_pauses(exposition: str) -> dict[str, tuple[int, int]]:
+    """Per generation, the API workers' garbage collections and how many paused them for
+    over 100 ms, from ``slipway_gc_pause_seconds`` in a ``/metrics`` text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total: dict[str, int] = defaultdict(int)
+    within: dict[str, int] = defaultdict(int)
+    for family in text_string_to_metric_families(exposition):
+        if family.name != "slipway_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = sample.labels.get("generation", "?")
+            if sample.name.endswith("_count"):
+                total[generation] += int(sample.value)
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.1:
+                within[generation] += int(sample.value)
+    return {g: (n, n - within[g]) for g, n in sorted(total.items())}
+
+
 def client_cpu() -> float:
     """User + system CPU seconds of this process so far."""
     t = psutil.Process().cpu_times()
@@ -605,6 +625,12 @@ def arguments() -> argparse.Namespace:
     )
     p.add_argument("--rss-every", type=float, default=10.0, help="RSS sampling period (s).")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="Write every request (route, phase, send time, status, latency) to this JSONL.",
+    )
     args = p.parse_args()
     if args.phases:
         args.lengths = [float(x) for x in args.phases.split(",")]
@@ -703,13 +729,23 @@ async def soak(
                 f"{server.url}/readyz", timeout=aiohttp.ClientTimeout(total=10)
             ) as response:
                 readyz: int | str = response.status
+            async with driver.client.get(
+                f"{server.url}/metrics", timeout=aiohttp.ClientTimeout(total=10)
+            ) as response:
+                pauses = gc_pauses(await response.text())
         except (aiohttp.ClientError, TimeoutError) as exc:
-            readyz = type(exc).__name__
+            readyz, pauses = type(exc).__name__, {}
 
     records = driver.records
     soaked = [r for r in records if r.phase >= 0]
     for r in soaked:
         r.sent -= start
+    if args.records:
+        with args.records.open("w") as out:
+            for r in records:
+                wall = driver.wall0 + r.sent + (start if r.phase >= 0 else 0.0)
+                out.write(json.dumps(asdict(r) | {"wall": round(wall, 3)}) + "\n")
+        print(f"\nrequests written to {args.records}")
     print("\nper route and phase (latency of successful requests; +RA = with Retry-After):")
     ok = report_phases(records, args.lengths, mix)
     print(
@@ -780,6 +816,15 @@ async def soak(
             + ")"
         )
 
+    print(
+        "garbage collections in the API workers (warm-up included): "
+        + (
+            ", ".join(
+                f"generation {g}: {n} ({slow} over 100 ms)" for g, (n, slow) in pauses.items()
+            )
+            or "none reported"
+        )
+    )
     kinds = Counter(kind(r) for r in records)
     print(
         f"\nall {len(records)} requests (warm-up and calibration included): "

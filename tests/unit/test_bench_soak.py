@@ -21,6 +21,7 @@ from bench.soak import (
     HUNG,
     Record,
     codes,
+    gc_pauses,
     kind,
     normalized,
     parse_capacity,
@@ -176,3 +177,24 @@ def test_stop_ends_the_whole_tree(tmp_path: Path) -> None:
         for proc in started:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+
+
+def test_gc_pauses_are_read_from_the_metrics() -> None:
+    text = "\n".join(
+        [
+            "# HELP slipway_gc_pause_seconds Pauses.",
+            "# TYPE slipway_gc_pause_seconds histogram",
+            'slipway_gc_pause_seconds_bucket{generation="0",le="0.1"} 40.0',
+            'slipway_gc_pause_seconds_bucket{generation="0",le="+Inf"} 40.0',
+            'slipway_gc_pause_seconds_count{generation="0"} 40.0',
+            'slipway_gc_pause_seconds_sum{generation="0"} 0.04',
+            'slipway_gc_pause_seconds_bucket{generation="2",le="0.1"} 3.0',
+            'slipway_gc_pause_seconds_bucket{generation="2",le="+Inf"} 5.0',
+            'slipway_gc_pause_seconds_count{generation="2"} 5.0',
+            'slipway_gc_pause_seconds_sum{generation="2"} 1.2',
+            "# TYPE other_total counter",
+            "other_total 3.0",
+        ]
+    )
+    assert gc_pauses(text) == {"0": (40, 0), "2": (5, 2)}
+    assert gc_pauses("") == {}
