@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from slipway.generation.constraints import Guidance
+from slipway.memory import release_free_heap
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +199,11 @@ class GenAIEngineDecoder(GenAIDecoder):
     Admission: at most ``max_batch`` requests decode together (each step's cost, and so every
     running request's time per token, grows with the batch); up to ``max_waiting`` more wait
     in arrival order, and a request beyond those is refused at once with
-    :class:`DecoderBusy`. A waiting request whose reader left is dropped unstarted."""
+    :class:`DecoderBusy`. A waiting request whose reader left is dropped unstarted.
+
+    Memory: once the engine falls idle after decoding, the C heap's free pages go back to the
+    OS (:func:`slipway.memory.release_free_heap`, at most every ``trim_every_s``), so a burst
+    of long prompts does not leave the process at its high-water mark."""
 
     def __init__(
         self,
@@ -205,6 +212,7 @@ class GenAIEngineDecoder(GenAIDecoder):
         providers: list[str] | None = None,
         max_batch: int = 8,
         max_waiting: int = 8,
+        trim_every_s: float = 10.0,
     ):
         super().__init__(model_dir, threads, providers)
         if max_batch < 1 or max_waiting < 0:
@@ -216,6 +224,10 @@ class GenAIEngineDecoder(GenAIDecoder):
         self._changes = threading.Condition()
         self._added: list[_Decoding] = []  # waiting to start, oldest first
         self._running = 0  # requests in the engine (read under _changes)
+        self.trim_every_s = trim_every_s
+        self.trims = 0
+        self._trimmed = -math.inf  # time.monotonic() of the last release
+        self._untrimmed = False  # decoded since then
         self._thread = threading.Thread(target=self._serve, name="slipway-decoder", daemon=True)
         self._thread.start()
 
@@ -269,7 +281,16 @@ class GenAIEngineDecoder(GenAIDecoder):
             with self._changes:
                 self._running = len(running)
                 while not running and not self._added:
-                    self._changes.wait()
+                    if not self._untrimmed:
+                        self._changes.wait()
+                        continue
+                    due = self._trimmed + self.trim_every_s - time.monotonic()
+                    if due > 0:
+                        self._changes.wait(due)
+                        continue
+                    release_free_heap()  # idle after decoding: hand the peak back
+                    self.trims += 1
+                    self._trimmed, self._untrimmed = time.monotonic(), False
                 self._added = [d for d in self._added if not d.left]  # readers gone: unstarted
                 room = max(self.max_batch - len(running), 0)
                 added, self._added = self._added[:room], self._added[room:]
@@ -291,6 +312,7 @@ class GenAIEngineDecoder(GenAIDecoder):
             self._hand_over(running)  # a request can turn done between steps
             if not running:
                 continue
+            self._untrimmed = True
             try:
                 self.engine.step()
             except Exception as exc:

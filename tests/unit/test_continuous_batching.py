@@ -7,6 +7,7 @@ concurrent requests together with the same greedy output as one at a time."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -177,6 +178,37 @@ def test_a_reader_that_leaves_frees_the_engine(tiny_genai: Path) -> None:
         sequential.stream_ids(prompt, sampling)
     )
     assert engine._thread.is_alive()
+
+
+def test_an_idle_engine_hands_its_free_heap_back_once_per_period(
+    tiny_genai: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released: list[float] = []
+    monkeypatch.setattr(
+        "slipway.generation.release_free_heap", lambda: released.append(time.monotonic()) or True
+    )
+    engine = GenAIEngineDecoder(tiny_genai, threads=1, trim_every_s=0.2)
+    assert engine.trims == 0  # nothing decoded yet: nothing to give back
+    sampling = Sampling(max_new_tokens=4, ignore_eos=True)
+    for _ in range(3):  # requests in quick succession: a release at most every 0.2 s
+        assert len(list(engine.stream_ids([1, 4, 6], sampling))) == 4
+    time.sleep(0.6)
+    after_burst = engine.trims
+    assert after_burst == len(released) and 1 <= after_burst <= 2
+    time.sleep(0.5)  # idle, nothing decoded since: nothing more to release
+    assert engine.trims == after_burst
+    assert len(list(engine.stream_ids([2, 4], sampling))) == 4
+    deadline = time.monotonic() + 10
+    while engine.trims == after_burst and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.trims == after_burst + 1 == len(released)
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(released))
+
+
+def test_release_free_heap_runs_here() -> None:
+    from slipway.memory import release_free_heap
+
+    assert release_free_heap() is True  # glibc (Linux): malloc_trim
 
 
 class StopsOnce:
