@@ -239,7 +239,9 @@ class Generator:
                 self.runtime,
                 threads=get_settings().threads,
                 providers=default_providers(serve.providers),
-                concurrent=Admission(serve.gen_max_batch, serve.gen_max_waiting),
+                concurrent=Admission(
+                    serve.gen_max_batch, serve.gen_max_waiting, serve.gen_max_queue_s
+                ),
             ),
             idle=serve.decoder_idle,
         )

@@ -140,6 +140,12 @@ class ServeSettings(BaseSettings):
         description="Generations that may wait for a place in the decoding batch; more are "
         "refused at once with a 503 and Retry-After.",
     )
+    gen_max_queue_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a generation may wait for a place in the decoding batch; then it "
+        "is refused with a 503 and Retry-After (before a stream's headers).",
+    )
     compute_niceness: int = Field(
         default=10,
         ge=0,

@@ -160,10 +160,13 @@ class GenAIDecoder:
 
 @dataclass(frozen=True)
 class Admission:
-    """How many requests a concurrent decoder runs together, and how many more may wait."""
+    """How many requests a concurrent decoder runs together, how many more may wait, and for
+    how long (seconds) one may wait for a place before it is refused (Triton's queue policy,
+    ``default_timeout_microseconds`` with ``REJECT``)."""
 
     max_batch: int = 8
     max_waiting: int = 8
+    max_queue_s: float = 5.0
 
 
 @dataclass(eq=False)
@@ -176,6 +179,7 @@ class _Decoding:
     request: Any = None
     produced: list[int] = field(default_factory=list)
     left: bool = False  # its reader stopped reading
+    queued: float = field(default_factory=time.monotonic)
 
 
 class GenAIEngineDecoder(GenAIDecoder):
@@ -192,7 +196,11 @@ class GenAIEngineDecoder(GenAIDecoder):
     Admission: at most ``max_batch`` requests decode together (each step's cost, and so every
     running request's time per token, grows with the batch); up to ``max_waiting`` more wait
     in arrival order, and a request beyond those is refused at once with
-    :class:`DecoderBusy`. A waiting request whose reader left is dropped unstarted.
+    :class:`DecoderBusy`. A request that waited ``max_queue_s`` without a place is refused
+    then (also :class:`DecoderBusy`, before its first token): the count of waiting requests
+    alone does not bound the wait, which is as long as the running requests' work, and that
+    depends on the prompts and the CPU. A waiting request whose reader left is dropped
+    unstarted.
 
     Memory: once the engine falls idle after decoding, the C heap's free pages go back to the
     OS (:func:`slipway.memory.release_free_heap`, at most every ``trim_every_s``), so a burst
@@ -206,14 +214,16 @@ class GenAIEngineDecoder(GenAIDecoder):
         max_batch: int = 8,
         max_waiting: int = 8,
         trim_every_s: float = 10.0,
+        max_queue_s: float = 5.0,
     ):
         super().__init__(model_dir, threads, providers)
-        if max_batch < 1 or max_waiting < 0:
-            raise ValueError("max_batch must be >= 1 and max_waiting >= 0")
-        self.max_batch, self.max_waiting = max_batch, max_waiting
+        if max_batch < 1 or max_waiting < 0 or max_queue_s <= 0:
+            raise ValueError("max_batch must be >= 1, max_waiting >= 0 and max_queue_s > 0")
+        self.max_batch, self.max_waiting, self.max_queue_s = max_batch, max_waiting, max_queue_s
         self.engine = self._og.Engine(self.model)
         self.restarts = 0
         self.refused = 0
+        self.expired = 0  # refused after waiting max_queue_s
         self._changes = threading.Condition()
         self._added: list[_Decoding] = []  # waiting to start, oldest first
         self._running = 0  # requests in the engine (read under _changes)
@@ -287,6 +297,7 @@ class GenAIEngineDecoder(GenAIDecoder):
                 self._added = [d for d in self._added if not d.left]  # readers gone: unstarted
                 room = max(self.max_batch - len(running), 0)
                 added, self._added = self._added[:room], self._added[room:]
+                self._expire_waiting()  # the ones still without a place
                 self._running = len(running) + len(added)
             for decoding in added:
                 try:
@@ -323,6 +334,19 @@ class GenAIEngineDecoder(GenAIDecoder):
                 continue
             failed_steps = 0
             self._hand_over(running)
+
+    def _expire_waiting(self) -> None:
+        """Refuse the waiting requests that have waited ``max_queue_s`` (under ``_changes``)."""
+        deadline = time.monotonic() - self.max_queue_s
+        for decoding in [d for d in self._added if d.queued <= deadline]:
+            self._added.remove(decoding)
+            self.expired += 1
+            decoding.tokens.put(
+                DecoderBusy(
+                    f"The generator is busy: no place in the decoding batch within "
+                    f"{self.max_queue_s:g} s (SLIPWAY_GEN_MAX_BATCH, SLIPWAY_GEN_MAX_QUEUE_S)."
+                )
+            )
 
     def _hand_over(self, running: list[_Decoding]) -> None:
         """Give every request its new tokens; end the ones that are done."""
@@ -504,7 +528,12 @@ def load_generator(
     decoder: TokenGenerator
     if runtime == "genai" and concurrent is not None:
         decoder = GenAIEngineDecoder(
-            model_dir, threads, providers, concurrent.max_batch, concurrent.max_waiting
+            model_dir,
+            threads,
+            providers,
+            concurrent.max_batch,
+            concurrent.max_waiting,
+            max_queue_s=concurrent.max_queue_s,
         )
     elif runtime == "genai":
         decoder = GenAIDecoder(model_dir, threads, providers)

@@ -290,3 +290,32 @@ def test_a_full_decoder_refuses_at_once_and_waiting_requests_start_in_turn(
     assert list(decoder.stream_ids([1, 2], sampling)) == list(
         sequential.stream_ids([1, 2], sampling)
     )
+
+
+def test_a_request_without_a_place_within_max_queue_s_is_refused(tiny_genai: Path) -> None:
+    sequential = GenAIDecoder(tiny_genai, threads=1)
+    decoder = GenAIEngineDecoder(tiny_genai, threads=1, max_batch=1, max_waiting=4, max_queue_s=0.2)
+    decoder.engine = gated = Gated(decoder.engine)
+    sampling = Sampling(max_new_tokens=6, ignore_eos=True)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            first = pool.submit(lambda: list(decoder.stream_ids([1, 6, 6], sampling)))
+            for _ in range(2000):
+                if decoder._running == 1:
+                    break
+                time.sleep(0.005)
+            waiting = decoder.stream_ids([1, 7, 6], sampling)
+            late = pool.submit(lambda: next(waiting))
+            time.sleep(0.3)  # past max_queue_s while the running request's step is held
+        finally:
+            gated.gate.set()
+        with pytest.raises(DecoderBusy, match="SLIPWAY_GEN_MAX_QUEUE_S"):
+            late.result(timeout=60)
+        assert first.result(timeout=60) == list(sequential.stream_ids([1, 6, 6], sampling))
+    assert decoder.expired == 1
+    # a request that finds a place in time is served as before
+    assert list(decoder.stream_ids([1, 7, 6], sampling)) == list(
+        sequential.stream_ids([1, 7, 6], sampling)
+    )
+    with pytest.raises(ValueError, match="max_queue_s"):
+        GenAIEngineDecoder(tiny_genai, threads=1, max_queue_s=0)
