@@ -108,7 +108,7 @@ def scrape(server: Server) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def exported(server: Server) -> Iterator[dict[str, set[str]]]:
     """What ``/metrics`` exports after an embedding, a search twice (a cache hit), a
-    generation, an answer rated twice, a 401 and a 429."""
+    generation, an answer rated twice, a routed embedding, a 401 and a 429."""
     assert post(server, "/v1/embed", {"texts": ["monitoring"]}, "embed").status_code == 200
     search = {"query": "What do the monitoring tests search for?", "top_k": 2}
     assert post(server, "/v1/search", search, "search").status_code == 200
@@ -132,6 +132,9 @@ def exported(server: Server) -> Iterator[dict[str, set[str]]]:
     for rating in ("positive", "negative"):
         rated = {"request_id": answer.headers["x-request-id"], "rating": rating}
         assert post(server, "/v1/feedback", rated).status_code == 200
+    # a routed (OpenAI) call: the usage panels have data whatever ran before
+    routed = post(server, "/v1/embeddings", {"model": "slipway-e2e", "input": ["usage"]}, "embed")
+    assert routed.status_code == 200, routed.text
     assert post(server, "/v1/embed", {"texts": ["no key"]}, None).status_code == 401
     # a key of its own at 3 requests a minute: the shared "limited" key's budget belongs to
     # test_api_server.py, whichever module runs first
@@ -160,6 +163,8 @@ def exported(server: Server) -> Iterator[dict[str, set[str]]]:
         "slipway_ready",
         "slipway_index_published_timestamp_seconds",
         "slipway_index_version_info",
+        "slipway_usage_tokens_total",  # recorded in a thread of their own, after the reply
+        "slipway_usage_cost_total",
     }
     wait_until(lambda: wanted <= scrape(server).keys(), "the requests' metrics")
     yield scrape(server)

@@ -40,7 +40,6 @@ def test_freezing_moves_live_objects_out_of_later_collections() -> None:
     try:
         frozen = freeze_startup_objects()
         assert frozen >= len(kept)
-        assert frozen == gc.get_freeze_count()
         tracked = {id(o) for o in gc.get_objects()}
         assert not any(id(x) in tracked for x in kept[:100])  # no generation holds them
     finally:
