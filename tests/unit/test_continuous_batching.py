@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from tokenizers import Encoding
 from slipway.embedding import OnnxEmbedder
 from slipway.embedding.batcher import ContinuousBatcher
 from slipway.generation import DecoderBusy, GenAIDecoder, GenAIEngineDecoder, Sampling
+from tests.servers import wait_until
 
 
 class GatedEncoder:
@@ -265,21 +266,16 @@ def test_a_full_decoder_refuses_at_once_and_waiting_requests_start_in_turn(
     sampling = Sampling(max_new_tokens=6, ignore_eos=True)
     prompts = [[1, 6, 6], [1, 7, 6], [1, 3, 5, 8]]
 
-    def until(condition: Callable[[], bool]) -> None:
-        for _ in range(2000):
-            if condition():
-                return
-            time.sleep(0.005)
-        raise AssertionError("the decoder did not get there")
-
     with ThreadPoolExecutor(3) as pool:
         try:
             first = pool.submit(lambda: list(decoder.stream_ids(prompts[0], sampling)))
-            until(lambda: decoder._running == 1)  # in the engine, its step held at the gate
+            # in the engine, its step held at the gate
+            wait_until(lambda: decoder._running == 1, "the first request", interval=0.005)
             rest = [
                 pool.submit(lambda p=p: list(decoder.stream_ids(p, sampling))) for p in prompts[1:]
             ]
-            until(lambda: len(decoder._added) == 2)  # one place in the batch, one in the queue
+            # one place in the batch, one in the queue
+            wait_until(lambda: len(decoder._added) == 2, "two waiting", interval=0.005)
             with pytest.raises(DecoderBusy, match="SLIPWAY_GEN_MAX_WAITING"):
                 next(decoder.stream_ids([1, 2], sampling))
             assert decoder.refused == 1
@@ -300,12 +296,10 @@ def test_a_request_without_a_place_within_max_queue_s_is_refused(tiny_genai: Pat
     with ThreadPoolExecutor(2) as pool:
         try:
             first = pool.submit(lambda: list(decoder.stream_ids([1, 6, 6], sampling)))
-            for _ in range(2000):
-                if decoder._running == 1:
-                    break
-                time.sleep(0.005)
+            wait_until(lambda: decoder._running == 1, "the first request", interval=0.005)
             waiting = decoder.stream_ids([1, 7, 6], sampling)
             late = pool.submit(lambda: next(waiting))
+            wait_until(lambda: len(decoder._added) == 1, "the second waiting", interval=0.005)
             time.sleep(0.3)  # past max_queue_s while the running request's step is held
         finally:
             gated.gate.set()
